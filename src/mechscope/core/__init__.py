@@ -1,0 +1,1 @@
+"""Core: sites, hooks, capture and intervention on a model's own modules."""

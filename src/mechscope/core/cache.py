@@ -1,0 +1,128 @@
+"""`Cache`: activations captured during forward passes, keyed by site string.
+
+A capture context records one entry per forward pass. ``cache[site]`` joins them the way a user means:
+the passes of one generation (a prompt pass followed by KV-cache steps) are joined along the position
+axis, separate forward calls along the batch axis. `Cache.passes` gives the raw per-pass tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from mechscope.errors import SiteError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Cache(Mapping[str, Tensor]):
+    """Captured activations: ``cache["resid_post.3"]`` → tensor (see `mechscope.core.sites` for shapes).
+
+    Attributes:
+        sites: the site strings captured, in request order.
+        positions: how positions were selected (its string form).
+        meta: free-form JSON-serialisable metadata (model source, prompts ...), saved with the cache.
+    """
+
+    sites: list[str]
+    positions: str = "all"
+    meta: dict[str, Any] = field(default_factory=dict)
+    _passes: list[dict[str, Tensor]] = field(default_factory=list, repr=False)
+    _offsets: list[int] = field(default_factory=list, repr=False)
+
+    def add_pass(self, values: dict[str, Tensor], offset: int) -> None:
+        """Record one forward pass; ``offset`` > 0 marks a KV-cache continuation of the previous pass."""
+        self._passes.append(values)
+        self._offsets.append(offset)
+
+    @property
+    def n_passes(self) -> int:
+        """How many forward passes were recorded."""
+        return len(self._passes)
+
+    def passes(self, site: str) -> list[Tensor]:
+        """The tensor of ``site`` from every recorded pass, in order."""
+        self._check(site)
+        return [values[site] for values in self._passes]
+
+    def _check(self, site: str) -> None:
+        if site not in self.sites:
+            raise SiteError(f"site '{site}' was not captured; captured: {', '.join(self.sites)}")
+        if not self._passes:
+            raise SiteError("no forward pass ran inside the capture context")
+
+    def __getitem__(self, site: str) -> Tensor:
+        self._check(site)
+        if len(self._passes) == 1:
+            return self._passes[0][site]
+        calls: list[list[Tensor]] = []
+        for values, offset in zip(self._passes, self._offsets, strict=True):
+            if offset == 0 or not calls:
+                calls.append([])
+            calls[-1].append(values[site])
+        joined = [self._join_steps(site, steps) for steps in calls]
+        try:
+            return torch.cat(joined, dim=0)
+        except RuntimeError:
+            shapes = ", ".join(str(tuple(t.shape)) for t in joined)
+            raise SiteError(
+                f"the {len(joined)} forward calls captured for '{site}' have shapes {shapes} that do not "
+                "stack along the batch axis; use cache.passes(site)"
+            ) from None
+
+    def _join_steps(self, site: str, steps: list[Tensor]) -> Tensor:
+        if len(steps) == 1:
+            return steps[0]
+        if self.positions == "all" and not site.startswith("attn_pattern"):
+            return torch.cat(steps, dim=1)
+        if self.positions == "last":
+            return torch.stack(steps, dim=1)
+        raise SiteError(
+            f"'{site}' was captured during generation with positions={self.positions}; "
+            "use cache.passes(site) to get each step"
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sites if self._passes else [])
+
+    def __len__(self) -> int:
+        return len(self.sites) if self._passes else 0
+
+    def save(self, path: str | Path) -> Path:
+        """Write every site (joined as by ``cache[site]``) to safetensors plus a JSON sidecar.
+
+        The write is atomic: a temporary file is renamed into place only when complete.
+        """
+        path = Path(path)
+        tensors = {site: self[site].contiguous().cpu() for site in self.sites}
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION)})
+        tmp.replace(path)
+        sidecar = {"schema_version": SCHEMA_VERSION, "sites": self.sites, "positions": self.positions, **self.meta}
+        _sidecar(path).write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Cache:
+        """Read a cache written by `save` (one pass holding every site)."""
+        path = Path(path)
+        tensors = load_file(str(path))
+        sidecar = json.loads(_sidecar(path).read_text(encoding="utf-8")) if _sidecar(path).exists() else {}
+        sites = sidecar.pop("sites", list(tensors))
+        positions = sidecar.pop("positions", "all")
+        sidecar.pop("schema_version", None)
+        cache = cls(sites=sites, positions=positions, meta=sidecar)
+        cache.add_pass(tensors, 0)
+        return cache
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")

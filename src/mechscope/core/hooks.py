@@ -1,0 +1,105 @@
+"""Registering hooks on the model's own modules, and removing exactly those, always.
+
+`HookSet` owns the handles it creates and removes them in ``close()``, which every context manager in
+mechscope calls from ``finally``. `PassTracker` adds one pre- and one post-hook on the model's top module
+so that site hooks know the padding layout of the pass they run in and can act when a pass ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from mechscope.core.positions import PassInfo
+
+
+class HookSet:
+    """A group of hook handles removed together (the library never touches hooks it did not add)."""
+
+    def __init__(self) -> None:
+        self._handles: list[RemovableHandle] = []
+
+    def forward(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> None:
+        """Add a forward hook ``fn(module, args, [kwargs,] output)``."""
+        self._handles.append(module.register_forward_hook(fn, with_kwargs=with_kwargs))
+
+    def pre(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> None:
+        """Add a forward pre-hook ``fn(module, args, [kwargs])``."""
+        self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
+
+    def close(self) -> None:
+        """Remove every hook this set added (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+
+class PassListener(Protocol):
+    """Something told when each forward pass of the model ends."""
+
+    def end_pass(self, tracker: PassTracker) -> None: ...
+
+
+class PassTracker:
+    """Knows the current forward pass's padding layout and tells listeners when the pass ends.
+
+    One tracker belongs to one model; it is attached while at least one listener (a capture or an
+    intervention) needs it. The layout is computed lazily, so a pass that never asks costs two cheap
+    Python calls.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+        self._hooks = HookSet()
+        self._listeners: list[PassListener] = []
+        self._call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._info: PassInfo | None = None
+        self.passes = 0
+
+    @property
+    def info(self) -> PassInfo:
+        """The layout of the pass now running (computed on first use within the pass)."""
+        if self._info is None:
+            if self._call is None:
+                raise RuntimeError("no forward pass of the tracked model is running")
+            self._info = PassInfo.from_forward(self._call[1], self._call[0])
+        return self._info
+
+    def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._call = (args, kwargs)
+        self._info = None
+
+    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self.passes += 1
+        try:
+            for listener in list(self._listeners):
+                listener.end_pass(self)
+        finally:
+            self._call = None
+            self._info = None
+
+    def attach(self, listener: PassListener) -> None:
+        """Start telling ``listener`` about passes (hooks the model on the first listener)."""
+        if not self._listeners:
+            self._hooks.pre(self._model, self._pre, with_kwargs=True)
+            self._hooks.forward(self._model, self._post)
+        self._listeners.append(listener)
+
+    def detach(self, listener: PassListener) -> None:
+        """Stop telling ``listener`` (unhooks the model when none is left)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+        if not self._listeners:
+            self._hooks.close()
+            self._call = None
+            self._info = None
+
+    @property
+    def in_pass(self) -> bool:
+        """Whether a tracked forward pass is running now."""
+        return self._call is not None

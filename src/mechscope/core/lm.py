@@ -1,0 +1,237 @@
+"""`LanguageModel`: a loaded Hugging Face model with capture, intervention, forward and generate.
+
+Example:
+    >>> import mechscope as ms
+    >>> lm = ms.load("path/to/model")  # doctest: +SKIP
+    >>> with lm.capture(["resid_post.*"], positions="last") as cache:  # doctest: +SKIP
+    ...     logits = lm.forward(["The capital of France is", "Two plus two is"])
+    >>> cache["resid_post.0"].shape  # doctest: +SKIP
+    torch.Size([2, 64])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, overload
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.core.capture import Capture, Sink
+from mechscope.core.hooks import PassTracker
+from mechscope.core.intervene import Intervention, OpSpec, plan
+from mechscope.core.positions import Positions
+from mechscope.core.sites import Site, expand_sites
+from mechscope.errors import InputError
+from mechscope.models.archmap import ModelMap
+from mechscope.models.loading import LoadedModel, load_model, resolve_dtype
+
+Inputs = str | Sequence[str] | Tensor | Mapping[str, Tensor]
+
+
+class LanguageModel:
+    """A model, its tokenizer and its `ModelMap`, with the operations every analysis builds on.
+
+    Attributes:
+        model: the transformers model itself (hooks go on its own modules).
+        tokenizer: its tokenizer, with a pad token and the padding side set for batching.
+        arch: the architecture map (dimensions and where each part lives).
+        source: the folder or hub id it was loaded from.
+    """
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.model: nn.Module = loaded.model
+        self.tokenizer: Any = loaded.tokenizer
+        self.arch: ModelMap = loaded.arch
+        self.source = loaded.source
+        self._tracker = PassTracker(self.model)
+
+    def __repr__(self) -> str:
+        a = self.arch
+        return f"LanguageModel({self.source!r}, family={a.family}, layers={a.n_layers}, d_model={a.d_model})"
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the input embedding (where inputs go)."""
+        return next(self.arch.embed_module().parameters()).device
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest input the model's positions allow, if its config says."""
+        config = self.model.config
+        value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return int(value) if value else None
+
+    def sites(self, patterns: str | Sequence[str]) -> list[Site]:
+        """Expand site patterns (``"resid_post.*"``) into concrete sites, validated for this model."""
+        return expand_sites(patterns, self.arch)
+
+    # ----------------------------------------------------------------- inputs
+
+    def tokenize(self, prompts: str | Sequence[str]) -> dict[str, Tensor]:
+        """Tokenize and pad a batch (left for decoders, right for encoders), on the model's device.
+
+        Raises:
+            InputError: no prompts, an empty prompt, or a prompt longer than the model's context.
+        """
+        batch = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not batch:
+            raise InputError("no prompts given; pass at least one string")
+        for i, prompt in enumerate(batch):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InputError(f"prompt {i} is empty; every prompt needs at least one token")
+        encoded = self.tokenizer(batch, return_tensors="pt", padding=True)
+        lengths = encoded["attention_mask"].sum(dim=1)
+        if bool((lengths == 0).any()):
+            raise InputError(f"prompt {int((lengths == 0).nonzero()[0, 0])} tokenizes to nothing")
+        limit = self.max_length
+        if limit is not None and encoded["input_ids"].shape[1] > limit:
+            longest = int(lengths.argmax())
+            raise InputError(
+                f"prompt {longest} has {int(lengths[longest])} tokens; the model takes at most {limit}"
+            )
+        keep = ("input_ids", "attention_mask")
+        return {k: v.to(self.device) for k, v in encoded.items() if k in keep}
+
+    def _model_inputs(self, inputs: Inputs) -> dict[str, Tensor]:
+        if isinstance(inputs, Tensor):
+            ids = inputs.unsqueeze(0) if inputs.dim() == 1 else inputs
+            if ids.dim() != 2 or ids.is_floating_point():
+                raise InputError("a tensor input must be token ids shaped [batch, pos] or [pos]")
+            return {"input_ids": ids.to(self.device)}
+        if isinstance(inputs, Mapping):
+            return {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        encoded = self.tokenize(inputs)
+        mask = encoded["attention_mask"]
+        if self.arch.kind == "decoder" and not bool(mask.all()):
+            # Left padding must not shift positions: each prompt counts from its first real token.
+            encoded["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        return encoded
+
+    # ----------------------------------------------------------------- running
+
+    def forward(self, inputs: Inputs, *, grad: bool = False) -> Tensor:
+        """Run one forward pass; returns logits ``[batch, pos, vocab]`` (encoders: last hidden state).
+
+        Args:
+            inputs: a prompt, a list of prompts (padded as a batch), token ids, or a tokenizer output.
+            grad: keep the autograd graph (for gradient-based analyses).
+        """
+        kwargs = self._model_inputs(inputs)
+        with torch.set_grad_enabled(grad):
+            output = self.model(**kwargs)
+        logits = getattr(output, "logits", None)
+        result: Tensor = logits if logits is not None else output.last_hidden_state
+        return result
+
+    def forward_batches(
+        self, prompts: Sequence[str], *, batch_size: int = 32, progress: bool = False
+    ) -> Iterator[Tensor]:
+        """Run prompts in batches (each padded on its own) and yield each batch's logits.
+
+        Combine with a capture ``sink`` to stream activations of many prompts without holding them.
+        """
+        if batch_size < 1:
+            raise InputError("batch_size must be at least 1")
+        starts = range(0, len(prompts), batch_size)
+        if progress:
+            from rich.progress import track
+
+            starts = track(starts, description="forward", total=len(starts))  # type: ignore[assignment]
+        for start in starts:
+            yield self.forward(prompts[start : start + batch_size])
+
+    @overload
+    def generate(self, prompts: str, *, max_new_tokens: int = ..., **kwargs: Any) -> str: ...
+
+    @overload
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = ..., **kwargs: Any) -> list[str]: ...
+
+    def generate(
+        self, prompts: str | Sequence[str], *, max_new_tokens: int = 20, **kwargs: Any
+    ) -> str | list[str]:
+        """Generate continuations (greedy unless ``do_sample=True`` is passed); returns the new text.
+
+        Interventions active around the call apply to every step, the prompt pass and each new token.
+        """
+        if self.arch.kind != "decoder":
+            raise InputError(f"{self.arch.family} is an encoder; it cannot generate text")
+        encoded = self.tokenize(prompts)
+        options: dict[str, Any] = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id}
+        options.update(kwargs)
+        with torch.no_grad():
+            output = self.model.generate(  # type: ignore[operator]
+                **encoded, max_new_tokens=max_new_tokens, **options
+            )
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        texts: list[str] = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return texts[0] if isinstance(prompts, str) else texts
+
+    # ----------------------------------------------------------------- hooks
+
+    def capture(
+        self,
+        sites: str | Sequence[str | Site],
+        *,
+        positions: Positions = "all",
+        to: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        sink: Sink | None = None,
+    ) -> Capture:
+        """Capture activations at ``sites`` for every forward pass inside the ``with`` block.
+
+        Args:
+            sites: site strings with wildcards (``"resid_post.*"``, ``"head_out.5.2"``).
+            positions: ``"all"``, ``"last"``, ``"mean"``, ints, a slice or a per-prompt tensor, in each
+                prompt's own coordinates (padding never shifts them).
+            to: device to move captures to (e.g. ``"cpu"``); default: stay where computed.
+            dtype: cast captures (e.g. ``"float16"``).
+            sink: ``sink(values, info)`` called once per pass instead of keeping values in the cache.
+
+        Capturing ``attn_pattern`` switches a non-eager model to eager attention for the duration of
+        the block, because sdpa and flash attention never form the pattern; the switch is undone on exit.
+        """
+        resolved = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
+        if isinstance(resolved, str):
+            resolved = None
+        return Capture(
+            self.arch,
+            self._tracker,
+            expand_sites(sites if not isinstance(sites, str) else [sites], self.arch),
+            positions=positions,
+            to=to,
+            dtype=resolved,
+            sink=sink,
+        )
+
+    def intervene(self, ops: Mapping[str | Site, OpSpec]) -> Intervention:
+        """Apply ``{site: op or [ops]}`` on every forward pass inside the ``with`` block.
+
+        Example: ``lm.intervene({"resid_post.6": ms.ops.add(v, coeff=4.0), "head_out.3.1": ms.ops.zero()})``.
+        """
+        return Intervention(self.arch, self._tracker, plan(self.arch, ops))
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype | None = "float32",
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> LanguageModel:
+    """Load a model by bundled organism name, local folder or hub id (see `load_model` for the args)."""
+    return LanguageModel(
+        load_model(
+            name_or_path,
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
+        )
+    )

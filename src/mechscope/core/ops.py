@@ -1,0 +1,186 @@
+"""Intervention operations: what to do to a site's value during a forward pass.
+
+Each op is a small frozen value with a ``positions`` field (default ``"all"``; see
+`mechscope.core.positions`) and a method that maps the site's value ``x`` of shape
+``[batch, pos, *feature]`` to a new value of the same shape; the engine writes the result only at the
+selected positions. Vectors may be shared (``[*feature]``) or per example (``[batch, *feature]``).
+
+Example:
+    >>> import mechscope as ms
+    >>> ms.ops.add(torch.ones(64), coeff=4.0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from mechscope.core.positions import PassInfo, Positions, check_positions
+from mechscope.errors import InterventionError
+
+
+@dataclass(frozen=True)
+class OpContext:
+    """What an op may need besides the value: the site's name and the pass's layout."""
+
+    site: str
+    info: PassInfo
+
+
+@runtime_checkable
+class Op(Protocol):
+    """An intervention: ``positions`` to touch and ``apply(x, ctx)`` giving the new value."""
+
+    positions: Positions
+
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor: ...
+
+
+def _feature_like(value: Tensor, x: Tensor, what: str) -> Tensor:
+    """Broadcast ``value`` ([*feature], [batch, *feature] or [batch, pos, *feature]) against ``x``."""
+    value = value.to(device=x.device, dtype=x.dtype)
+    feature = x.shape[2:]
+    if value.shape == feature:
+        return value
+    if value.shape == (x.shape[0], *feature):
+        return value.reshape(x.shape[0], 1, *feature)
+    if value.shape == x.shape:
+        return value
+    raise InterventionError(
+        f"{what} has shape {tuple(value.shape)}; expected {tuple(feature)}, "
+        f"{(x.shape[0], *feature)} (per example) or {tuple(x.shape)}"
+    )
+
+
+@dataclass(frozen=True)
+class Add:
+    """``x + coeff * vector`` (``vector`` scaled to unit norm first when ``normalize``)."""
+
+    vector: Tensor
+    coeff: float = 1.0
+    normalize: bool = False
+    positions: Positions = "all"
+
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        vector = self.vector
+        if self.normalize:
+            vector = vector / vector.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(vector.dtype).tiny)
+        return x + self.coeff * _feature_like(vector, x, "the add vector")
+
+
+@dataclass(frozen=True)
+class Set:
+    """Replace the value with ``value``."""
+
+    value: Tensor
+    positions: Positions = "all"
+
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        return _feature_like(self.value, x, "the set value").expand_as(x)
+
+
+@dataclass(frozen=True)
+class Zero:
+    """Replace the value with zeros (zero ablation)."""
+
+    positions: Positions = "all"
+
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        return torch.zeros_like(x)
+
+
+@dataclass(frozen=True)
+class Mean:
+    """Replace the value with a supplied mean (mean ablation): a tensor, or a mapping site → tensor."""
+
+    means: Tensor | Mapping[str, Tensor]
+    positions: Positions = "all"
+
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        means = self.means
+        if not isinstance(means, Tensor):
+            if ctx.site not in means:
+                raise InterventionError(f"no mean supplied for site '{ctx.site}'")
+            means = means[ctx.site]
+        return _feature_like(means, x, "the mean").expand_as(x)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Multiply the value by ``factor``."""
+
+    factor: float
+    positions: Positions = "all"
+
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        return x * self.factor
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Replace the value with the same site's value from another run (a `Cache` or tensor).
+
+    A source with a position axis is aligned by column with the current pass (in generation, the
+    prompt pass takes the source's columns and later steps past its end are left alone); a source
+    without one (captured with ``positions="last"``) is written at ``positions``.
+    """
+
+    source: Tensor | Mapping[str, Tensor]
+    positions: Positions = "all"
+
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        source = self.source if isinstance(self.source, Tensor) else self._from_mapping(ctx.site)
+        source = source.to(device=x.device, dtype=x.dtype)
+        if source.dim() == x.dim():
+            offset, length = ctx.info.offset, x.shape[1]
+            window = source[:, offset : offset + length]
+            if window.shape[1] < length:  # steps beyond the source keep their own values
+                window = torch.cat([window, x[:, window.shape[1] :]], dim=1)
+            if window.shape != x.shape:
+                raise InterventionError(
+                    f"patch source for '{ctx.site}' has shape {tuple(source.shape)}, "
+                    f"the run has {tuple(x.shape)}"
+                )
+            return window
+        return _feature_like(source, x, f"the patch source for '{ctx.site}'").expand_as(x)
+
+    def _from_mapping(self, site: str) -> Tensor:
+        assert not isinstance(self.source, Tensor)
+        try:
+            return self.source[site]
+        except KeyError:
+            raise InterventionError(f"the patch source has no site '{site}'") from None
+
+
+def add(vector: Tensor, coeff: float = 1.0, *, normalize: bool = False, positions: Positions = "all") -> Add:
+    """Add ``coeff × vector`` (unit-normalised first if ``normalize``) at ``positions``."""
+    return Add(vector, coeff, normalize, check_positions(positions, allow_mean=False))
+
+
+def set(value: Tensor, *, positions: Positions = "all") -> Set:  # noqa: A001 - the op's name
+    """Overwrite the value with ``value`` at ``positions``."""
+    return Set(value, check_positions(positions, allow_mean=False))
+
+
+def zero(*, positions: Positions = "all") -> Zero:
+    """Zero the value at ``positions`` (zero ablation)."""
+    return Zero(check_positions(positions, allow_mean=False))
+
+
+def mean(means: Tensor | Mapping[str, Tensor], *, positions: Positions = "all") -> Mean:
+    """Replace the value with supplied means (mean ablation) at ``positions``."""
+    return Mean(means, check_positions(positions, allow_mean=False))
+
+
+def scale(factor: float, *, positions: Positions = "all") -> Scale:
+    """Multiply the value by ``factor`` at ``positions``."""
+    return Scale(factor, check_positions(positions, allow_mean=False))
+
+
+def patch(source: Tensor | Mapping[str, Tensor], *, positions: Positions = "all") -> Patch:
+    """Replace the value with the same site's value from ``source`` (a `Cache`) at ``positions``."""
+    return Patch(source, check_positions(positions, allow_mean=False))

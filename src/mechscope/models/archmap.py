@@ -1,0 +1,394 @@
+"""Where each model family keeps its parts: the only module in mechscope that knows model families.
+
+A `FamilySpec` is one declarative row: dotted module paths (the layer list from the model root, the rest
+relative to one layer) for the parts our sites hook. `ModelMap` binds a spec to a loaded model, checks
+that every named module exists, and answers questions such as "which module's output is layer 3's MLP
+contribution to the residual stream?". Adding a family means adding one row to `FAMILIES` and one test
+parameter.
+
+Conventions shared by every row:
+
+* ``attn_out`` / ``mlp_out`` name the module whose output is what the block adds to the residual stream
+  (for post-norm families such as Gemma-2/3 and OLMo-2 that is the norm after the block). Granite-MoE
+  scales that output by ``config.residual_multiplier`` before adding it.
+* ``o_proj`` is the attention output projection; its input is the concatenation of the per-head outputs,
+  which is what the ``head_out`` site reads.
+* ``attn`` is the module returning ``(output, weights)``; ``weights`` is what ``attn_pattern`` reads.
+* ``router`` returns ``(router_logits, top_k_weights, top_k_index)``, as every transformers 5 MoE router
+  does; ``experts`` is the packed-experts module called as ``experts(hidden, top_k_index, top_k_weights)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from torch import nn
+
+from mechscope.errors import ArchitectureError
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["decoder", "encoder"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Module paths of one model family (see the module docstring for what each names)."""
+
+    layers: str
+    embed: str
+    attn: str
+    o_proj: str
+    attn_out: str
+    mlp_out: str
+    final_norm: str | None = None
+    unembed: str | None = None
+    router: str | None = None
+    experts: str | None = None
+    kind: Kind = "decoder"
+    note: str = ""
+
+
+_LLAMA_LIKE = FamilySpec(
+    layers="model.layers",
+    embed="model.embed_tokens",
+    attn="self_attn",
+    o_proj="self_attn.o_proj",
+    attn_out="self_attn",
+    mlp_out="mlp",
+    final_norm="model.norm",
+    unembed="lm_head",
+)
+_POST_NORM = replace(_LLAMA_LIKE, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm")
+_MOE_GATE = replace(_LLAMA_LIKE, router="mlp.gate", experts="mlp.experts")
+
+#: One row per transformers ``model_type``.
+FAMILIES: dict[str, FamilySpec] = {
+    "gpt2": FamilySpec(
+        layers="transformer.h",
+        embed="transformer.wte",
+        attn="attn",
+        o_proj="attn.c_proj",
+        attn_out="attn",
+        mlp_out="mlp",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        note="learned positions are added after `embed`, so resid_pre.0 = embed + position embedding",
+    ),
+    "gpt_neox": FamilySpec(
+        layers="gpt_neox.layers",
+        embed="gpt_neox.embed_in",
+        attn="attention",
+        o_proj="attention.dense",
+        attn_out="attention",
+        mlp_out="mlp",
+        final_norm="gpt_neox.final_layer_norm",
+        unembed="lm_head",
+        note="parallel residual: attention and MLP both read resid_pre",
+    ),
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "gemma": replace(_LLAMA_LIKE, note="embedding is scaled by sqrt(d_model) inside `embed`"),
+    "gemma2": replace(_POST_NORM, note="attn_out/mlp_out are the post-block norms; logits soft-capped"),
+    "gemma3_text": replace(_POST_NORM, note="attn_out/mlp_out are the post-block norms"),
+    "olmo2": replace(_POST_NORM, note="attn_out/mlp_out are the post-block norms"),
+    "mixtral": _MOE_GATE,
+    "qwen2_moe": replace(_MOE_GATE, note="mlp_out includes the gated shared expert"),
+    "qwen3_moe": _MOE_GATE,
+    "olmoe": _MOE_GATE,
+    "gpt_oss": replace(_LLAMA_LIKE, router="mlp.router", experts="mlp.experts"),
+    "granitemoe": replace(
+        _LLAMA_LIKE,
+        mlp_out="block_sparse_moe",
+        router="block_sparse_moe.router",
+        experts="block_sparse_moe.experts",
+        note="the residual adds attn_out/mlp_out x residual_multiplier; embeddings x embedding_multiplier",
+    ),
+    "bert": FamilySpec(
+        layers="encoder.layer",
+        embed="embeddings.word_embeddings",
+        attn="attention.self",
+        o_proj="attention.output.dense",
+        attn_out="attention.output.dense",
+        mlp_out="output.dense",
+        kind="encoder",
+        note="encoder: attn_out/mlp_out are the dense projections before each post-LayerNorm; no lens",
+    ),
+}
+
+# Config attribute names to try, in order, for each dimension. transformers' attribute_map already
+# translates most legacy names (GPT-2's n_embd ...), the fallbacks cover the rest.
+_DIM_ATTRS: dict[str, tuple[str, ...]] = {
+    "n_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "n_heads": ("num_attention_heads", "n_head"),
+    "d_model": ("hidden_size", "n_embd", "d_model"),
+    "vocab": ("vocab_size",),
+}
+_EXPERT_ATTRS = ("num_local_experts", "num_experts", "n_routed_experts")
+_TOPK_ATTRS = ("num_experts_per_tok", "moe_top_k", "top_k")
+
+# Names generic discovery tries for families with no row, most common first.
+_ATTN_NAMES = ("self_attn", "attention", "attn", "self_attention")
+_O_PROJ_NAMES = ("o_proj", "dense", "c_proj", "out_proj", "wo")
+_MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn")
+_ROUTER_NAMES = ("gate", "router")
+_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm", "final_norm")
+
+
+def _first_attr(config: Any, names: tuple[str, ...]) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def get_submodule(root: nn.Module, path: str) -> nn.Module:
+    """Return ``root``'s submodule at a dotted ``path``, or raise naming the missing part."""
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        raise ArchitectureError(
+            f"{type(root).__name__} has no submodule '{path}'; the architecture map entry is wrong "
+            "for this model"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ModelMap:
+    """A family spec bound to a model: dimensions plus the modules each site hooks.
+
+    Attributes:
+        family: the transformers ``model_type`` (or ``"generic:<type>"`` when discovered).
+        kind: ``"decoder"`` or ``"encoder"``.
+        n_layers, n_heads, n_kv_heads, head_dim, d_model, vocab: model dimensions.
+        n_experts, top_k: MoE dimensions (0 for dense models).
+        moe_layers: indices of the layers that have a router.
+        spec: the module paths.
+    """
+
+    family: str
+    kind: Kind
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_model: int
+    vocab: int
+    n_experts: int
+    top_k: int
+    moe_layers: tuple[int, ...]
+    spec: FamilySpec
+    model: nn.Module
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether any layer routes tokens to experts."""
+        return bool(self.moe_layers)
+
+    def layer(self, index: int) -> nn.Module:
+        """The decoder (or encoder) layer module at ``index``."""
+        return self._layers()[index]
+
+    def _layers(self) -> nn.ModuleList:
+        layers = get_submodule(self.model, self.spec.layers)
+        assert isinstance(layers, nn.ModuleList)
+        return layers
+
+    def part(self, name: str, layer: int) -> nn.Module:
+        """The module named by spec field ``name`` (e.g. ``"o_proj"``) inside layer ``layer``."""
+        path = getattr(self.spec, name)
+        if path is None:
+            raise ArchitectureError(f"{self.family} has no '{name}' part")
+        return get_submodule(self.layer(layer), path)
+
+    def embed_module(self) -> nn.Module:
+        """The token embedding module."""
+        return get_submodule(self.model, self.spec.embed)
+
+    def final_norm(self) -> nn.Module | None:
+        """The norm applied after the last layer, or None for families without one."""
+        return None if self.spec.final_norm is None else get_submodule(self.model, self.spec.final_norm)
+
+    def unembed(self) -> nn.Module | None:
+        """The unembedding (LM head), or None for encoders loaded without one."""
+        return None if self.spec.unembed is None else get_submodule(self.model, self.spec.unembed)
+
+    def summary(self) -> dict[str, Any]:
+        """The dimensions as a plain dict (for tables and JSON)."""
+        return {
+            "family": self.family,
+            "kind": self.kind,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "d_model": self.d_model,
+            "vocab": self.vocab,
+            "n_experts": self.n_experts,
+            "top_k": self.top_k,
+            "moe_layers": list(self.moe_layers),
+        }
+
+
+def supported_families() -> dict[str, FamilySpec]:
+    """The families with an explicit row, keyed by ``model_type``."""
+    return dict(FAMILIES)
+
+
+def build_map(model: nn.Module) -> ModelMap:
+    """Bind the row for ``model.config.model_type`` to ``model`` (or discover one) and check it.
+
+    Raises:
+        ArchitectureError: a named module is missing, or discovery failed; the message names the part.
+    """
+    config = model.config
+    model_type = str(getattr(config, "model_type", ""))
+    spec = FAMILIES.get(model_type)
+    family = model_type
+    if spec is None:
+        spec = discover_spec(model)
+        family = f"generic:{model_type}"
+        logger.warning(
+            "mechscope has no architecture row for model_type '%s'; discovered %s. "
+            "Run `mechscope doctor` before trusting results.",
+            model_type,
+            spec,
+        )
+    spec = _adapt_to_head(model, spec)
+    dims = _dimensions(config, model_type)
+    layers = get_submodule(model, spec.layers)
+    if not isinstance(layers, nn.ModuleList) or len(layers) != dims["n_layers"]:
+        raise ArchitectureError(
+            f"'{spec.layers}' of {type(model).__name__} is not a list of {dims['n_layers']} layers"
+        )
+    for field in ("attn", "o_proj", "attn_out", "mlp_out"):
+        get_submodule(layers[0], getattr(spec, field))
+    get_submodule(model, spec.embed)
+    moe_layers: tuple[int, ...] = ()
+    if spec.router is not None:
+        moe_layers = tuple(i for i, layer in enumerate(layers) if _has_submodule(layer, spec.router))
+    return ModelMap(family=family, kind=spec.kind, moe_layers=moe_layers, spec=spec, model=model, **dims)
+
+
+def _adapt_to_head(model: nn.Module, spec: FamilySpec) -> FamilySpec:
+    """Drop parts a given head class lacks (e.g. ``lm_head`` on a bare ``BertModel``) and fix prefixes.
+
+    A family's row is written for its ``*ForCausalLM`` class; the bare base model (``LlamaModel``) has the
+    same modules one level up, so a missing first path component is stripped when that resolves.
+    """
+    prefix = spec.layers.split(".")[0]
+    if not _has_submodule(model, spec.layers) and _has_submodule(model, spec.layers.split(".", 1)[-1]):
+
+        def strip(path: str | None) -> str | None:
+            if path is not None and path.startswith(prefix + "."):
+                return path[len(prefix) + 1 :]
+            return path
+
+        spec = replace(
+            spec,
+            layers=strip(spec.layers) or spec.layers,
+            embed=strip(spec.embed) or spec.embed,
+            final_norm=strip(spec.final_norm),
+        )
+    if spec.unembed is not None and not _has_submodule(model, spec.unembed):
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        path = _path_of(model, head) if isinstance(head, nn.Module) else None
+        spec = replace(spec, unembed=path)
+    return spec
+
+
+def _dimensions(config: Any, model_type: str) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for name, attrs in _DIM_ATTRS.items():
+        value = _first_attr(config, attrs)
+        if value is None:
+            raise ArchitectureError(
+                f"config of model_type '{model_type}' has none of {', '.join(attrs)} (needed for {name})"
+            )
+        dims[name] = int(value)
+    dims["n_kv_heads"] = int(getattr(config, "num_key_value_heads", None) or dims["n_heads"])
+    dims["head_dim"] = int(getattr(config, "head_dim", None) or dims["d_model"] // dims["n_heads"])
+    dims["n_experts"] = int(_first_attr(config, _EXPERT_ATTRS) or 0)
+    dims["top_k"] = int(_first_attr(config, _TOPK_ATTRS) or 0) if dims["n_experts"] else 0
+    return dims
+
+
+def _has_submodule(root: nn.Module, path: str) -> bool:
+    try:
+        root.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _path_of(root: nn.Module, target: nn.Module) -> str | None:
+    for name, module in root.named_modules():
+        if module is target:
+            return name
+    return None
+
+
+def _child_named(module: nn.Module, names: tuple[str, ...]) -> str | None:
+    children = dict(module.named_children())
+    return next((name for name in names if name in children), None)
+
+
+def discover_spec(model: nn.Module) -> FamilySpec:
+    """Guess a `FamilySpec` for a family with no row, from common module names.
+
+    The guess is explicit: every part it cannot find raises `ArchitectureError` naming that part, and
+    `mechscope doctor` checks the result against ``output_hidden_states``.
+    """
+    n_layers = _first_attr(model.config, _DIM_ATTRS["n_layers"])
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers
+    ]
+    if not candidates:
+        raise ArchitectureError(
+            f"cannot find the list of {n_layers} layers in {type(model).__name__}; "
+            "add a row for this model_type to mechscope.models.archmap.FAMILIES"
+        )
+    layers_path, layers = candidates[0]
+    layer = layers[0]
+    attn = _child_named(layer, _ATTN_NAMES)
+    mlp = _child_named(layer, _MLP_NAMES)
+    if attn is None or mlp is None:
+        missing = "attention" if attn is None else "MLP"
+        raise ArchitectureError(
+            f"cannot find the {missing} module in {type(layer).__name__} (children: "
+            f"{', '.join(n for n, _ in layer.named_children())}); add a row to archmap.FAMILIES"
+        )
+    o_proj = _child_named(layer.get_submodule(attn), _O_PROJ_NAMES)
+    if o_proj is None:
+        raise ArchitectureError(f"cannot find the attention output projection in '{attn}'")
+    embed = model.get_input_embeddings()
+    embed_path = _path_of(model, embed)
+    if embed_path is None:
+        raise ArchitectureError("cannot find the input embedding module")
+    parent_path = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
+    parent = model.get_submodule(parent_path) if parent_path else model
+    norm = _child_named(parent, _NORM_NAMES)
+    router = _child_named(layer.get_submodule(mlp), _ROUTER_NAMES)
+    experts = "experts" if _has_submodule(layer.get_submodule(mlp), "experts") else None
+    join = (parent_path + ".") if parent_path else ""
+    return FamilySpec(
+        layers=layers_path,
+        embed=embed_path,
+        attn=attn,
+        o_proj=f"{attn}.{o_proj}",
+        attn_out=attn,
+        mlp_out=mlp,
+        final_norm=f"{join}{norm}" if norm else None,
+        unembed="lm_head" if _has_submodule(model, "lm_head") else None,
+        router=f"{mlp}.{router}" if router and experts else None,
+        experts=f"{mlp}.experts" if router and experts else None,
+        note="discovered",
+    )

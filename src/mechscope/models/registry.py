@@ -1,0 +1,82 @@
+"""Registry of bundled model organisms: names that `load()` resolves to folders inside the package.
+
+Organisms live in ``mechscope/zoo/<name>/`` (a ``save_pretrained`` folder plus ``CARD.md``). They are
+found there automatically; other packages can add theirs with `register_organism`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mechscope.errors import ModelLoadError
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+
+
+@dataclass(frozen=True)
+class Organism:
+    """A bundled model: its name, folder and one-line summary (from its card)."""
+
+    name: str
+    path: Path
+    summary: str
+
+
+_REGISTERED: dict[str, Organism] = {}
+
+
+def register_organism(name: str, path: str | Path, summary: str = "") -> Organism:
+    """Make ``load(name)`` resolve to ``path``.
+
+    Raises:
+        ValueError: ``name`` is registered already or names a bundled organism.
+    """
+    if name in _REGISTERED or name in _bundled():
+        raise ValueError(f"organism '{name}' is registered already")
+    organism = Organism(name=name, path=Path(path), summary=summary)
+    _REGISTERED[name] = organism
+    return organism
+
+
+def _card_summary(folder: Path) -> str:
+    card = folder / "CARD.md"
+    if not card.is_file():
+        return ""
+    for line in card.read_text(encoding="utf-8").splitlines():
+        if line.lower().startswith("summary:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _bundled() -> dict[str, Organism]:
+    if not ZOO_DIR.is_dir():
+        return {}
+    return {
+        folder.name: Organism(folder.name, folder, _card_summary(folder))
+        for folder in sorted(ZOO_DIR.iterdir())
+        if (folder / "config.json").is_file()
+    }
+
+
+def list_organisms() -> list[Organism]:
+    """Every organism `load()` can resolve by name, bundled first."""
+    return [*_bundled().values(), *_REGISTERED.values()]
+
+
+def find_organism(name: str) -> Organism | None:
+    """The organism called ``name``, or None."""
+    return _bundled().get(name) or _REGISTERED.get(name)
+
+
+def organism_path(name: str) -> Path:
+    """The folder of organism ``name``.
+
+    Raises:
+        ModelLoadError: no organism has that name.
+    """
+    organism = find_organism(name)
+    if organism is None:
+        known = ", ".join(o.name for o in list_organisms()) or "none installed"
+        raise ModelLoadError(f"no bundled organism named '{name}' (known: {known})")
+    return organism.path

@@ -1,0 +1,1 @@
+"""Helpers for tests: tiny random-init Hugging Face models built offline."""
