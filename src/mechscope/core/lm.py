@@ -88,13 +88,16 @@ class LanguageModel:
         limit = self.max_length
         if limit is not None and encoded["input_ids"].shape[1] > limit:
             longest = int(lengths.argmax())
-            raise InputError(
-                f"prompt {longest} has {int(lengths[longest])} tokens; the model takes at most {limit}"
-            )
+            raise InputError(f"prompt {longest} has {int(lengths[longest])} tokens; the model takes at most {limit}")
         keep = ("input_ids", "attention_mask")
         return {k: v.to(self.device) for k, v in encoded.items() if k in keep}
 
-    def _model_inputs(self, inputs: Inputs) -> dict[str, Tensor]:
+    def encode(self, inputs: Inputs) -> dict[str, Tensor]:
+        """The keyword arguments `forward` passes to the model for ``inputs``.
+
+        Prompts are tokenized and padded; a left-padded decoder batch also gets ``position_ids`` that
+        count from each prompt's first real token, so padding never changes a prompt's result.
+        """
         if isinstance(inputs, Tensor):
             ids = inputs.unsqueeze(0) if inputs.dim() == 1 else inputs
             if ids.dim() != 2 or ids.is_floating_point():
@@ -118,7 +121,7 @@ class LanguageModel:
             inputs: a prompt, a list of prompts (padded as a batch), token ids, or a tokenizer output.
             grad: keep the autograd graph (for gradient-based analyses).
         """
-        kwargs = self._model_inputs(inputs)
+        kwargs = self.encode(inputs)
         with torch.set_grad_enabled(grad):
             output = self.model(**kwargs)
         logits = getattr(output, "logits", None)
@@ -148,9 +151,7 @@ class LanguageModel:
     @overload
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = ..., **kwargs: Any) -> list[str]: ...
 
-    def generate(
-        self, prompts: str | Sequence[str], *, max_new_tokens: int = 20, **kwargs: Any
-    ) -> str | list[str]:
+    def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int = 20, **kwargs: Any) -> str | list[str]:
         """Generate continuations (greedy unless ``do_sample=True`` is passed); returns the new text.
 
         Interventions active around the call apply to every step, the prompt pass and each new token.

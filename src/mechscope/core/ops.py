@@ -142,8 +142,7 @@ class Patch:
                 window = torch.cat([window, x[:, window.shape[1] :]], dim=1)
             if window.shape != x.shape:
                 raise InterventionError(
-                    f"patch source for '{ctx.site}' has shape {tuple(source.shape)}, "
-                    f"the run has {tuple(x.shape)}"
+                    f"patch source for '{ctx.site}' has shape {tuple(source.shape)}, the run has {tuple(x.shape)}"
                 )
             return window
         return _feature_like(source, x, f"the patch source for '{ctx.site}'").expand_as(x)
@@ -161,7 +160,7 @@ def add(vector: Tensor, coeff: float = 1.0, *, normalize: bool = False, position
     return Add(vector, coeff, normalize, check_positions(positions, allow_mean=False))
 
 
-def set(value: Tensor, *, positions: Positions = "all") -> Set:  # noqa: A001 - the op's name
+def set(value: Tensor, *, positions: Positions = "all") -> Set:
     """Overwrite the value with ``value`` at ``positions``."""
     return Set(value, check_positions(positions, allow_mean=False))
 

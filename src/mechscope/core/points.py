@@ -103,18 +103,13 @@ def read(site: Site, arch: ModelMap, payload: Any, batch: int) -> Tensor:
     point = POINTS[site.kind]
     if site.kind == "expert_out":
         return expert_output(site, payload, batch)
-    if point.phase == "in":
-        value = input_tensor(*payload)
-    else:
-        value = _element(payload, point.item)
+    value = input_tensor(*payload) if point.phase == "in" else _element(payload, point.item)
     if site.kind == "head_out":
         heads = _split_heads(value, arch)
         return heads if site.index is None else heads[..., site.index, :]
     if site.kind == "attn_pattern":
         if value is None:
-            raise SiteError(
-                "the attention module returned no weights; load the model with attn_implementation='eager'"
-            )
+            raise SiteError("the attention module returned no weights; load the model with attn_implementation='eager'")
         return value if site.index is None else value[:, site.index]
     if point.part == "router":
         return value.reshape(batch, -1, value.shape[-1])
@@ -134,9 +129,9 @@ def write(site: Site, arch: ModelMap, payload: Any, value: Tensor) -> Any:
             heads = _split_heads(flat, arch).clone()
             heads[..., site.index, :] = value
             new_flat = heads.reshape(flat.shape)
-        return replace_input(*payload, new_flat)
+        return replace_input(payload[0], payload[1], new_flat)
     if point.phase == "in":
-        return replace_input(*payload, value)
+        return replace_input(payload[0], payload[1], value)
     return _replace_element(payload, point.item, value)
 
 

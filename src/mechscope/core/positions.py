@@ -38,9 +38,8 @@ def check_positions(positions: Positions, *, allow_mean: bool = True) -> Positio
     elif isinstance(positions, Tensor):
         if positions.dim() not in (1, 2) or positions.is_floating_point():
             raise PositionError("a positions tensor must hold integers, shaped [batch] or [batch, k]")
-    elif not isinstance(positions, int | slice):
-        if not all(isinstance(p, int) for p in positions):
-            raise PositionError("a positions list must hold ints")
+    elif not isinstance(positions, int | slice) and not all(isinstance(p, int) for p in positions):
+        raise PositionError("a positions list must hold ints")
     return positions
 
 

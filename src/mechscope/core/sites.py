@@ -168,9 +168,7 @@ def validate_site(site: Site, arch: ModelMap) -> Site:
             f"(0..{arch.n_layers - 1}, or -{arch.n_layers}..-1 from the end)"
         )
     if kind.moe and layer not in arch.moe_layers:
-        raise SiteError(
-            f"layer {layer} has no router; {site.kind} exists on layers {list(arch.moe_layers)}"
-        )
+        raise SiteError(f"layer {layer} has no router; {site.kind} exists on layers {list(arch.moe_layers)}")
     if site.index is not None:
         count = _sub_count(kind, arch)
         if not 0 <= site.index < count:

@@ -154,8 +154,7 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
         return root.get_submodule(path)
     except AttributeError:
         raise ArchitectureError(
-            f"{type(root).__name__} has no submodule '{path}'; the architecture map entry is wrong "
-            "for this model"
+            f"{type(root).__name__} has no submodule '{path}'; the architecture map entry is wrong for this model"
         ) from None
 
 
@@ -264,9 +263,7 @@ def build_map(model: nn.Module) -> ModelMap:
     dims = _dimensions(config, model_type)
     layers = get_submodule(model, spec.layers)
     if not isinstance(layers, nn.ModuleList) or len(layers) != dims["n_layers"]:
-        raise ArchitectureError(
-            f"'{spec.layers}' of {type(model).__name__} is not a list of {dims['n_layers']} layers"
-        )
+        raise ArchitectureError(f"'{spec.layers}' of {type(model).__name__} is not a list of {dims['n_layers']} layers")
     for field in ("attn", "o_proj", "attn_out", "mlp_out"):
         get_submodule(layers[0], getattr(spec, field))
     get_submodule(model, spec.embed)
@@ -297,7 +294,8 @@ def _adapt_to_head(model: nn.Module, spec: FamilySpec) -> FamilySpec:
             final_norm=strip(spec.final_norm),
         )
     if spec.unembed is not None and not _has_submodule(model, spec.unembed):
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        getter: Any = getattr(model, "get_output_embeddings", None)
+        head = getter() if callable(getter) else None
         path = _path_of(model, head) if isinstance(head, nn.Module) else None
         spec = replace(spec, unembed=path)
     return spec
@@ -330,7 +328,7 @@ def _has_submodule(root: nn.Module, path: str) -> bool:
 def _path_of(root: nn.Module, target: nn.Module) -> str | None:
     for name, module in root.named_modules():
         if module is target:
-            return name
+            return str(name)
     return None
 
 
@@ -369,8 +367,9 @@ def discover_spec(model: nn.Module) -> FamilySpec:
     o_proj = _child_named(layer.get_submodule(attn), _O_PROJ_NAMES)
     if o_proj is None:
         raise ArchitectureError(f"cannot find the attention output projection in '{attn}'")
-    embed = model.get_input_embeddings()
-    embed_path = _path_of(model, embed)
+    getter: Any = getattr(model, "get_input_embeddings", None)
+    embed = getter() if callable(getter) else None
+    embed_path = _path_of(model, embed) if isinstance(embed, nn.Module) else None
     if embed_path is None:
         raise ArchitectureError("cannot find the input embedding module")
     parent_path = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""

@@ -81,6 +81,40 @@ def _hub_error(name: str, error: BaseException) -> ModelLoadError:
     return ModelLoadError(f"could not load '{name}': {first}")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within ``timeout`` seconds.
+
+    huggingface_hub retries unreachable hosts for half a minute; asking once first lets a machine with
+    no network fail in seconds with a useful message.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_access(name: str, revision: str | None) -> dict[str, Any]:
+    """Extra ``from_pretrained`` arguments for hub id ``name``: local-only when cached, else check network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return {"local_files_only": True}
+    if not _hub_reachable():
+        raise _hub_error(name, OSError("offline: not in cache and the hub cannot be reached"))
+    return {}
+
+
 def _model_class(config: Any) -> Any:
     import transformers
 
@@ -116,15 +150,18 @@ def load_model(
     """
     import transformers
 
+    torch_dtype = resolve_dtype(dtype)
     source, local = resolve_source(name_or_path)
     common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     if local:
         common["local_files_only"] = True
+    else:
+        common.update(_hub_access(source, revision))
     try:
         config = transformers.AutoConfig.from_pretrained(source, **common)
     except (OSError, ValueError) as error:
         raise (_hub_error(source, error) if not local else _local_error(source, error)) from None
-    kwargs: dict[str, Any] = {**common, "dtype": resolve_dtype(dtype)}
+    kwargs: dict[str, Any] = {**common, "dtype": torch_dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
@@ -132,7 +169,7 @@ def load_model(
     try:
         model = _model_class(config).from_pretrained(source, config=config, **kwargs)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
+    except Exception as error:  # transformers and safetensors raise many types; all mean "cannot load"
         raise (_hub_error(source, error) if not local else _local_error(source, error)) from None
     if device_map is None:
         model = model.to(device or "cpu")
@@ -142,12 +179,16 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, source=source)
 
 
+_FILE_WORDS = ("header", "safetensor", "corrupt", "truncat", "eof", "incomplete", "invalid load key", "deserializ")
+
+
 def _local_error(source: str, error: BaseException) -> ModelLoadError:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ModelLoadError(
-        f"could not load the model in '{source}': {first}; the files may be truncated or corrupt, "
-        "re-save them with save_pretrained"
-    )
+    text = str(error).strip()
+    first = text.splitlines()[0].split(". ")[0] if text else type(error).__name__
+    hint = ""
+    if any(word in f"{type(error).__name__} {text}".lower() for word in _FILE_WORDS):
+        hint = "; a weight file is truncated or corrupt: re-save or re-download it"
+    return ModelLoadError(f"could not load the model in '{source}': {first}{hint}")
 
 
 def _prepare_tokenizer(tokenizer: Any, arch: ModelMap) -> None:

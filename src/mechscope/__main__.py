@@ -1,0 +1,5 @@
+"""``python -m mechscope`` runs the command line."""
+
+from mechscope.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Checks that mechscope is exact on a model (`mechscope doctor`)."""

@@ -1,0 +1,1 @@
+"""The ``mechscope`` command line: a thin router over the Python API."""
