@@ -296,3 +296,19 @@ def build_tiny_model(family: str, folder: Path, *, seed: int = 0, **overrides: A
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mechscope.testing.tiny_models FAMILY FOLDER``: build one tiny model."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build a tiny random-init model of one family.")
+    parser.add_argument("family", choices=FAMILIES)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(build_tiny_model(args.family, args.folder, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()
