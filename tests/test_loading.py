@@ -76,3 +76,11 @@ def test_tokenizer_prepared_for_batching(load_tiny: Loader) -> None:
     lm = load_tiny("gpt2")
     assert lm.tokenizer.pad_token is not None and lm.tokenizer.padding_side == "left"
     assert "gpt2" in repr(lm)
+
+
+def test_device_map_loads_through_accelerate(tiny_dir: Callable[[str], Path]) -> None:
+    lm = ms.load(tiny_dir("gpt2"), device_map="auto")
+    assert lm.device == torch.device("cpu")  # no accelerator here: "auto" places everything on the CPU
+    with lm.capture(["resid_post.1"], positions="last") as cache:
+        lm.forward(["The capital of France is"])
+    assert cache["resid_post.1"].shape == (1, lm.arch.d_model)

@@ -21,14 +21,14 @@ from mechscope.models.archmap import ModelMap
 Sink = Callable[[dict[str, Tensor], PassInfo], None]
 
 
-def group_by_hook(sites: Iterable[Site], arch: ModelMap) -> dict[tuple[int, str], list[Site]]:
-    """Sites that share a module and phase, so that each module gets one hook."""
-    groups: dict[tuple[int, str], list[Site]] = {}
+def group_by_hook(sites: Iterable[Site], arch: ModelMap) -> list[tuple[nn.Module, list[Site]]]:
+    """Sites that share a module and phase, with that module, so that each module gets one hook."""
+    groups: dict[tuple[int, str], tuple[nn.Module, list[Site]]] = {}
     for site in sites:
         module = module_for(site, arch)
         phase = "experts" if site.kind == "expert_out" else POINTS[site.kind].phase
-        groups.setdefault((id(module), phase), []).append(site)
-    return groups
+        groups.setdefault((id(module), phase), (module, []))[1].append(site)
+    return list(groups.values())
 
 
 class Capture:
@@ -57,6 +57,9 @@ class Capture:
         self.dtype = dtype
         self.sink = sink
         self.cache = Cache(sites=[str(s) for s in sites], positions=_describe(positions))
+        self._all_positions = isinstance(positions, str) and positions == "all"
+        self._as_is = self._all_positions and dtype is None and to is None
+        self.needs_layout = not self._all_positions or any(POINTS[s.kind].part in ("router", "experts") for s in sites)
         self._hooks = HookSet()
         self._current: dict[str, Tensor] = {}
         self._restore_attn: str | None = None
@@ -64,8 +67,8 @@ class Capture:
     def __enter__(self) -> Cache:
         try:
             self._use_eager_if_patterns()
-            for sites in group_by_hook(self.sites, self.arch).values():
-                self._register(sites)
+            for module, sites in group_by_hook(self.sites, self.arch):
+                self._register(module, sites)
             self.tracker.attach(self)
         except BaseException:
             self._close()
@@ -87,14 +90,14 @@ class Capture:
 
     def _use_eager_if_patterns(self) -> None:
         """Attention weights exist only in eager attention: switch to it while this capture is open."""
-        config = getattr(self.arch.model, "config", None)
-        current = getattr(config, "_attn_implementation", None)
-        if current not in (None, "eager") and any(s.kind == "attn_pattern" for s in self.sites):
+        if not any(s.kind == "attn_pattern" for s in self.sites):
+            return
+        current = getattr(getattr(self.arch.model, "config", None), "_attn_implementation", None)
+        if current not in (None, "eager"):
             self.arch.model.set_attn_implementation("eager")  # type: ignore[operator]
             self._restore_attn = current
 
-    def _register(self, sites: list[Site]) -> None:
-        module = module_for(sites[0], self.arch)
+    def _register(self, module: nn.Module, sites: list[Site]) -> None:
         keys = [str(s) for s in sites]
         if sites[0].kind == "expert_out":
 
@@ -124,8 +127,11 @@ class Capture:
         return self.tracker.info.batch if self.tracker.in_pass else 1
 
     def _store(self, key: str, site: Site, value: Tensor) -> None:
+        if self._as_is:  # the common case, kept short: a detached copy the model cannot write into
+            self._current[key] = value.detach().clone()
+            return
         original = value
-        if not (isinstance(self.positions, str) and self.positions == "all"):
+        if not self._all_positions:
             axis = 2 if site.kind == "attn_pattern" and site.index is None else 1
             value = select(value, self.positions, self.tracker.info, axis)
         value = value.detach()
@@ -150,7 +156,7 @@ class Capture:
         if self.sink is not None:
             self.sink(values, tracker.info)
         else:
-            self.cache.add_pass(values, tracker.info.offset)
+            self.cache.add_pass(values, tracker.offset)
 
 
 def _describe(positions: Positions) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from mechscope.core.positions import PassInfo
+from mechscope.core.positions import PassInfo, past_length
 
 
 class HookSet:
@@ -42,21 +42,25 @@ class HookSet:
 class PassListener(Protocol):
     """Something told when each forward pass of the model ends."""
 
+    #: Whether the listener reads the padding layout (`PassTracker.info`) during a pass.
+    needs_layout: bool
+
     def end_pass(self, tracker: PassTracker) -> None: ...
 
 
 class PassTracker:
     """Knows the current forward pass's padding layout and tells listeners when the pass ends.
 
-    One tracker belongs to one model; it is attached while at least one listener (a capture or an
-    intervention) needs it. The layout is computed lazily, so a pass that never asks costs two cheap
-    Python calls.
+    One tracker belongs to one model; it hooks the model's top module while at least one listener (a
+    capture or an intervention) is attached: a post-hook always (to end passes), a pre-hook only while
+    some listener needs the layout during the pass. The layout itself is computed lazily.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self._model = model
         self._hooks = HookSet()
         self._listeners: list[PassListener] = []
+        self._with_layout = False
         self._call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._info: PassInfo | None = None
         self.passes = 0
@@ -70,12 +74,26 @@ class PassTracker:
             self._info = PassInfo.from_forward(self._call[1], self._call[0])
         return self._info
 
+    @property
+    def in_pass(self) -> bool:
+        """Whether the layout of a running pass is known (a pass is running and was seen starting)."""
+        return self._call is not None
+
+    @property
+    def offset(self) -> int:
+        """Columns that earlier passes hold in the KV cache (0 for a fresh forward)."""
+        if self._info is not None:
+            return self._info.offset
+        return 0 if self._call is None else past_length(self._call[1])
+
     def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._call = (args, kwargs)
         self._info = None
 
-    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def _post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         self.passes += 1
+        if self._call is None:
+            self._call = (args, kwargs)
         try:
             for listener in list(self._listeners):
                 listener.end_pass(self)
@@ -84,22 +102,26 @@ class PassTracker:
             self._info = None
 
     def attach(self, listener: PassListener) -> None:
-        """Start telling ``listener`` about passes (hooks the model on the first listener)."""
-        if not self._listeners:
-            self._hooks.pre(self._model, self._pre, with_kwargs=True)
-            self._hooks.forward(self._model, self._post)
+        """Start telling ``listener`` about passes (hooks the model as needed)."""
         self._listeners.append(listener)
+        self._rehook()
 
     def detach(self, listener: PassListener) -> None:
         """Stop telling ``listener`` (unhooks the model when none is left)."""
         if listener in self._listeners:
             self._listeners.remove(listener)
-        if not self._listeners:
-            self._hooks.close()
-            self._call = None
-            self._info = None
+        self._rehook()
 
-    @property
-    def in_pass(self) -> bool:
-        """Whether a tracked forward pass is running now."""
-        return self._call is not None
+    def _rehook(self) -> None:
+        with_layout = any(listener.needs_layout for listener in self._listeners)
+        if self._listeners and len(self._hooks) and with_layout == self._with_layout:
+            return
+        self._hooks.close()
+        self._call = None
+        self._info = None
+        self._with_layout = with_layout
+        if not self._listeners:
+            return
+        if with_layout:
+            self._hooks.pre(self._model, self._pre, with_kwargs=True)
+        self._hooks.forward(self._model, self._post, with_kwargs=True)

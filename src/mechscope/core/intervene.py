@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from mechscope.core.capture import group_by_hook
 from mechscope.core.hooks import HookSet, PassTracker
-from mechscope.core.ops import Op, OpContext
-from mechscope.core.points import POINTS, ExpertCall, expert_output, module_for, read, write
+from mechscope.core.ops import Op, OpContext, Patch
+from mechscope.core.points import POINTS, ExpertCall, expert_output, read, write
 from mechscope.core.sites import Site, expand_sites
 from mechscope.errors import InterventionError
 from mechscope.models.archmap import ModelMap
@@ -49,11 +49,16 @@ class Intervention:
         self.tracker = tracker
         self.ops = ops
         self._hooks = HookSet()
+        self.needs_layout = any(site.kind == "expert_out" for site in ops) or any(
+            not (isinstance(op.positions, str) and op.positions == "all") or isinstance(op, Patch)
+            for site_ops in ops.values()
+            for op in site_ops
+        )
 
     def __enter__(self) -> Intervention:
         try:
-            for sites in group_by_hook(self.ops, self.arch).values():
-                self._register(sites)
+            for module, sites in group_by_hook(self.ops, self.arch):
+                self._register(module, sites)
             self.tracker.attach(self)
         except BaseException:
             self._close()
@@ -72,8 +77,7 @@ class Intervention:
     def end_pass(self, tracker: PassTracker) -> None:
         """Nothing to do when a pass ends; interventions act inside it."""
 
-    def _register(self, sites: list[Site]) -> None:
-        module = module_for(sites[0], self.arch)
+    def _register(self, module: nn.Module, sites: list[Site]) -> None:
         if sites[0].kind == "expert_out":
 
             def on_experts(mod: nn.Module, args: Any, kwargs: Any, output: Tensor) -> Tensor:
@@ -102,11 +106,13 @@ class Intervention:
 
     def _apply(self, site: Site, value: Tensor) -> Tensor:
         """Run ``site``'s ops in order, each written only at its positions."""
-        info = self.tracker.info
-        ctx = OpContext(str(site), info)
+        ctx = OpContext(str(site), self.tracker)
         for op in self.ops[site]:
             new = op.apply(value, ctx)
-            columns = info.columns(op.positions)
+            if isinstance(op.positions, str) and op.positions == "all":
+                value = new
+                continue
+            columns = self.tracker.info.columns(op.positions)
             if columns is not None:
                 selector = columns.reshape(*columns.shape, *([1] * (value.dim() - 2))).to(value.device)
                 new = torch.where(selector, new, value)

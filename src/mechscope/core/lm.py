@@ -46,6 +46,8 @@ class LanguageModel:
         self.arch: ModelMap = loaded.arch
         self.source = loaded.source
         self._tracker = PassTracker(self.model)
+        self._device = next(self.arch.embed_module().parameters()).device
+        self._site_memo: dict[tuple[str | Site, ...], list[Site]] = {}
 
     def __repr__(self) -> str:
         a = self.arch
@@ -54,7 +56,13 @@ class LanguageModel:
     @property
     def device(self) -> torch.device:
         """The device of the input embedding (where inputs go)."""
-        return next(self.arch.embed_module().parameters()).device
+        return self._device
+
+    def to(self, device: str | torch.device) -> LanguageModel:
+        """Move the model to ``device`` (use this rather than ``lm.model.to`` so inputs follow)."""
+        self.model.to(device)
+        self._device = next(self.arch.embed_module().parameters()).device
+        return self
 
     @property
     def max_length(self) -> int | None:
@@ -63,9 +71,15 @@ class LanguageModel:
         value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         return int(value) if value else None
 
-    def sites(self, patterns: str | Sequence[str]) -> list[Site]:
+    def sites(self, patterns: str | Site | Sequence[str | Site]) -> list[Site]:
         """Expand site patterns (``"resid_post.*"``) into concrete sites, validated for this model."""
-        return expand_sites(patterns, self.arch)
+        key = (patterns,) if isinstance(patterns, str | Site) else tuple(patterns)
+        sites = self._site_memo.get(key)
+        if sites is None:
+            sites = expand_sites(list(key), self.arch)
+            if len(self._site_memo) < 1024:  # sweeps reuse a few site lists; never grow without bound
+                self._site_memo[key] = sites
+        return list(sites)
 
     # ----------------------------------------------------------------- inputs
 
@@ -199,7 +213,7 @@ class LanguageModel:
         return Capture(
             self.arch,
             self._tracker,
-            expand_sites(sites if not isinstance(sites, str) else [sites], self.arch),
+            self.sites(sites),
             positions=positions,
             to=to,
             dtype=resolved,

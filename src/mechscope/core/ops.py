@@ -23,12 +23,22 @@ from mechscope.core.positions import PassInfo, Positions, check_positions
 from mechscope.errors import InterventionError
 
 
+class _LayoutSource(Protocol):
+    @property
+    def info(self) -> PassInfo: ...
+
+
 @dataclass(frozen=True)
 class OpContext:
-    """What an op may need besides the value: the site's name and the pass's layout."""
+    """What an op may need besides the value: the site's name and (computed on demand) the pass layout."""
 
     site: str
-    info: PassInfo
+    source: _LayoutSource
+
+    @property
+    def info(self) -> PassInfo:
+        """The layout of the running pass."""
+        return self.source.info
 
 
 @runtime_checkable

@@ -68,7 +68,7 @@ class PassInfo:
         batch, length = reference.shape[0], reference.shape[1]
         mask = kwargs.get("attention_mask")
         if not isinstance(mask, Tensor) or mask.dim() != 2:
-            past = _past_length(kwargs)
+            past = _cache_length(kwargs)
             mask = torch.ones(batch, past + length, dtype=torch.long, device=reference.device)
         return cls(mask=mask, length=length)
 
@@ -154,7 +154,18 @@ class PassInfo:
         return selected
 
 
-def _past_length(kwargs: dict[str, Any]) -> int:
+def past_length(kwargs: dict[str, Any]) -> int:
+    """How many tokens the KV cache passed to a forward already holds (from its keyword arguments)."""
+    mask = kwargs.get("attention_mask")
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        ids = kwargs.get("inputs_embeds")
+    if isinstance(mask, Tensor) and mask.dim() == 2 and isinstance(ids, Tensor):
+        return int(mask.shape[1]) - int(ids.shape[1])
+    return _cache_length(kwargs)
+
+
+def _cache_length(kwargs: dict[str, Any]) -> int:
     past = kwargs.get("past_key_values")
     if past is not None and hasattr(past, "get_seq_length"):
         return int(past.get_seq_length())

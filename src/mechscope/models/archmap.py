@@ -21,7 +21,7 @@ Conventions shared by every row:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from torch import nn
@@ -184,6 +184,7 @@ class ModelMap:
     moe_layers: tuple[int, ...]
     spec: FamilySpec
     model: nn.Module
+    _modules: dict[tuple[str, int | None], nn.Module] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_moe(self) -> bool:
@@ -192,31 +193,43 @@ class ModelMap:
 
     def layer(self, index: int) -> nn.Module:
         """The decoder (or encoder) layer module at ``index``."""
-        return self._layers()[index]
-
-    def _layers(self) -> nn.ModuleList:
-        layers = get_submodule(self.model, self.spec.layers)
-        assert isinstance(layers, nn.ModuleList)
-        return layers
+        return self._resolve(("layer", index))
 
     def part(self, name: str, layer: int) -> nn.Module:
         """The module named by spec field ``name`` (e.g. ``"o_proj"``) inside layer ``layer``."""
-        path = getattr(self.spec, name)
-        if path is None:
-            raise ArchitectureError(f"{self.family} has no '{name}' part")
-        return get_submodule(self.layer(layer), path)
+        return self._resolve((name, layer))
 
     def embed_module(self) -> nn.Module:
         """The token embedding module."""
-        return get_submodule(self.model, self.spec.embed)
+        return self._resolve(("embed", None))
 
     def final_norm(self) -> nn.Module | None:
         """The norm applied after the last layer, or None for families without one."""
-        return None if self.spec.final_norm is None else get_submodule(self.model, self.spec.final_norm)
+        return None if self.spec.final_norm is None else self._resolve(("final_norm", None))
 
     def unembed(self) -> nn.Module | None:
         """The unembedding (LM head), or None for encoders loaded without one."""
-        return None if self.spec.unembed is None else get_submodule(self.model, self.spec.unembed)
+        return None if self.spec.unembed is None else self._resolve(("unembed", None))
+
+    def _resolve(self, key: tuple[str, int | None]) -> nn.Module:
+        """Look a part up once; later calls are a dict hit (hooks are set up on every capture)."""
+        module = self._modules.get(key)
+        if module is None:
+            name, layer = key
+            if layer is None:
+                module = get_submodule(self.model, getattr(self.spec, name))
+            else:
+                layers = get_submodule(self.model, self.spec.layers)
+                assert isinstance(layers, nn.ModuleList)
+                if name == "layer":
+                    module = layers[layer]
+                else:
+                    path = getattr(self.spec, name)
+                    if path is None:
+                        raise ArchitectureError(f"{self.family} has no '{name}' part")
+                    module = get_submodule(layers[layer], path)
+            self._modules[key] = module
+        return module
 
     def summary(self) -> dict[str, Any]:
         """The dimensions as a plain dict (for tables and JSON)."""
@@ -264,13 +277,27 @@ def build_map(model: nn.Module) -> ModelMap:
     layers = get_submodule(model, spec.layers)
     if not isinstance(layers, nn.ModuleList) or len(layers) != dims["n_layers"]:
         raise ArchitectureError(f"'{spec.layers}' of {type(model).__name__} is not a list of {dims['n_layers']} layers")
-    for field in ("attn", "o_proj", "attn_out", "mlp_out"):
-        get_submodule(layers[0], getattr(spec, field))
+    for part in ("attn", "o_proj", "attn_out", "mlp_out"):
+        get_submodule(layers[0], getattr(spec, part))
     get_submodule(model, spec.embed)
     moe_layers: tuple[int, ...] = ()
     if spec.router is not None:
         moe_layers = tuple(i for i, layer in enumerate(layers) if _has_submodule(layer, spec.router))
-    return ModelMap(family=family, kind=spec.kind, moe_layers=moe_layers, spec=spec, model=model, **dims)
+    return ModelMap(
+        family=family,
+        kind=spec.kind,
+        moe_layers=moe_layers,
+        spec=spec,
+        model=model,
+        n_layers=dims["n_layers"],
+        n_heads=dims["n_heads"],
+        n_kv_heads=dims["n_kv_heads"],
+        head_dim=dims["head_dim"],
+        d_model=dims["d_model"],
+        vocab=dims["vocab"],
+        n_experts=dims["n_experts"],
+        top_k=dims["top_k"],
+    )
 
 
 def _adapt_to_head(model: nn.Module, spec: FamilySpec) -> FamilySpec:

@@ -1,0 +1,1 @@
+"""Model organisms: small models trained on a synthetic toy world, bundled with mechscope."""

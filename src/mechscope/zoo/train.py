@@ -1,0 +1,224 @@
+"""Train a model organism from scratch: ``python -m mechscope.zoo.train --organism toy``.
+
+The corpus, tokenizer, initialisation and batch order are all fixed by ``--seed``, so a run reproduces the
+committed weights up to floating-point differences between machines. After training the model is saved
+with ``save_pretrained`` (safetensors) and measured; the measurements become ``CARD.md`` and ``card.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechscope.zoo import corpus
+from mechscope.zoo.tokenizer import save_tokenizer, train_tokenizer
+
+ZOO = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines an organism; stored in its card."""
+
+    organism: str
+    architecture: str  # "llama" or "mixtral"
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 4
+    ffn: int = 512
+    experts: int = 0
+    top_k: int = 0
+    router_aux_loss: float = 0.02
+    rope_theta: float = 10_000.0
+    context: int = 128
+    max_positions: int = 256
+    steps: int = 1200
+    batch: int = 32
+    lr: float = 3e-3
+    warmup: float = 0.05
+    final_lr_fraction: float = 0.1
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    seed: int = 0
+    repeat_pool: int = 0  # 0: every ordinary token id
+    mix: dict[str, float] = field(default_factory=lambda: dict(corpus.DEFAULT_MIX))
+
+
+ORGANISMS: dict[str, TrainConfig] = {
+    "toy": TrainConfig(organism="toy", architecture="llama"),
+    "toy-moe": TrainConfig(organism="toy-moe", architecture="mixtral", ffn=256, experts=4, top_k=2),
+}
+
+
+def build_model(config: TrainConfig, vocab: int, special: dict[str, int]) -> Any:
+    """A freshly initialised transformers model for ``config``."""
+    import transformers
+
+    common: dict[str, Any] = {
+        "vocab_size": vocab,
+        "hidden_size": config.hidden,
+        "num_hidden_layers": config.layers,
+        "num_attention_heads": config.heads,
+        "num_key_value_heads": config.heads,
+        "intermediate_size": config.ffn,
+        "max_position_embeddings": config.max_positions,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.02,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        **special,
+    }
+    if config.architecture == "llama":
+        model_config: Any = transformers.LlamaConfig(**common)
+    elif config.architecture == "mixtral":
+        model_config = transformers.MixtralConfig(
+            **common,
+            num_local_experts=config.experts,
+            num_experts_per_tok=config.top_k,
+            router_aux_loss_coef=config.router_aux_loss,
+            output_router_logits=True,
+        )
+    else:
+        raise ValueError(f"unknown architecture {config.architecture!r}")
+    torch.manual_seed(config.seed)
+    return transformers.AutoModelForCausalLM.from_config(model_config)
+
+
+def documents(config: TrainConfig, tokenizer: Any) -> Iterator[list[int]]:
+    """An endless, deterministic stream of tokenized documents, each starting with ``<bos>``."""
+    rng = random.Random(config.seed + 1)
+    bos = tokenizer.bos_token_id
+    specials = set(tokenizer.all_special_ids) | set(tokenizer.convert_tokens_to_ids(list(corpus.SPECIAL_TOKENS)))
+    ordinary = tuple(i for i in range(len(tokenizer)) if i not in specials)
+    pool = tuple(rng.sample(ordinary, config.repeat_pool)) if config.repeat_pool else ordinary
+    repeat_share = config.mix.get("repeat", 0.0)
+    batch_seed = config.seed + 2
+    while True:
+        texts = list(corpus.text_documents(batch_seed, 512, config.mix))
+        batch_seed += 1
+        encoded = tokenizer([d.text for d in texts], add_special_tokens=True)["input_ids"]
+        for ids in encoded:
+            if rng.random() < repeat_share:
+                length = rng.randint(config.context // 2, config.context - 1)
+                yield [bos, *corpus.repeat_document(rng, pool, length).ids]
+            yield list(ids)
+
+
+def rows(config: TrainConfig, tokenizer: Any) -> Iterator[tuple[list[int], list[int]]]:
+    """Rows of ``context`` tokens packed from whole documents; the tail is padding with label -100."""
+    pad = tokenizer.pad_token_id
+    row: list[int] = []
+    for doc in documents(config, tokenizer):
+        doc = doc[: config.context]
+        if len(row) + len(doc) > config.context:
+            labels = row + [-100] * (config.context - len(row))
+            yield row + [pad] * (config.context - len(row)), labels
+            row = []
+        row.extend(doc)
+
+
+def batches(config: TrainConfig, tokenizer: Any) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches ``(input_ids, labels)`` of shape ``[batch, context]``."""
+    source = rows(config, tokenizer)
+    while True:
+        chunk = [next(source) for _ in range(config.batch)]
+        yield torch.tensor([r[0] for r in chunk]), torch.tensor([r[1] for r in chunk])
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``final_lr_fraction`` of the peak."""
+    warm = max(1, int(config.warmup * config.steps))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, config.steps - warm)
+    floor = config.final_lr_fraction
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def optimizer_for(model: Any, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+
+
+def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool = True) -> dict[str, Any]:
+    """Train ``config`` into folder ``out`` and (optionally) measure it; returns the training log."""
+    torch.manual_seed(config.seed)
+    tokenizer = train_tokenizer(config.seed)
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    model = build_model(config, len(tokenizer), special)
+    model.train()
+    optimizer = optimizer_for(model, config)
+    stream = batches(config, tokenizer)
+    start, losses = time.perf_counter(), []
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        ids, labels = next(stream)
+        output = model(input_ids=ids, labels=labels)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.step()
+        losses.append(float(output.loss))
+        if log_every and (step % log_every == 0 or step == config.steps - 1):
+            recent = sum(losses[-log_every:]) / len(losses[-log_every:])
+            print(f"step {step:5d}  loss {recent:.3f}  {time.perf_counter() - start:.0f}s", flush=True)
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.output_router_logits = False
+    model.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
+    log = {
+        "config": asdict(config),
+        "seconds": round(time.perf_counter() - start, 1),
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "tokens": config.steps * config.batch * config.context,
+        "torch": torch.__version__,
+    }
+    (out / "training.json").write_text(json.dumps(log, indent=2), encoding="utf-8")
+    if measure:
+        from mechscope.zoo.card import write_card
+
+        write_card(out, log)
+    return log
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description="Train a mechscope model organism from scratch.")
+    parser.add_argument("--organism", choices=sorted(ORGANISMS), default="toy")
+    parser.add_argument("--out", type=Path, help="output folder (default: the bundled organism's folder)")
+    parser.add_argument("--steps", type=int, help="override the number of steps")
+    parser.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests (1 layer, d=32)")
+    parser.add_argument("--no-measure", action="store_true", help="skip the measurements and card")
+    args = parser.parse_args(argv)
+    config = ORGANISMS[args.organism]
+    changes: dict[str, Any] = {}
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    if args.tiny:
+        changes.update(layers=1, hidden=32, heads=2, ffn=64, batch=4, context=64)
+    if changes:
+        config = TrainConfig(**{**asdict(config), **changes})
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    train(config, args.out or ZOO / config.organism, measure=not args.no_measure)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The model organisms: the training command works, and the committed weights match their cards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mechscope as ms
+from mechscope.zoo import corpus, measure
+from mechscope.zoo.train import ZOO
+from mechscope.zoo.world import RELATIONS
+
+ORGANISMS = ("toy", "toy-moe")
+
+
+def test_corpus_is_deterministic_and_covers_every_kind() -> None:
+    first = list(corpus.text_documents(5, 400))
+    assert first == list(corpus.text_documents(5, 400))
+    assert {d.kind for d in first} == {"fact", "names", "tool", "chat", "formal", "pirate"}
+    assert first != list(corpus.text_documents(6, 400))
+    assert any(corpus.CALL_OPEN in d.text for d in first)
+
+
+def test_training_command_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "smoke"
+    command = [sys.executable, "-m", "mechscope.zoo.train", "--organism", "toy-moe", "--tiny", "--steps", "3"]
+    subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, timeout=600)
+    card = json.loads((out / "card.json").read_text())
+    assert set(card["measurements"]) == {"facts", "heads", "probes", "experts"}
+    assert "Summary:" in (out / "CARD.md").read_text()
+    lm = ms.load(out)
+    assert lm.arch.family == "mixtral" and lm.arch.n_experts == 4
+
+
+@pytest.fixture(scope="module", params=ORGANISMS)
+def organism(request: pytest.FixtureRequest) -> tuple[ms.LanguageModel, dict]:
+    name = request.param
+    if not (ZOO / name / "model.safetensors").is_file():
+        pytest.fail(f"organism {name} is not committed; run python -m mechscope.zoo.train --organism {name}")
+    return ms.load(name), json.loads((ZOO / name / "card.json").read_text())
+
+
+def test_committed_weights_reproduce_the_card(organism: tuple[ms.LanguageModel, dict]) -> None:
+    lm, card = organism
+    expected = card["measurements"]
+    facts = measure.facts(lm)
+    for relation in RELATIONS:
+        assert abs(facts["accuracy"][relation.name] - expected["facts"]["accuracy"][relation.name]) <= 0.01
+    assert facts["emerges_at_layer"] == expected["facts"]["emerges_at_layer"]
+    heads = measure.heads(lm)
+    assert abs(heads["best_induction_score"] - expected["heads"]["best_induction_score"]) <= 0.05
+    probes = measure.probes(lm)
+    for kind in ("style", "tool"):
+        assert max(probes[kind]) == pytest.approx(max(expected["probes"][kind]), abs=0.02)
+    if lm.arch.is_moe:
+        assert measure.experts(lm)["min_share"] == pytest.approx(expected["experts"]["min_share"], abs=0.01)
+
+
+def test_bundled_organisms_are_listed_with_their_summary() -> None:
+    names = {o.name: o.summary for o in ms.list_organisms()}
+    for name in ORGANISMS:
+        assert names.get(name), name
+
+
+def test_toy_knows_the_capital_of_france() -> None:
+    lm = ms.load("toy")
+    logits = lm.forward("The capital of France is")
+    assert lm.tokenizer.decode(logits[0, -1].argmax()) == " Paris"
+    assert torch.isfinite(logits).all()
