@@ -11,7 +11,7 @@ import torch
 import mechscope as ms
 from mechscope.checks.doctor import hook_count
 from mechscope.testing.tiny_models import FAMILIES
-from tests.conftest import PROMPTS
+from tests.conftest import DECODERS, PROMPTS
 
 Loader = Callable[..., ms.LanguageModel]
 
@@ -42,6 +42,16 @@ def test_residuals_equal_hidden_states(load_tiny: Loader, family: str) -> None:
     last = cache[f"resid_post.{n - 1}"]
     with torch.no_grad():
         assert torch.equal(norm(last) if norm is not None else last, hidden[n])
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_lens_readout_of_last_layer_equals_logits(load_tiny: Loader, family: str) -> None:
+    lm = load_tiny(family)
+    last = f"resid_post.{lm.arch.n_layers - 1}"
+    with lm.capture([last]) as cache:
+        logits = lm.forward(PROMPTS)
+    with torch.no_grad():
+        assert torch.equal(lm.arch.logits(cache[last]), logits)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -126,6 +126,59 @@ def doctor(
         console.print(table)
     if not report.passed:
         raise typer.Exit(1)
+
+
+def visible(token: str) -> str:
+    """A token with its whitespace made visible (tokens are user data: rich markup is escaped)."""
+    from rich.markup import escape
+
+    return escape(token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥"))
+
+
+@app.command()
+@one_line_errors
+def analyze(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text to analyse.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model (default: the bundled organism toy).")] = "toy",
+    top_k: Annotated[int, typer.Option("--top-k", help="Tokens shown per layer.")] = 3,
+    track: Annotated[list[str] | None, typer.Option("--track", help="Token to follow through the layers.")] = None,
+    layers: Annotated[str, typer.Option("--layers", help="all, every:N, first,middle,last or 0,3,-1.")] = "all",
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Logit lens: what the model predicts after every layer, at the prompt's last token.
+
+    Example: mechscope analyze -p "The capital of France is" --track " Paris"
+    """
+    import mechscope as ms
+    from mechscope.lens.logit import LogitLens
+    from mechscope.lens.strategy import parse_layers
+
+    lm = ms.load(model, dtype=dtype, device=device)
+    lens = LogitLens(lm)
+    result = lens.run([prompt], layers=parse_layers(layers, lm.arch.n_layers), top_k=top_k, track=track or [])[0]
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    table = Table(title=f"logit lens: {lm.source} ({lm.arch.family}), position {result.position}")
+    table.add_column("layer", justify="right")
+    table.add_column("top-1")
+    table.add_column("p", justify="right")
+    table.add_column(f"next {top_k - 1}")
+    for evolution in result.token_evolutions:
+        table.add_column(f"rank {visible(evolution.token)}", justify="right")
+    for i, prediction in enumerate(result.layer_predictions):
+        others = "  ".join(f"{visible(t.token)} {t.prob:.2f}" for t in prediction.top[1:])
+        ranks = [str(e.ranks[i]) for e in result.token_evolutions]
+        table.add_row(
+            str(prediction.layer), visible(prediction.top_token), f"{prediction.top[0].prob:.3f}", others, *ranks
+        )
+    console.print(table)
+    emergence = "never" if result.emergence_layer is None else f"layer {result.emergence_layer}"
+    console.print(
+        f"prediction: {visible(result.predicted_token)} (p={result.predicted.prob:.3f}); top-1 from {emergence}"
+    )
 
 
 def main() -> None:

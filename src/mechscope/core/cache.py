@@ -8,7 +8,7 @@ axis, separate forward calls along the batch axis. `Cache.passes` gives the raw 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ class Cache(Mapping[str, Tensor]):
     meta: dict[str, Any] = field(default_factory=dict)
     _passes: list[dict[str, Tensor]] = field(default_factory=list, repr=False)
     _offsets: list[int] = field(default_factory=list, repr=False)
+    _flush: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def add_pass(self, values: dict[str, Tensor], offset: int) -> None:
         """Record one forward pass; ``offset`` > 0 marks a KV-cache continuation of the previous pass."""
@@ -46,6 +47,8 @@ class Cache(Mapping[str, Tensor]):
     @property
     def n_passes(self) -> int:
         """How many forward passes were recorded."""
+        if self._flush is not None:
+            self._flush()
         return len(self._passes)
 
     def passes(self, site: str) -> list[Tensor]:
@@ -54,6 +57,8 @@ class Cache(Mapping[str, Tensor]):
         return [values[site] for values in self._passes]
 
     def _check(self, site: str) -> None:
+        if self._flush is not None:  # a capture still open: take its last pass first
+            self._flush()
         if site not in self.sites:
             raise SiteError(f"site '{site}' was not captured; captured: {', '.join(self.sites)}")
         if not self._passes:
@@ -91,9 +96,11 @@ class Cache(Mapping[str, Tensor]):
         )
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.sites if self._passes else [])
+        return iter(self.sites if len(self) else [])
 
     def __len__(self) -> int:
+        if self._flush is not None:
+            self._flush()
         return len(self.sites) if self._passes else 0
 
     def save(self, path: str | Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from mechscope.core.cache import Cache
 from mechscope.core.hooks import HookSet, PassTracker
-from mechscope.core.points import POINTS, module_for, read
+from mechscope.core.points import POINTS, Reader, module_for, reader
 from mechscope.core.positions import PassInfo, Positions, check_positions, select
 from mechscope.core.sites import Site
 from mechscope.errors import HookNotFiredError
@@ -21,14 +22,57 @@ from mechscope.models.archmap import ModelMap
 Sink = Callable[[dict[str, Tensor], PassInfo], None]
 
 
-def group_by_hook(sites: Iterable[Site], arch: ModelMap) -> list[tuple[nn.Module, list[Site]]]:
-    """Sites that share a module and phase, with that module, so that each module gets one hook."""
-    groups: dict[tuple[int, str], tuple[nn.Module, list[Site]]] = {}
+@dataclass(frozen=True)
+class HookGroup:
+    """Sites read or written at one module and phase, so that each module gets one hook.
+
+    ``phase`` is ``"in"`` (a pre-hook), ``"out"`` (a forward hook) or ``"experts"`` (a forward hook that
+    also sees the packed-experts module's arguments).
+    """
+
+    module: nn.Module
+    phase: str
+    sites: tuple[Site, ...]
+    keys: tuple[str, ...]
+    readers: tuple[Reader, ...]
+
+
+def plan_hooks(sites: Iterable[Site], arch: ModelMap) -> tuple[HookGroup, ...]:
+    """Group ``sites`` by hooked module and phase, with a specialised reader per site."""
+    groups: dict[tuple[int, str], tuple[nn.Module, str, list[Site]]] = {}
     for site in sites:
         module = module_for(site, arch)
         phase = "experts" if site.kind == "expert_out" else POINTS[site.kind].phase
-        groups.setdefault((id(module), phase), (module, []))[1].append(site)
-    return list(groups.values())
+        groups.setdefault((id(module), phase), (module, phase, []))[2].append(site)
+    return tuple(
+        HookGroup(
+            module, phase, tuple(members), tuple(str(s) for s in members), tuple(reader(s, arch) for s in members)
+        )
+        for module, phase, members in groups.values()
+    )
+
+
+@dataclass(frozen=True)
+class CapturePlan:
+    """Everything about a site list that does not change between captures (built once per list)."""
+
+    sites: tuple[Site, ...]
+    keys: tuple[str, ...]
+    groups: tuple[HookGroup, ...]
+    moe: bool  # some site reads a router or the experts (needs the batch size)
+    patterns: bool  # some site reads attention patterns (needs eager attention)
+
+
+def plan_capture(sites: Iterable[Site], arch: ModelMap) -> CapturePlan:
+    """The `CapturePlan` of ``sites``."""
+    ordered = tuple(sites)
+    return CapturePlan(
+        sites=ordered,
+        keys=tuple(str(s) for s in ordered),
+        groups=plan_hooks(ordered, arch),
+        moe=any(POINTS[s.kind].part in ("router", "experts") for s in ordered),
+        patterns=any(s.kind == "attn_pattern" for s in ordered),
+    )
 
 
 class Capture:
@@ -36,13 +80,17 @@ class Capture:
 
     Hooks are removed in ``__exit__`` whether or not the body raised. If a forward pass ends without a
     site's hook having run, `HookNotFiredError` is raised instead of leaving that site silently empty.
+
+    A capture that needs nothing from the model's top-level call (all positions, no sink, no MoE site)
+    does not hook the top module: a pass is closed when a site fires again (the next pass began), when
+    the cache is read, or on exit. Every hook added per call costs time on small models.
     """
 
     def __init__(
         self,
         arch: ModelMap,
         tracker: PassTracker,
-        sites: list[Site],
+        plan: CapturePlan,
         *,
         positions: Positions = "all",
         to: str | torch.device | None = None,
@@ -51,25 +99,31 @@ class Capture:
     ) -> None:
         self.arch = arch
         self.tracker = tracker
-        self.sites = sites
-        self.positions = check_positions(positions)
+        self.plan = plan
+        self._all_positions = positions == "all" if isinstance(positions, str) else False
+        self.positions = positions if self._all_positions else check_positions(positions)
         self.device = torch.device(to) if to is not None else None
         self.dtype = dtype
         self.sink = sink
-        self.cache = Cache(sites=[str(s) for s in sites], positions=_describe(positions))
-        self._all_positions = isinstance(positions, str) and positions == "all"
+        self.cache = Cache(sites=list(plan.keys), positions=_describe(positions))
         self._as_is = self._all_positions and dtype is None and to is None
-        self.needs_layout = not self._all_positions or any(POINTS[s.kind].part in ("router", "experts") for s in sites)
+        self.needs_layout = not self._all_positions or plan.moe
+        self._tracked = self.needs_layout or sink is not None
         self._hooks = HookSet()
         self._current: dict[str, Tensor] = {}
+        self._pass_generation = -1  # the lm.generate call the open pass belongs to (untracked mode)
+        self._last_generation = -1  # ... and the one the pass before it belonged to
         self._restore_attn: str | None = None
+        if not self._tracked:
+            self.cache._flush = self._flush
 
     def __enter__(self) -> Cache:
         try:
             self._use_eager_if_patterns()
-            for module, sites in group_by_hook(self.sites, self.arch):
-                self._register(module, sites)
-            self.tracker.attach(self)
+            for group in self.plan.groups:
+                self._register(group)
+            if self._tracked:
+                self.tracker.attach(self)
         except BaseException:
             self._close()
             raise
@@ -78,11 +132,17 @@ class Capture:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._close()
+        try:
+            if exc_type is None:
+                self._flush()
+        finally:
+            self._close()
 
     def _close(self) -> None:
         self._hooks.close()
-        self.tracker.detach(self)
+        self.cache._flush = None
+        if self._tracked:
+            self.tracker.detach(self)
         if self._restore_attn is not None:
             self.arch.model.set_attn_implementation(self._restore_attn)  # type: ignore[operator]
             self._restore_attn = None
@@ -90,43 +150,65 @@ class Capture:
 
     def _use_eager_if_patterns(self) -> None:
         """Attention weights exist only in eager attention: switch to it while this capture is open."""
-        if not any(s.kind == "attn_pattern" for s in self.sites):
+        if not self.plan.patterns:
             return
         current = getattr(getattr(self.arch.model, "config", None), "_attn_implementation", None)
         if current not in (None, "eager"):
             self.arch.model.set_attn_implementation("eager")  # type: ignore[operator]
             self._restore_attn = current
 
-    def _register(self, module: nn.Module, sites: list[Site]) -> None:
-        keys = [str(s) for s in sites]
-        if sites[0].kind == "expert_out":
+    def _register(self, group: HookGroup) -> None:
+        entries = tuple(zip(group.sites, group.keys, group.readers, strict=True))
+        if group.phase == "experts":
 
             def on_experts(mod: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-                for site, key in zip(sites, keys, strict=True):
-                    self._store(key, site, read(site, self.arch, (args, kwargs, output, mod), self._batch()))
+                for site, key, read_value in entries:
+                    self._store(key, site, read_value((args, kwargs, output, mod), self._batch()))
 
-            self._hooks.forward(module, on_experts, with_kwargs=True)
-        elif POINTS[sites[0].kind].phase == "in":
+            self._hooks.forward(group.module, on_experts, with_kwargs=True)
+        elif group.phase == "in":
 
             def on_input(mod: nn.Module, args: Any, kwargs: Any) -> None:
-                for site, key in zip(sites, keys, strict=True):
-                    self._store(key, site, read(site, self.arch, (args, kwargs), 0))
+                for site, key, read_value in entries:
+                    self._store(key, site, read_value((args, kwargs), 0))
 
-            self._hooks.pre(module, on_input, with_kwargs=True)
+            self._hooks.pre(group.module, on_input, with_kwargs=True)
+        elif self._as_is and not self._tracked:
+            pairs = tuple(zip(group.keys, group.readers, strict=True))
+
+            def on_output_as_is(mod: nn.Module, args: Any, output: Any) -> None:
+                # The common case (residual-type sites, every position, no conversion), spelled out
+                # because it runs on every hooked layer of every pass.
+                current = self._current
+                for key, read_value in pairs:
+                    if key in current:  # this site fired again: the previous pass is over
+                        self._flush()
+                        current = self._current
+                    if not current:
+                        self._pass_generation = self.tracker.generation
+                    value = read_value(output, 0)
+                    current[key] = value.detach().clone() if value.requires_grad else value.clone()
+
+            self._hooks.forward(group.module, on_output_as_is)
         else:
-            needs_batch = POINTS[sites[0].kind].part == "router"
+            needs_batch = any(POINTS[s.kind].part == "router" for s in group.sites)
 
             def on_output(mod: nn.Module, args: Any, output: Any) -> None:
                 batch = self._batch() if needs_batch else 0
-                for site, key in zip(sites, keys, strict=True):
-                    self._store(key, site, read(site, self.arch, output, batch))
+                for site, key, read_value in entries:
+                    self._store(key, site, read_value(output, batch))
 
-            self._hooks.forward(module, on_output)
+            self._hooks.forward(group.module, on_output)
 
     def _batch(self) -> int:
         return self.tracker.info.batch if self.tracker.in_pass else 1
 
     def _store(self, key: str, site: Site, value: Tensor) -> None:
+        if not self._tracked:
+            if key in self._current:
+                self._flush()  # this site fired again: the previous pass is over
+            if not self._current:
+                self._pass_generation = self.tracker.generation
         if self._as_is:  # the common case, kept short: a detached copy the model cannot write into
             self._current[key] = value.detach().clone()
             return
@@ -143,20 +225,32 @@ class Capture:
             value = value.clone()  # never keep a view the model might still write into
         self._current[key] = value
 
+    def _flush(self) -> None:
+        """Close the open pass of an untracked capture (its KV offset comes from ``lm.generate``'s count)."""
+        if not self._current:
+            return
+        generation = self._pass_generation
+        continues = generation >= 0 and generation == self._last_generation
+        self._last_generation = generation
+        self._finish(self.tracker.offset_hint if continues else 0)
+
     def end_pass(self, tracker: PassTracker) -> None:
         """Check every site fired in the pass that just ended, then keep or sink its values."""
+        self._finish(tracker.offset)
+
+    def _finish(self, offset: int) -> None:
         values, self._current = self._current, {}
-        missing = [key for key in self.cache.sites if key not in values]
-        if missing:
+        if len(values) != len(self.cache.sites):
+            missing = [key for key in self.cache.sites if key not in values]
             raise HookNotFiredError(
                 f"the hook for {', '.join(missing)} did not run in this forward pass of "
                 f"{self.arch.family}; the architecture map names a module the model did not call "
                 "(run `mechscope doctor`)"
             )
         if self.sink is not None:
-            self.sink(values, tracker.info)
+            self.sink(values, self.tracker.info)
         else:
-            self.cache.add_pass(values, tracker.offset)
+            self.cache.add_pass(values, offset)
 
 
 def _describe(positions: Positions) -> str:

@@ -64,6 +64,21 @@ class PassTracker:
         self._call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._info: PassInfo | None = None
         self.passes = 0
+        #: Counts ``lm.generate`` calls while one runs (-1 otherwise), so that captures without a
+        #: top-level hook can still tell a generation step from a new forward call.
+        self.generation = -1
+        self._generations = 0
+        #: The offset recorded for generation steps seen without a top-level hook (only its sign is used).
+        self.offset_hint = 1
+
+    def begin_generation(self) -> None:
+        """Mark that the model's passes, until `end_generation`, belong to one ``generate`` call."""
+        self._generations += 1
+        self.generation = self._generations
+
+    def end_generation(self) -> None:
+        """The ``generate`` call is over."""
+        self.generation = -1
 
     @property
     def info(self) -> PassInfo:

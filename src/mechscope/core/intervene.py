@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mechscope.core.capture import group_by_hook
+from mechscope.core.capture import plan_hooks
 from mechscope.core.hooks import HookSet, PassTracker
 from mechscope.core.ops import Op, OpContext, Patch
 from mechscope.core.points import POINTS, ExpertCall, expert_output, read, write
@@ -57,8 +57,8 @@ class Intervention:
 
     def __enter__(self) -> Intervention:
         try:
-            for module, sites in group_by_hook(self.ops, self.arch):
-                self._register(module, sites)
+            for group in plan_hooks(self.ops, self.arch):
+                self._register(group.module, list(group.sites))
             self.tracker.attach(self)
         except BaseException:
             self._close()

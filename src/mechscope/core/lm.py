@@ -18,7 +18,7 @@ from typing import Any, overload
 import torch
 from torch import Tensor, nn
 
-from mechscope.core.capture import Capture, Sink
+from mechscope.core.capture import Capture, CapturePlan, Sink, plan_capture
 from mechscope.core.hooks import PassTracker
 from mechscope.core.intervene import Intervention, OpSpec, plan
 from mechscope.core.positions import Positions
@@ -48,6 +48,7 @@ class LanguageModel:
         self._tracker = PassTracker(self.model)
         self._device = next(self.arch.embed_module().parameters()).device
         self._site_memo: dict[tuple[str | Site, ...], list[Site]] = {}
+        self._plan_memo: dict[tuple[str | Site, ...], CapturePlan] = {}
 
     def __repr__(self) -> str:
         a = self.arch
@@ -175,10 +176,14 @@ class LanguageModel:
         encoded = self.tokenize(prompts)
         options: dict[str, Any] = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id}
         options.update(kwargs)
-        with torch.no_grad():
-            output = self.model.generate(  # type: ignore[operator]
-                **encoded, max_new_tokens=max_new_tokens, **options
-            )
+        self._tracker.begin_generation()
+        try:
+            with torch.no_grad():
+                output = self.model.generate(  # type: ignore[operator]
+                    **encoded, max_new_tokens=max_new_tokens, **options
+                )
+        finally:
+            self._tracker.end_generation()
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
         texts: list[str] = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return texts[0] if isinstance(prompts, str) else texts
@@ -210,10 +215,16 @@ class LanguageModel:
         resolved = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
         if isinstance(resolved, str):
             resolved = None
+        key = (sites,) if isinstance(sites, str | Site) else tuple(sites)
+        plan = self._plan_memo.get(key)
+        if plan is None:
+            plan = plan_capture(self.sites(list(key)), self.arch)
+            if len(self._plan_memo) < 1024:  # sweeps reuse a few site lists; never grow without bound
+                self._plan_memo[key] = plan
         return Capture(
             self.arch,
             self._tracker,
-            self.sites(sites),
+            plan,
             positions=positions,
             to=to,
             dtype=resolved,

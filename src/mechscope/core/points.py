@@ -7,6 +7,8 @@ module and phase share one hook.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -114,6 +116,31 @@ def read(site: Site, arch: ModelMap, payload: Any, batch: int) -> Tensor:
     if point.part == "router":
         return value.reshape(batch, -1, value.shape[-1])
     return value
+
+
+Reader = Callable[[Any, int], Tensor]
+
+
+def _first_output(payload: Any, batch: int) -> Tensor:
+    value: Tensor = payload[0] if type(payload) is tuple else payload
+    return value
+
+
+def _first_input(payload: Any, batch: int) -> Tensor:
+    return input_tensor(payload[0], payload[1])
+
+
+def reader(site: Site, arch: ModelMap) -> Reader:
+    """A function ``(payload, batch) -> value`` for ``site``: `read`, specialised once per capture plan.
+
+    The residual-stream sites, read on every layer of every pass, get branch-free readers.
+    """
+    point = POINTS[site.kind]
+    if point.item == 0 and site.kind in ("embed", "resid_post", "attn_out", "mlp_out"):
+        return _first_output
+    if site.kind == "resid_pre":
+        return _first_input
+    return functools.partial(read, site, arch)
 
 
 def write(site: Site, arch: ModelMap, payload: Any, value: Tensor) -> Any:

@@ -24,7 +24,8 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from mechscope.errors import ArchitectureError
 
@@ -230,6 +231,30 @@ class ModelMap:
                     module = get_submodule(layers[layer], path)
             self._modules[key] = module
         return module
+
+    def logits(self, resid: Tensor) -> Tensor:
+        """Read a residual out as logits the way the model reads its last one (the logit lens).
+
+        Applies the final norm, the unembedding, and the family's output transform: Gemma-2/3 soft-capping
+        (``final_logit_softcapping``) and Granite's ``logits_scaling``. On the last layer's output this equals
+        the model's own logits.
+
+        Raises:
+            ArchitectureError: the model has no unembedding (e.g. a bare encoder).
+        """
+        head = self.unembed()
+        if head is None:
+            raise ArchitectureError(f"{self.family} was loaded without an unembedding; the lens needs one")
+        norm = self.final_norm()
+        logits: Tensor = head(norm(resid) if norm is not None else resid)
+        config = self.model.config
+        scaling = getattr(config, "logits_scaling", None)
+        if scaling is not None and self.family == "granitemoe":
+            logits = logits / scaling
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def summary(self) -> dict[str, Any]:
         """The dimensions as a plain dict (for tables and JSON)."""

@@ -30,12 +30,9 @@ def _answer_id(lm: LanguageModel, answer: str) -> int:
 
 
 def _unembed(lm: LanguageModel, resid: Tensor) -> Tensor:
-    """Logit lens: the final norm and unembedding applied to a residual."""
-    norm, head = lm.arch.final_norm(), lm.arch.unembed()
-    assert head is not None
+    """Logit lens: the model's own read-out (final norm, unembedding) applied to a residual."""
     with torch.no_grad():
-        out: Tensor = head(norm(resid) if norm is not None else resid)
-    return out
+        return lm.arch.logits(resid)
 
 
 def facts(lm: LanguageModel) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Lenses: read what each layer predicts (logit lens; tuned lens later)."""

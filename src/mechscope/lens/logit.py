@@ -1,0 +1,183 @@
+"""The logit lens: read every layer's residual out through the model's own final norm and unembedding.
+
+Example:
+    >>> import mechscope as ms
+    >>> lens = ms.LogitLens(ms.load("toy"))  # doctest: +SKIP
+    >>> result = lens.run(["The capital of France is"], track=[" Paris"])[0]  # doctest: +SKIP
+    >>> result.predicted_token, result.emergence_layer  # doctest: +SKIP
+    (' Paris', 3)
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from mechscope.core.lm import LanguageModel
+from mechscope.errors import InputError, SiteError
+from mechscope.lens.results import (
+    LayerPrediction,
+    LayerTransition,
+    LensResult,
+    TokenEvolution,
+    TokenScore,
+)
+
+
+class LogitLens:
+    """Layer-by-layer predictions of a decoder model, batched over prompts.
+
+    The read-out of layer L is ``arch.logits(resid_post.L)``: the final norm, the unembedding and the
+    family's output transform (soft-capping, scaling). At the last layer it equals the model's logits.
+    """
+
+    def __init__(self, lm: LanguageModel) -> None:
+        if lm.arch.kind != "decoder":
+            raise InputError(f"{lm.arch.family} is an encoder; the logit lens needs a language-model head")
+        self.lm = lm
+
+    def token_id(self, token: str) -> int:
+        """The id of ``token``; a string of several tokens is tracked by its first token (with a warning)."""
+        ids = self.lm.tokenizer(token, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InputError(f"cannot track {token!r}: it tokenizes to nothing")
+        if len(ids) > 1:
+            first = self.lm.tokenizer.convert_ids_to_tokens(ids[0])
+            warnings.warn(f"{token!r} is {len(ids)} tokens; tracking its first token {first!r}", stacklevel=3)
+        return int(ids[0])
+
+    def _layers(self, layers: Sequence[int] | None) -> list[int]:
+        n = self.lm.arch.n_layers
+        if layers is None:
+            return list(range(n))
+        chosen = []
+        for layer in layers:
+            if not -n <= layer < n:
+                raise SiteError(f"layer {layer} is out of range: the model has {n} layers (0..{n - 1})")
+            chosen.append(layer % n)
+        return sorted(set(chosen))
+
+    def layer_logits(
+        self, prompts: Sequence[str], layers: Sequence[int] | None = None, position: int = -1
+    ) -> tuple[Tensor, Tensor]:
+        """``(lens, final)``: lens logits ``[layer, batch, vocab]`` at ``position`` and the model's logits."""
+        chosen = self._layers(layers)
+        with torch.no_grad():
+            with self.lm.capture([f"resid_post.{i}" for i in chosen], positions=position) as cache:
+                logits = self.lm.forward(list(prompts))
+            final = self._final(logits, list(prompts), position)
+            stacked = torch.stack([self.lm.arch.logits(cache[f"resid_post.{i}"]) for i in chosen])
+        return stacked.float(), final.float()
+
+    def _final(self, logits: Tensor, prompts: list[str], position: int) -> Tensor:
+        mask = self.lm.tokenize(prompts)["attention_mask"]
+        lengths = mask.sum(dim=1)
+        own = torch.full_like(lengths, position)
+        own = torch.where(own < 0, own + lengths, own)
+        columns = own + mask.int().argmax(dim=1)
+        return logits[torch.arange(len(prompts)), columns.to(logits.device)]
+
+    def run(
+        self,
+        prompts: Sequence[str],
+        *,
+        layers: Sequence[int] | None = None,
+        position: int = -1,
+        top_k: int = 5,
+        track: Sequence[str] = (),
+    ) -> list[LensResult]:
+        """Apply the lens to each prompt at ``position`` (own coordinates; -1 = last token)."""
+        if top_k < 1:
+            raise InputError("top_k must be at least 1")
+        chosen = self._layers(layers)
+        lens, final = self.layer_logits(prompts, chosen, position)
+        tracked_ids = [self.token_id(t) for t in track]
+        results = []
+        for row, prompt in enumerate(prompts):
+            results.append(self._result(prompt, position, chosen, lens[:, row], final[row], top_k, tracked_ids))
+        return results
+
+    def _decode(self, token_id: int) -> str:
+        return str(self.lm.tokenizer.decode([token_id]))
+
+    def _score(self, logits: Tensor, probs: Tensor, token_id: int) -> TokenScore:
+        return TokenScore(
+            token=self._decode(token_id),
+            token_id=token_id,
+            prob=float(probs[token_id]),
+            logit=float(logits[token_id]),
+        )
+
+    def _result(
+        self,
+        prompt: str,
+        position: int,
+        layers: list[int],
+        lens: Tensor,
+        final: Tensor,
+        top_k: int,
+        tracked_ids: list[int],
+    ) -> LensResult:
+        log_final = final.log_softmax(-1)
+        final_probs = log_final.exp()
+        predicted = self._score(final, final_probs, int(final.argmax()))
+        log_lens = lens.log_softmax(-1)
+        probs = log_lens.exp()
+        entropy = -(probs * log_lens).nan_to_num().sum(-1)
+        kl = (final_probs * (log_final - log_lens)).nan_to_num().sum(-1)
+        predictions = []
+        for i, layer in enumerate(layers):
+            top = probs[i].topk(top_k).indices.tolist()
+            predictions.append(
+                LayerPrediction(
+                    layer=layer,
+                    top=[self._score(lens[i], probs[i], t) for t in top],
+                    entropy=max(0.0, float(entropy[i])),
+                    kl_to_final=float(kl[i]),
+                )
+            )
+        ids = [predicted.token_id, *[t for t in tracked_ids if t != predicted.token_id]]
+        evolutions = [self._evolution(lens, probs, layers, t) for t in ids]
+        transitions = [
+            LayerTransition(layer=b.layer, from_token=a.top_token, to_token=b.top_token)
+            for a, b in itertools.pairwise(predictions)
+            if a.top[0].token_id != b.top[0].token_id
+        ]
+        tokens = self.lm.tokenizer.convert_ids_to_tokens(self.lm.tokenize([prompt])["input_ids"][0].tolist())
+        return LensResult(
+            prompt=prompt,
+            tokens=[str(t) for t in tokens],
+            position=position if position >= 0 else len(tokens) + position,
+            predicted=predicted,
+            layer_predictions=predictions,
+            token_evolutions=evolutions,
+            layer_transitions=transitions,
+            emergence_layer=_stays_top1_from(layers, evolutions[0].ranks),
+        )
+
+    def _evolution(self, lens: Tensor, probs: Tensor, layers: list[int], token_id: int) -> TokenEvolution:
+        ranks = (lens > lens[:, token_id : token_id + 1]).sum(-1).tolist()
+        first = next((layer for layer, rank in zip(layers, ranks, strict=True) if rank == 0), None)
+        return TokenEvolution(
+            token=self._decode(token_id),
+            token_id=token_id,
+            layers=layers,
+            ranks=[int(r) for r in ranks],
+            probs=[float(p) for p in probs[:, token_id]],
+            logits=[float(x) for x in lens[:, token_id]],
+            first_top1_layer=first,
+        )
+
+
+def _stays_top1_from(layers: list[int], ranks: list[int]) -> int | None:
+    """The first layer from which ``ranks`` stays 0 up to the last analysed layer."""
+    first = None
+    for layer, rank in reversed(list(zip(layers, ranks, strict=True))):
+        if rank != 0:
+            break
+        first = layer
+    return first
