@@ -7,6 +7,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages some features need: chromium (the HTML report's browser tests).
+APT_PACKAGES=(chromium)
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+      || echo "setup: could not install ${missing[*]}; the tests that need them will be skipped"
+  else
+    echo "setup: not root or no apt-get: skipping ${missing[*]} (the tests that need them will be skipped)"
+  fi
+fi
+
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 VENV_PIP=(.venv/bin/python -m pip --quiet)

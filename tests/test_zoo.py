@@ -72,3 +72,15 @@ def test_toy_knows_the_capital_of_france() -> None:
     logits = lm.forward("The capital of France is")
     assert lm.tokenizer.decode(logits[0, -1].argmax()) == " Paris"
     assert torch.isfinite(logits).all()
+
+
+def test_analyze_with_no_model_predicts_paris() -> None:
+    from typer.testing import CliRunner
+
+    from mechscope.cli.main import app
+
+    result = CliRunner().invoke(app, ["analyze", "-p", "The capital of France is", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["predicted"]["token"] == " Paris"
+    table = CliRunner().invoke(app, ["analyze", "-p", "The capital of France is"])
+    assert "prediction: ␣Paris" in table.stdout

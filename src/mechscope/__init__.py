@@ -23,6 +23,10 @@ from mechscope.errors import (
     PositionError,
     SiteError,
 )
+from mechscope.lens.analyzer import AnalysisConfig, ModelAnalyzer
+from mechscope.lens.logit import LogitLens
+from mechscope.lens.results import LensResult
+from mechscope.lens.strategy import LayerStrategy
 from mechscope.models.archmap import ModelMap
 from mechscope.models.registry import list_organisms, register_organism
 
@@ -30,13 +34,18 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "SITE_KINDS",
+    "AnalysisConfig",
     "ArchitectureError",
     "Cache",
     "HookNotFiredError",
     "InputError",
     "InterventionError",
     "LanguageModel",
+    "LayerStrategy",
+    "LensResult",
+    "LogitLens",
     "MechscopeError",
+    "ModelAnalyzer",
     "ModelLoadError",
     "ModelMap",
     "PassInfo",

@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -143,6 +144,11 @@ def analyze(
     top_k: Annotated[int, typer.Option("--top-k", help="Tokens shown per layer.")] = 3,
     track: Annotated[list[str] | None, typer.Option("--track", help="Token to follow through the layers.")] = None,
     layers: Annotated[str, typer.Option("--layers", help="all, every:N, first,middle,last or 0,3,-1.")] = "all",
+    lens_kind: Annotated[str, typer.Option("--lens", help="logit, or tuned (needs a trained tuned lens).")] = "logit",
+    tuned_path: Annotated[
+        Path | None, typer.Option("--tuned", help="Tuned-lens file (default: tuned_lens.safetensors by the model).")
+    ] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
@@ -154,10 +160,20 @@ def analyze(
     import mechscope as ms
     from mechscope.lens.logit import LogitLens
     from mechscope.lens.strategy import parse_layers
+    from mechscope.lens.tuned import TunedLens
 
     lm = ms.load(model, dtype=dtype, device=device)
-    lens = LogitLens(lm)
-    result = lens.run([prompt], layers=parse_layers(layers, lm.arch.n_layers), top_k=top_k, track=track or [])[0]
+    if lens_kind not in ("logit", "tuned"):
+        raise ms.InputError(f"unknown --lens '{lens_kind}'; use logit or tuned")
+    tuned = TunedLens.load(tuned_path or default_tuned_path(lm), lm) if lens_kind == "tuned" else None
+    lens = LogitLens(lm, tuned)
+    chosen = parse_layers(layers, lm.arch.n_layers)
+    result = lens.run([prompt], layers=chosen, top_k=top_k, track=track or [])[0]
+    if html is not None:
+        from mechscope.viz.lens_report import render_lens_html
+
+        page = render_lens_html(result, lens.grid(prompt, layers=chosen), model=lm.source, lens=lens_kind)
+        write_atomically(html, page)
     if as_json:
         print(result.model_dump_json(indent=2))
         return
@@ -179,6 +195,99 @@ def analyze(
     console.print(
         f"prediction: {visible(result.predicted_token)} (p={result.predicted.prob:.3f}); top-1 from {emergence}"
     )
+
+
+@app.command()
+@one_line_errors
+def compare(
+    model1: Annotated[str, typer.Option("--model1", help="First model (e.g. the base).")],
+    model2: Annotated[str, typer.Option("--model2", help="Second model (e.g. the fine-tuned one).")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text both models read.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare two models' layer-by-layer predictions on the same prompt and say where they diverge.
+
+    Example: mechscope compare --model1 toy --model2 ./toy-finetuned -p "The capital of France is"
+    """
+    import mechscope as ms
+    from mechscope.lens.compare import compare as compare_models
+
+    result = compare_models(ms.load(model1), ms.load(model2), prompt)
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    table = Table(title=f"{result.model_a} vs {result.model_b}")
+    for column in ("layer 1", "top-1 (model 1)", "layer 2", "top-1 (model 2)", "same", "KL(1||2)"):
+        table.add_column(column)
+    for row in result.layers:
+        kl = "" if row.kl_a_to_b is None else f"{row.kl_a_to_b:.3f}"
+        same = "yes" if row.same_top else "[red]no[/red]"
+        table.add_row(str(row.layer_a), visible(row.top_a.token), str(row.layer_b), visible(row.top_b.token), same, kl)
+    console.print(table)
+    if not result.token_level:
+        console.print(f"not compared token by token: {result.reason}")
+    else:
+        where = "nowhere" if result.first_divergence is None else f"first at layer {result.first_divergence}"
+        console.print(f"predictions {visible(result.predicted_a)} vs {visible(result.predicted_b)}; diverge {where}")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a failure never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def default_tuned_path(lm: Any) -> Path:
+    """Where a model's tuned lens lives by default: next to its weights."""
+    return Path(lm.source) / "tuned_lens.safetensors"
+
+
+@app.command("tuned-lens")
+@one_line_errors
+def tuned_lens(
+    model: ModelOpt,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to save (default: by the model).")] = None,
+    text: Annotated[
+        Path | None, typer.Option("--text", help="Training text, one document per line (default: organism corpus).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps.")] = 300,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a tuned lens on text and report each layer's KL to the final layer, logit vs tuned lens.
+
+    A tenth of the documents is held out for the report. Without --text, the organisms' own corpus is used.
+
+    Example: mechscope tuned-lens -m toy
+    """
+    import random
+
+    import mechscope as ms
+    from mechscope.lens.tuned import TunedLens, layer_kl
+
+    lm = ms.load(model)
+    if text is not None:
+        documents = [line.strip() for line in text.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from mechscope.zoo.corpus import text_documents
+
+        documents = [d.text for d in text_documents(4242, 2000)]
+    random.Random(0).shuffle(documents)
+    held_out, train = documents[: len(documents) // 10], documents[len(documents) // 10 :]
+    lens = TunedLens.fit(lm, train, steps=steps)
+    path = lens.save(out or default_tuned_path(lm), model=lm.source)
+    logit, tuned = layer_kl(lm, held_out), layer_kl(lm, held_out, lens)
+    rows = [{"layer": i, "kl_logit": a, "kl_tuned": b} for i, (a, b) in enumerate(zip(logit, tuned, strict=True))]
+    if as_json:
+        print(json.dumps({"path": str(path), "layers": rows}, indent=2))
+        return
+    table = Table(title=f"KL to the final layer on {len(held_out)} held-out documents")
+    for column in ("layer", "logit lens", "tuned lens"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(str(row["layer"]), f"{row['kl_logit']:.3f}", f"{row['kl_tuned']:.3f}")
+    console.print(table)
+    console.print(f"saved {path}")
 
 
 def main() -> None:

@@ -20,12 +20,15 @@ from torch import Tensor
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError, SiteError
 from mechscope.lens.results import (
+    GridCell,
     LayerPrediction,
     LayerTransition,
+    LensGrid,
     LensResult,
     TokenEvolution,
     TokenScore,
 )
+from mechscope.lens.tuned import TunedLens
 
 
 class LogitLens:
@@ -33,12 +36,20 @@ class LogitLens:
 
     The read-out of layer L is ``arch.logits(resid_post.L)``: the final norm, the unembedding and the
     family's output transform (soft-capping, scaling). At the last layer it equals the model's logits.
+    Given a `TunedLens`, each layer's residual first goes through that layer's learned translator.
     """
 
-    def __init__(self, lm: LanguageModel) -> None:
+    def __init__(self, lm: LanguageModel, tuned: TunedLens | None = None) -> None:
         if lm.arch.kind != "decoder":
             raise InputError(f"{lm.arch.family} is an encoder; the logit lens needs a language-model head")
         self.lm = lm
+        self.tuned = tuned
+
+    def readout(self, layer: int, resid: Tensor) -> Tensor:
+        """Logits of ``resid`` taken at ``layer`` (through the tuned lens's translator if there is one)."""
+        if self.tuned is not None:
+            return self.tuned.readout(self.lm, layer, resid)
+        return self.lm.arch.logits(resid)
 
     def token_id(self, token: str) -> int:
         """The id of ``token``; a string of several tokens is tracked by its first token (with a warning)."""
@@ -70,7 +81,10 @@ class LogitLens:
             with self.lm.capture([f"resid_post.{i}" for i in chosen], positions=position) as cache:
                 logits = self.lm.forward(list(prompts))
             final = self._final(logits, list(prompts), position)
-            stacked = torch.stack([self.lm.arch.logits(cache[f"resid_post.{i}"]) for i in chosen])
+            last = self.lm.arch.n_layers - 1
+            # The last layer's read-out is the model's own output; taking it from the logits keeps the lens
+            # bit-identical there (a [batch, d] matmul may round differently from the model's [batch, pos, d]).
+            stacked = torch.stack([final if i == last else self.readout(i, cache[f"resid_post.{i}"]) for i in chosen])
         return stacked.float(), final.float()
 
     def _final(self, logits: Tensor, prompts: list[str], position: int) -> Tensor:
@@ -101,12 +115,35 @@ class LogitLens:
             results.append(self._result(prompt, position, chosen, lens[:, row], final[row], top_k, tracked_ids))
         return results
 
-    def _decode(self, token_id: int) -> str:
+    def grid(self, prompt: str, *, layers: Sequence[int] | None = None, top_k: int = 3) -> LensGrid:
+        """The lens at every position of ``prompt`` (for heatmaps): top-``top_k`` tokens per cell."""
+        chosen = self._layers(layers)
+        with torch.no_grad():
+            with self.lm.capture([f"resid_post.{i}" for i in chosen]) as cache:
+                logits = self.lm.forward([prompt])[0]
+            last = self.lm.arch.n_layers - 1
+            rows = []
+            for layer in chosen:
+                read = logits if layer == last else self.readout(layer, cache[f"resid_post.{layer}"][0])
+                probs = read.float().softmax(-1)
+                indices = probs.topk(top_k, dim=-1).indices
+                rows.append(
+                    [
+                        GridCell(top=[self.score(read[pos], probs[pos], int(i)) for i in indices[pos]])
+                        for pos in range(read.shape[0])
+                    ]
+                )
+        ids = self.lm.tokenize([prompt])["input_ids"][0].tolist()
+        return LensGrid(prompt=prompt, tokens=[self.decode(i) for i in ids], layers=chosen, cells=rows)
+
+    def decode(self, token_id: int) -> str:
+        """The text of one token id."""
         return str(self.lm.tokenizer.decode([token_id]))
 
-    def _score(self, logits: Tensor, probs: Tensor, token_id: int) -> TokenScore:
+    def score(self, logits: Tensor, probs: Tensor, token_id: int) -> TokenScore:
+        """``token_id`` with its probability and logit under one read-out."""
         return TokenScore(
-            token=self._decode(token_id),
+            token=self.decode(token_id),
             token_id=token_id,
             prob=float(probs[token_id]),
             logit=float(logits[token_id]),
@@ -124,7 +161,7 @@ class LogitLens:
     ) -> LensResult:
         log_final = final.log_softmax(-1)
         final_probs = log_final.exp()
-        predicted = self._score(final, final_probs, int(final.argmax()))
+        predicted = self.score(final, final_probs, int(final.argmax()))
         log_lens = lens.log_softmax(-1)
         probs = log_lens.exp()
         entropy = -(probs * log_lens).nan_to_num().sum(-1)
@@ -135,7 +172,7 @@ class LogitLens:
             predictions.append(
                 LayerPrediction(
                     layer=layer,
-                    top=[self._score(lens[i], probs[i], t) for t in top],
+                    top=[self.score(lens[i], probs[i], t) for t in top],
                     entropy=max(0.0, float(entropy[i])),
                     kl_to_final=float(kl[i]),
                 )
@@ -163,7 +200,7 @@ class LogitLens:
         ranks = (lens > lens[:, token_id : token_id + 1]).sum(-1).tolist()
         first = next((layer for layer, rank in zip(layers, ranks, strict=True) if rank == 0), None)
         return TokenEvolution(
-            token=self._decode(token_id),
+            token=self.decode(token_id),
             token_id=token_id,
             layers=layers,
             ranks=[int(r) for r in ranks],

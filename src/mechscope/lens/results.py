@@ -27,6 +27,11 @@ class LayerPrediction(BaseModel):
         """The most likely token at this layer."""
         return self.top[0].token
 
+    @property
+    def layer_idx(self) -> int:
+        """The layer (the name other introspection tools use)."""
+        return self.layer
+
 
 class TokenEvolution(BaseModel):
     """A tracked token's rank (0 = top-1), probability and logit at each analysed layer.
@@ -84,3 +89,24 @@ class LensResult(BaseModel):
     def predicted_token(self) -> str:
         """The model's final prediction (a token string, leading space included)."""
         return self.predicted.token
+
+
+class GridCell(BaseModel):
+    """The lens's top token at one (layer, position), with its probability and the runners-up."""
+
+    top: list[TokenScore]
+
+
+class LensGrid(BaseModel):
+    """The lens at every position of one prompt: ``cells[i][j]`` is layer ``layers[i]`` at position ``j``."""
+
+    prompt: str
+    tokens: list[str]
+    layers: list[int]
+    cells: list[list[GridCell]]
+
+    @model_validator(mode="after")
+    def _shape(self) -> LensGrid:
+        if len(self.cells) != len(self.layers) or any(len(row) != len(self.tokens) for row in self.cells):
+            raise ValueError("cells must be layers x positions")
+        return self

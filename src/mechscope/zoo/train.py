@@ -175,7 +175,7 @@ def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool 
         output.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         optimizer.step()
-        losses.append(float(output.loss))
+        losses.append(float(output.loss.detach()))
         if log_every and (step % log_every == 0 or step == config.steps - 1):
             recent = sum(losses[-log_every:]) / len(losses[-log_every:])
             print(f"step {step:5d}  loss {recent:.3f}  {time.perf_counter() - start:.0f}s", flush=True)

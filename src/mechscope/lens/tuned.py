@@ -1,0 +1,147 @@
+"""The tuned lens: one learned affine translator per layer before the model's own read-out.
+
+Layer L's residual ``h`` becomes ``h + W_L h + b_L`` (``W_L`` and ``b_L`` start at zero, so an untrained
+tuned lens is the logit lens) and is then read out by ``arch.logits``. The translators are trained to
+minimise the KL divergence from the model's final distribution on text the user gives; the model itself is
+frozen. The last layer has no translator: its read-out is the model's output.
+
+Example:
+    >>> lens = TunedLens.fit(lm, texts, steps=300)  # doctest: +SKIP
+    >>> lens.save("toy.tuned.safetensors"); TunedLens.load("toy.tuned.safetensors", lm)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from mechscope.core.lm import LanguageModel
+from mechscope.errors import InputError, ModelLoadError
+
+SCHEMA_VERSION = 1
+
+
+class TunedLens(nn.Module):
+    """Per-layer affine translators for a model with ``n_layers`` layers of width ``d_model``."""
+
+    def __init__(self, n_layers: int, d_model: int) -> None:
+        super().__init__()
+        self.n_layers = n_layers
+        self.d_model = d_model
+        translators = [nn.Linear(d_model, d_model) for _ in range(n_layers - 1)]
+        for translator in translators:
+            nn.init.zeros_(translator.weight)
+            nn.init.zeros_(translator.bias)
+        self.translators = nn.ModuleList(translators)
+
+    def translate(self, layer: int, resid: Tensor) -> Tensor:
+        """Layer ``layer``'s residual moved towards the final layer's basis (identity for the last layer)."""
+        if layer >= self.n_layers - 1:
+            return resid
+        translator = self.translators[layer]
+        assert isinstance(translator, nn.Linear)
+        moved: Tensor = translator(resid.to(translator.weight.dtype))
+        return resid + moved.to(resid.dtype)
+
+    def readout(self, lm: LanguageModel, layer: int, resid: Tensor) -> Tensor:
+        """Logits of layer ``layer`` under the tuned lens."""
+        return lm.arch.logits(self.translate(layer, resid))
+
+    @classmethod
+    def fit(
+        cls,
+        lm: LanguageModel,
+        texts: Sequence[str],
+        *,
+        steps: int = 300,
+        batch_size: int = 16,
+        lr: float = 1e-3,
+        seed: int = 0,
+    ) -> TunedLens:
+        """Fit translators so that each layer's read-out matches the final distribution on ``texts``."""
+        if not texts:
+            raise InputError("the tuned lens needs some training text")
+        torch.manual_seed(seed)
+        rng = random.Random(seed)
+        lens = cls(lm.arch.n_layers, lm.arch.d_model).to(lm.device)
+        optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
+        sites = [f"resid_post.{i}" for i in range(lm.arch.n_layers)]
+        for _ in range(steps):
+            batch = rng.sample(list(texts), min(batch_size, len(texts)))
+            with torch.no_grad(), lm.capture(sites) as cache:
+                logits = lm.forward(batch)
+            mask = lm.tokenize(batch)["attention_mask"].bool()
+            target = logits[mask].float().log_softmax(-1)
+            loss = torch.zeros((), device=lm.device)
+            for layer in range(lm.arch.n_layers - 1):
+                predicted = lens.readout(lm, layer, cache[sites[layer]][mask]).float().log_softmax(-1)
+                loss = loss + _kl(target, predicted).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+        lens.eval()
+        return lens
+
+    def save(self, path: str | Path, *, model: str = "") -> Path:
+        """Write the translators as safetensors with a JSON sidecar (atomically)."""
+        path = Path(path)
+        tensors = {name: value.detach().cpu().contiguous() for name, value in self.state_dict().items()}
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION)})
+        tmp.replace(path)
+        meta = {"schema_version": SCHEMA_VERSION, "n_layers": self.n_layers, "d_model": self.d_model, "model": model}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, lm: LanguageModel) -> TunedLens:
+        """Read translators written by `save` for ``lm``.
+
+        Raises:
+            ModelLoadError: the file is missing or was trained for a model of another shape.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"no tuned lens at '{path}'; train one with `mechscope lens train`")
+        tensors = load_file(str(path))
+        n_layers = len(tensors) // 2 + 1
+        d_model = int(tensors["translators.0.weight"].shape[0]) if "translators.0.weight" in tensors else 0
+        if (n_layers, d_model) != (lm.arch.n_layers, lm.arch.d_model):
+            raise ModelLoadError(
+                f"the tuned lens in '{path}' is for {n_layers} layers of width {d_model}; "
+                f"this model has {lm.arch.n_layers} of width {lm.arch.d_model}"
+            )
+        lens = cls(n_layers, d_model)
+        lens.load_state_dict(tensors)
+        return lens.to(lm.device).eval()
+
+
+def _kl(target_log: Tensor, predicted_log: Tensor) -> Tensor:
+    """KL(target || predicted) per row, from log-probabilities."""
+    return (target_log.exp() * (target_log - predicted_log)).sum(-1)
+
+
+def layer_kl(lm: LanguageModel, texts: Sequence[str], lens: TunedLens | None = None) -> list[float]:
+    """Mean KL to the final distribution per layer over every token of ``texts`` (logit lens if no ``lens``)."""
+    sites = [f"resid_post.{i}" for i in range(lm.arch.n_layers)]
+    totals = torch.zeros(lm.arch.n_layers)
+    count = 0
+    for start in range(0, len(texts), 32):
+        batch = list(texts[start : start + 32])
+        with torch.no_grad():
+            with lm.capture(sites) as cache:
+                logits = lm.forward(batch)
+            mask = lm.tokenize(batch)["attention_mask"].bool()
+            target = logits[mask].float().log_softmax(-1)
+            for layer in range(lm.arch.n_layers):
+                resid = cache[sites[layer]][mask]
+                read = lens.readout(lm, layer, resid) if lens is not None else lm.arch.logits(resid)
+                totals[layer] += _kl(target, read.float().log_softmax(-1)).sum().cpu()
+        count += int(mask.sum())
+    return [float(x) for x in totals / max(count, 1)]
