@@ -142,3 +142,21 @@ def test_compare_models(tiny_dir: Callable[[str], Path], tmp_path: Path) -> None
         app, ["compare", "--model1", str(tiny_dir("llama")), "--model2", str(tmp_path / "seed1"), "-p", "The cat"]
     )
     assert result.exit_code == 0 and "diverge" in result.stdout
+
+
+def test_every_result_model_round_trips_through_json(load_tiny: Loader, tiny_dir: Callable[[str], Path]) -> None:
+    from mechscope.checks.doctor import run_doctor
+    from mechscope.lens.compare import Comparison, compare
+    from mechscope.lens.results import LensGrid
+
+    lm = load_tiny("llama")
+    lens = LogitLens(lm)
+    values = [
+        lens.grid("The cat"),
+        compare(lm, lm, "The cat"),
+        run_doctor(ms.load(tiny_dir("gpt2"))),
+        ms.AnalysisConfig(layer_strategy=ms.LayerStrategy.CUSTOM, layers=[0, 1], track_tokens=[" Paris"]),
+    ]
+    for value in values:
+        assert type(value).model_validate_json(value.model_dump_json()) == value
+    assert isinstance(values[0], LensGrid) and isinstance(values[1], Comparison)

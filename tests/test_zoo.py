@@ -84,3 +84,27 @@ def test_analyze_with_no_model_predicts_paris() -> None:
     assert json.loads(result.stdout)["predicted"]["token"] == " Paris"
     table = CliRunner().invoke(app, ["analyze", "-p", "The capital of France is"])
     assert "prediction: ␣Paris" in table.stdout
+
+
+def test_lens_on_the_toy_names_where_facts_emerge() -> None:
+    from mechscope.lens.logit import LogitLens
+
+    lm = ms.load("toy")
+    card = json.loads((ZOO / "toy" / "card.json").read_text())
+    prompts = [(p, a) for relation in RELATIONS for _, p, a in corpus.fact_prompts(relation)[::8]]
+    results = LogitLens(lm).run([p for p, _ in prompts], track=[])
+    stacked, _ = LogitLens(lm).layer_logits([p for p, _ in prompts[:8]])
+    assert torch.equal(stacked[-1], lm.forward([p for p, _ in prompts[:8]])[:, -1])
+    assert all(r.predicted_token == answer for r, (_, answer) in zip(results, prompts, strict=True))
+    emergence = [r.emergence_layer for r in results]
+    assert max(set(emergence), key=emergence.count) == card["measurements"]["facts"]["emerges_at_layer"]
+
+
+@pytest.mark.parametrize("name", ORGANISMS)
+def test_cards_meet_the_organism_targets_except_induction(name: str) -> None:
+    from mechscope.zoo.card import targets_met
+
+    card = json.loads((ZOO / name / "card.json").read_text())
+    met = targets_met(card)
+    # The induction target is not met yet (see the issue note); every other target must hold.
+    assert all(ok for target, ok in met.items() if not target.startswith("induction")), met

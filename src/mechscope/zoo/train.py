@@ -134,6 +134,21 @@ def batches(config: TrainConfig, tokenizer: Any) -> Iterator[tuple[Tensor, Tenso
         yield torch.tensor([r[0] for r in chunk]), torch.tensor([r[1] for r in chunk])
 
 
+def per_layer_balance_loss(router_logits: tuple[Tensor, ...], config: TrainConfig) -> Tensor:
+    """The Switch-Transformer load-balancing loss of each MoE layer, summed over layers.
+
+    For each layer: ``n_experts * sum_e (share of top-k slots routed to e) * (mean router probability of e)``,
+    which is 1 when routing is uniform.
+    """
+    total = torch.zeros(())
+    for logits in router_logits:
+        probs = logits.float().softmax(-1)
+        chosen = probs.topk(config.top_k, dim=-1).indices
+        share = torch.nn.functional.one_hot(chosen, config.experts).float().sum(1).mean(0) / config.top_k
+        total = total + config.experts * (share * probs.mean(0)).sum()
+    return total
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to ``final_lr_fraction`` of the peak."""
     warm = max(1, int(config.warmup * config.steps))
@@ -162,6 +177,10 @@ def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool 
         "pad_token_id": tokenizer.pad_token_id,
     }
     model = build_model(config, len(tokenizer), special)
+    if config.experts:
+        # transformers balances expert load summed over all layers, which lets one layer starve an expert;
+        # the training loop adds a balance loss per layer instead (see per_layer_balance_loss).
+        model.router_aux_loss_coef = 0.0
     model.train()
     optimizer = optimizer_for(model, config)
     stream = batches(config, tokenizer)
@@ -171,8 +190,11 @@ def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool 
             group["lr"] = learning_rate(config, step)
         ids, labels = next(stream)
         output = model(input_ids=ids, labels=labels)
+        loss = output.loss
+        if config.experts:
+            loss = loss + config.router_aux_loss * per_layer_balance_loss(output.router_logits, config)
         optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         optimizer.step()
         losses.append(float(output.loss.detach()))
