@@ -119,7 +119,8 @@ class LanguageModel:
                 raise InputError("a tensor input must be token ids shaped [batch, pos] or [pos]")
             return {"input_ids": ids.to(self.device)}
         if isinstance(inputs, Mapping):
-            return {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+            keep = ("input_ids", "attention_mask", "position_ids")
+            return {k: v.to(self.device) for k, v in inputs.items() if k in keep}
         encoded = self.tokenize(inputs)
         mask = encoded["attention_mask"]
         if self.arch.kind == "decoder" and not bool(mask.all()):

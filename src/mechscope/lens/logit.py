@@ -73,27 +73,42 @@ class LogitLens:
         return sorted(set(chosen))
 
     def layer_logits(
-        self, prompts: Sequence[str], layers: Sequence[int] | None = None, position: int = -1
+        self, prompts: Sequence[str] | Tensor, layers: Sequence[int] | None = None, position: int = -1
     ) -> tuple[Tensor, Tensor]:
-        """``(lens, final)``: lens logits ``[layer, batch, vocab]`` at ``position`` and the model's logits."""
+        """``(lens, final)``: lens logits ``[layer, batch, vocab]`` at ``position`` and the model's logits.
+
+        ``prompts`` are strings (padded as a batch) or token ids ``[batch, pos]``.
+        """
         chosen = self._layers(layers)
+        encoded = self.lm.encode(prompts if isinstance(prompts, Tensor) else list(prompts))
+        batch = int(encoded["input_ids"].shape[0])
         with torch.no_grad():
             with self.lm.capture([f"resid_post.{i}" for i in chosen], positions=position) as cache:
-                logits = self.lm.forward(list(prompts))
-            final = self._final(logits, list(prompts), position)
+                logits = self.lm.forward(encoded)
+            final = self._final(logits, encoded, position)
             last = self.lm.arch.n_layers - 1
             # The last layer's read-out is the model's own output; taking it from the logits keeps the lens
             # bit-identical there (a [batch, d] matmul may round differently from the model's [batch, pos, d]).
-            stacked = torch.stack([final if i == last else self.readout(i, cache[f"resid_post.{i}"]) for i in chosen])
+            inner = [i for i in chosen if i != last]
+            reads: dict[int, Tensor] = {last: final}
+            if inner and self.tuned is None:
+                # One read-out of all layers together reads the unembedding from memory once, not per layer.
+                together = self.lm.arch.logits(torch.cat([cache[f"resid_post.{i}"] for i in inner]))
+                reads.update(zip(inner, torch.split(together, batch), strict=True))
+            else:
+                reads.update((i, self.readout(i, cache[f"resid_post.{i}"])) for i in inner)
+            stacked = torch.stack([reads[i] for i in chosen])
         return stacked.float(), final.float()
 
-    def _final(self, logits: Tensor, prompts: list[str], position: int) -> Tensor:
-        mask = self.lm.tokenize(prompts)["attention_mask"]
+    def _final(self, logits: Tensor, encoded: dict[str, Tensor], position: int) -> Tensor:
+        mask = encoded.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(encoded["input_ids"])
         lengths = mask.sum(dim=1)
         own = torch.full_like(lengths, position)
         own = torch.where(own < 0, own + lengths, own)
         columns = own + mask.int().argmax(dim=1)
-        return logits[torch.arange(len(prompts)), columns.to(logits.device)]
+        return logits[torch.arange(logits.shape[0]), columns.to(logits.device)]
 
     def run(
         self,
