@@ -152,14 +152,14 @@ def main() -> int:
         "lm.arch.layer(0)  (get_submodule of the layer list, every call)": lambda: lm.arch.layer(0),
     }
     try:
-        from mechscope.core.capture import group_by_hook
+        from mechscope.core.capture import plan_capture
         from mechscope.core.points import module_for
 
         site_objs = lm.sites(sites)
-        checks["module_for(site)  (x2 per site per call: group_by_hook and _register)"] = lambda: module_for(
+        checks["module_for(site)  (once per site list, memoised in the plan)"] = lambda: module_for(
             site_objs[0], lm.arch
         )
-        checks["group_by_hook(2 sites)"] = lambda: group_by_hook(site_objs, lm.arch)
+        checks["plan_capture(2 sites)  (once per site list)"] = lambda: plan_capture(site_objs, lm.arch)
     except Exception as exc:
         print(f"(internals changed: {exc})")
     try:
@@ -181,21 +181,19 @@ def main() -> int:
     checks["lm.encode(ids)  (inside lm.forward)"] = lambda: lm.encode(ids)
     checks["register + remove one forward hook"] = lambda: layers[0].register_forward_hook(lambda *a: None).remove()
 
-    # The hook work of one pass, called by hand: tracker pre-hook, the 2 layer hooks, tracker post-hook.
+    # The hook work of one pass, called by hand: the 2 layer hooks of an untracked capture, then the flush
+    # that closes the pass.
     try:
         capture = lm.capture(sites)
         capture.__enter__()
-        tracker = lm._tracker
         hooks = [next(iter(layer._forward_hooks.values())) for layer in layers]
-        call = {"input_ids": ids}
 
         def one_pass() -> None:
-            tracker._pre(model, (), call)
             for layer, hook in zip(layers, hooks, strict=True):
                 hook(layer, (x,), x)
-            tracker._post(model, (), None)
+            capture._flush()
 
-        checks["hook work of one pass by hand (tracker pre + 2 layer hooks + end_pass)"] = one_pass
+        checks["hook work of one pass by hand (2 layer hooks + closing the pass)"] = one_pass
     except Exception as exc:
         capture = None
         print(f"(internals changed: {exc})")
