@@ -138,10 +138,12 @@ def test_compare_models(tiny_dir: Callable[[str], Path], tmp_path: Path) -> None
     assert [(r.layer_a, r.layer_b) for r in aligned.layers] == [(0, 0), (1, 3)]
     foreign = compare(base, ms.load("toy"), "The capital of France is")
     assert not foreign.token_level and "tokenizers" in (foreign.reason or "")
-    result = CliRunner().invoke(
-        app, ["compare", "--model1", str(tiny_dir("llama")), "--model2", str(tmp_path / "seed1"), "-p", "The cat"]
-    )
+    page = tmp_path / "compare.html"
+    command = ["compare", "--model1", str(tiny_dir("llama")), "--model2", str(tmp_path / "seed1"), "-p", "The cat"]
+    result = CliRunner().invoke(app, [*command, "--html", str(page)])
     assert result.exit_code == 0 and "diverge" in result.stdout
+    html = page.read_text()
+    assert html.count('class="layer"') == 2 and 'data-same="false"' in html
 
 
 def test_every_result_model_round_trips_through_json(load_tiny: Loader, tiny_dir: Callable[[str], Path]) -> None:

@@ -203,6 +203,7 @@ def compare(
     model1: Annotated[str, typer.Option("--model1", help="First model (e.g. the base).")],
     model2: Annotated[str, typer.Option("--model2", help="Second model (e.g. the fine-tuned one).")],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text both models read.")],
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare two models' layer-by-layer predictions on the same prompt and say where they diverge.
@@ -213,6 +214,10 @@ def compare(
     from mechscope.lens.compare import compare as compare_models
 
     result = compare_models(ms.load(model1), ms.load(model2), prompt)
+    if html is not None:
+        from mechscope.viz.compare_report import render_compare_html
+
+        write_atomically(html, render_compare_html(result))
     if as_json:
         print(result.model_dump_json(indent=2))
         return

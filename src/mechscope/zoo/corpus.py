@@ -90,15 +90,17 @@ def names_document(rng: random.Random) -> Document:
 # --------------------------------------------------------------------------- random repeats
 
 
-def repeat_document(rng: random.Random, pool: tuple[int, ...], length: int) -> Document:
-    """Random ids in which spans of random length (4-40) recur, at random distances.
+def repeat_document(
+    rng: random.Random, pool: tuple[int, ...], length: int, spans: tuple[int, int] = (4, 40)
+) -> Document:
+    """Random ids in which spans of random length (``spans``, default 4-40) recur, at random distances.
 
     Varying span lengths and gaps rule out a fixed look-back shortcut: only matching the current token
     with its earlier occurrence (an induction head) predicts the repeats.
     """
     ids: list[int] = []
     while len(ids) < length:
-        span = [rng.choice(pool) for _ in range(rng.randint(4, 40))]
+        span = [rng.choice(pool) for _ in range(rng.randint(*spans))]
         ids.extend(span)
         for _ in range(rng.randint(1, 2)):
             ids.extend(rng.choice(pool) for _ in range(rng.randint(0, 8)))

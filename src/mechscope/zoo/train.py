@@ -51,6 +51,7 @@ class TrainConfig:
     clip: float = 1.0
     seed: int = 0
     repeat_pool: int = 0  # 0: every ordinary token id
+    induction_warmup: int = 0  # steps of pure repeated-span batches before the mixed corpus (a curriculum)
     mix: dict[str, float] = field(default_factory=lambda: dict(corpus.DEFAULT_MIX))
 
 
@@ -149,6 +150,29 @@ def per_layer_balance_loss(router_logits: tuple[Tensor, ...], config: TrainConfi
     return total
 
 
+def warmup_batches(config: TrainConfig, tokenizer: Any) -> Iterator[tuple[Tensor, Tensor]]:
+    """Pure repeated-span batches for the induction curriculum, easiest first.
+
+    Thirds of the warm-up use 64, then 256 token ids, then every ordinary id, in rows of 32, 64, then
+    ``context`` tokens: a small pool and short rows give the copy signal that escapes the induction
+    plateau sooner, the later thirds make the circuit general.
+    """
+    rng = random.Random(config.seed + 3)
+    specials = set(tokenizer.all_special_ids) | set(tokenizer.convert_tokens_to_ids(list(corpus.SPECIAL_TOKENS)))
+    ordinary = [i for i in range(len(tokenizer)) if i not in specials]
+    stages = [(64, 32), (256, 64), (len(ordinary), config.context)]
+    for step in range(config.induction_warmup):
+        size, row = stages[min(2, 3 * step // max(1, config.induction_warmup))]
+        pool = tuple(ordinary[:size])
+        rows_per_batch = config.batch * config.context // row
+        ids = [
+            [tokenizer.bos_token_id, *corpus.repeat_document(rng, pool, row - 1, spans=(3, max(4, row // 3))).ids]
+            for _ in range(rows_per_batch)
+        ]
+        batch = torch.tensor(ids)
+        yield batch, batch.clone()
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to ``final_lr_fraction`` of the peak."""
     warm = max(1, int(config.warmup * config.steps))
@@ -184,11 +208,15 @@ def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool 
     model.train()
     optimizer = optimizer_for(model, config)
     stream = batches(config, tokenizer)
+    warmup = warmup_batches(config, tokenizer)
+    total = config.induction_warmup + config.steps
     start, losses = time.perf_counter(), []
-    for step in range(config.steps):
+    for step in range(total):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
-        ids, labels = next(stream)
+            group["lr"] = (
+                learning_rate(config, step - config.induction_warmup) if step >= config.induction_warmup else config.lr
+            )
+        ids, labels = next(warmup) if step < config.induction_warmup else next(stream)
         output = model(input_ids=ids, labels=labels)
         loss = output.loss
         if config.experts:
@@ -198,7 +226,7 @@ def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool 
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         optimizer.step()
         losses.append(float(output.loss.detach()))
-        if log_every and (step % log_every == 0 or step == config.steps - 1):
+        if log_every and (step % log_every == 0 or step == total - 1):
             recent = sum(losses[-log_every:]) / len(losses[-log_every:])
             print(f"step {step:5d}  loss {recent:.3f}  {time.perf_counter() - start:.0f}s", flush=True)
     model.eval()
@@ -210,7 +238,7 @@ def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool 
         "config": asdict(config),
         "seconds": round(time.perf_counter() - start, 1),
         "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-        "tokens": config.steps * config.batch * config.context,
+        "tokens": total * config.batch * config.context,
         "torch": torch.__version__,
     }
     (out / "training.json").write_text(json.dumps(log, indent=2), encoding="utf-8")
