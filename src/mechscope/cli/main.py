@@ -236,6 +236,90 @@ def compare(
         console.print(f"predictions {visible(result.predicted_a)} vs {visible(result.predicted_b)}; diverge {where}")
 
 
+@app.command()
+@one_line_errors
+def attention(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text to analyse.")],
+    layer: Annotated[int, typer.Option("--layer", help="Layer to show (negative counts from the end).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model (default: the bundled organism toy).")] = "toy",
+    head: Annotated[int | None, typer.Option("--head", help="One head (default: the mean over heads).")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="Focus: weights above this are listed.")] = 0.3,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where a layer's heads look: focus edges, entropy and sink mass per head, and an optional heatmap.
+
+    Example: mechscope attention -p "The capital of France is" --layer 1 --html att.html
+    """
+    import mechscope as ms
+    from mechscope.attention.patterns import entropy, focus, patterns, sink_mass
+
+    lm = ms.load(model)
+    chosen = patterns(lm, [prompt])
+    layer = layer % lm.arch.n_layers if -lm.arch.n_layers <= layer < lm.arch.n_layers else layer
+    edges = focus(lm, prompt, layer, threshold=threshold, head=head)
+    per_head_entropy = [[float(x) for x in entropy(chosen[i][0]).mean(-1)] for i in sorted(chosen)]
+    per_head_sink = [[float(x) for x in sink_mass(chosen[i])[0]] for i in sorted(chosen)]
+    if html is not None:
+        from mechscope.viz.attention_report import render_attention_html
+
+        pattern = chosen[layer][0]
+        weights = pattern[head] if head is not None else pattern.mean(0)
+        ids = lm.tokenize([prompt])["input_ids"][0].tolist()
+        page = render_attention_html(
+            title=f"mechscope attention: {lm.source}",
+            prompt=prompt,
+            tokens=[str(lm.tokenizer.decode([i])) for i in ids],
+            weights=weights.tolist(),
+            caption=f"layer {layer}, " + (f"head {head}" if head is not None else "mean over heads"),
+            overviews={"entropy (nats)": per_head_entropy, "sink mass": per_head_sink},
+        )
+        write_atomically(html, page)
+    if as_json:
+        data = {"layer": layer, "focus": [e.model_dump() for e in edges], "entropy": per_head_entropy[layer]}
+        print(json.dumps({**data, "sink_mass": per_head_sink[layer]}, indent=2))
+        return
+    table = Table(title=f"layer {layer}: attention weights above {threshold}")
+    for column in ("head", "query", "key", "weight"):
+        table.add_column(column)
+    for edge in edges:
+        query = f"{edge.query} {visible(edge.query_token)}"
+        table.add_row(str(edge.head), query, f"{edge.key} {visible(edge.key_token)}", f"{edge.weight:.3f}")
+    console.print(table)
+    summary = "  ".join(
+        f"H{h}: entropy {e:.2f}, sink {s:.2f}"
+        for h, (e, s) in enumerate(zip(per_head_entropy[layer], per_head_sink[layer], strict=True))
+    )
+    console.print(summary)
+
+
+@app.command()
+@one_line_errors
+def heads(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model (default: the bundled organism toy).")] = "toy",
+    top: Annotated[int, typer.Option("--top", help="Heads listed per role.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score every head for previous-token, duplicate-token, induction and copying roles; list the best.
+
+    Example: mechscope heads -m toy --top 3
+    """
+    import mechscope as ms
+    from mechscope.attention.roles import ROLES, head_roles
+
+    roles = head_roles(ms.load(model))
+    if as_json:
+        print(roles.model_dump_json(indent=2))
+        return
+    table = Table(title="top heads per role (score in [0, 1])")
+    for column in ("role", "layer.head: score"):
+        table.add_column(column)
+    for role in ROLES:
+        best = roles.top(role, top)
+        table.add_row(role, "  ".join(f"{layer}.{h}: {score:.2f}" for layer, h, score in best) or "n/a")
+    console.print(table)
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, so a failure never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")

@@ -94,7 +94,9 @@ class LanguageModel:
         if not batch:
             raise InputError("no prompts given; pass at least one string")
         for i, prompt in enumerate(batch):
-            if not isinstance(prompt, str) or not prompt.strip():
+            if not isinstance(prompt, str):
+                raise InputError(f"prompt {i} is a {type(prompt).__name__}, not a string; pass text or token ids")
+            if not prompt.strip():
                 raise InputError(f"prompt {i} is empty; every prompt needs at least one token")
         encoded = self.tokenizer(batch, return_tensors="pt", padding=True)
         lengths = encoded["attention_mask"].sum(dim=1)

@@ -1,0 +1,1 @@
+"""Attention analysis: patterns, entropy, focus, sinks and head roles."""
