@@ -94,6 +94,7 @@ def test_attention_and_heads_commands(tiny_dir: Callable[[str], Path], tmp_path:
     assert result.exit_code == 0, result.output
     html = page.read_text()
     assert html.count('class="w"') > 0 and 'data-score="entropy (nats)"' in html
+    assert 'data-score="induction score"' in html and 'data-score="copying score"' in html
     data = json.loads(CliRunner().invoke(app, ["heads", "-m", model, "--json"]).stdout)
     assert len(data["induction"]) == 2 and len(data["induction"][0]) == 4
     bad = CliRunner().invoke(app, ["attention", "-m", model, "-p", "The cat", "--layer", "7"])

@@ -272,7 +272,11 @@ def attention(
             tokens=[str(lm.tokenizer.decode([i])) for i in ids],
             weights=weights.tolist(),
             caption=f"layer {layer}, " + (f"head {head}" if head is not None else "mean over heads"),
-            overviews={"entropy (nats)": per_head_entropy, "sink mass": per_head_sink},
+            overviews={
+                "entropy (nats)": per_head_entropy,
+                "sink mass": per_head_sink,
+                **{f"{name} score": scores for name, scores in role_tables(lm).items()},
+            },
         )
         write_atomically(html, page)
     if as_json:
@@ -318,6 +322,14 @@ def heads(
         best = roles.top(role, top)
         table.add_row(role, "  ".join(f"{layer}.{h}: {score:.2f}" for layer, h, score in best) or "n/a")
     console.print(table)
+
+
+def role_tables(lm: Any) -> dict[str, list[list[float]]]:
+    """The head-role scores of ``lm`` as layers x heads tables (copying left out when there is none)."""
+    from mechscope.attention.roles import ROLES, head_roles
+
+    roles = head_roles(lm)
+    return {role: getattr(roles, role) for role in ROLES if getattr(roles, role) is not None}
 
 
 def write_atomically(path: Path, text: str) -> None:
