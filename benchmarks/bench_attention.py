@@ -20,7 +20,7 @@ import torch
 import mechscope as ms
 from mechscope.attention.patterns import patterns
 from mechscope.attention.roles import head_roles
-from mechscope.testing.tiny_models import build_tiny_model
+from mechscope.testing.tiny_models import build_gpt2_small
 
 
 def main() -> None:
@@ -30,16 +30,7 @@ def main() -> None:
     reps = 5 if args.quick else 15
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_model(
-            "gpt2",
-            Path(tmp) / "gpt2s",
-            num_hidden_layers=12,
-            hidden_size=768,
-            num_attention_heads=12,
-            vocab_size=50257,
-            intermediate_size=3072,
-            max_position_embeddings=1024,
-        )
+        folder = build_gpt2_small(Path(tmp) / "gpt2s")
         lm = ms.load(folder, attn_implementation="eager")
         ids = torch.randint(0, 50257, (1, 128), generator=torch.Generator().manual_seed(0))
         variants = {

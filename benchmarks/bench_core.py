@@ -141,14 +141,7 @@ def _quiet_transformers() -> None:
 
 
 TINY = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4}
-GPT2_SMALL = {
-    "num_hidden_layers": 12,
-    "hidden_size": 768,
-    "num_attention_heads": 12,
-    "vocab_size": 50257,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 1024,
-}
+from mechscope.testing.tiny_models import GPT2_SMALL  # noqa: E402 - after the warning filters above
 
 
 def build(workdir: Path, name: str, config: dict[str, Any]) -> Path:

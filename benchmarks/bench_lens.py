@@ -22,20 +22,7 @@ import torch
 
 import mechscope as ms
 from mechscope.lens.logit import LogitLens
-from mechscope.testing.tiny_models import build_tiny_model
-
-
-def gpt2_small(folder: Path) -> Path:
-    return build_tiny_model(
-        "gpt2",
-        folder,
-        num_hidden_layers=12,
-        hidden_size=768,
-        num_attention_heads=12,
-        vocab_size=50257,
-        intermediate_size=3072,
-        max_position_embeddings=1024,
-    )
+from mechscope.testing.tiny_models import build_gpt2_small
 
 
 def timed(fn, reps: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -54,7 +41,7 @@ def main() -> None:
     reps = 3 if args.quick else 9
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
-        lm = ms.load(gpt2_small(Path(tmp) / "gpt2s"))
+        lm = ms.load(build_gpt2_small(Path(tmp) / "gpt2s"))
         ids = torch.randint(0, 50257, (8, 128), generator=torch.Generator().manual_seed(0))
         lens = LogitLens(lm)
         sites = [f"resid_post.{i}" for i in range(lm.arch.n_layers)]

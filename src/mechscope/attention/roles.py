@@ -18,6 +18,7 @@ their own top-10 (families without an unembedding get none).
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel
@@ -68,25 +69,45 @@ def repeated_sequences(lm: LanguageModel, count: int, length: int, seed: int = 0
     return torch.tensor(rows, device=lm.device)
 
 
-def head_roles(lm: LanguageModel, *, count: int = 32, length: int = 20, seed: int = 0) -> HeadRoles:
-    """Every head's role scores (see the module docstring); one forward pass for the attention scores."""
-    ids = repeated_sequences(lm, count, length, seed)
+@dataclass(frozen=True)
+class RepeatScores:
+    """Attention role scores ``[layer, head]`` and the logits of one pass over ``<bos> r r`` sequences."""
+
+    previous_token: Tensor
+    duplicate_token: Tensor
+    induction: Tensor
+    logits: Tensor
+
+
+def repeat_scores(lm: LanguageModel, ids: Tensor, length: int) -> RepeatScores:
+    """Score every head on ``ids`` (rows ``<bos> r r`` with ``len(r) == length``) in one forward pass."""
     sites = [f"attn_pattern.{i}" for i in range(lm.arch.n_layers)]
     with torch.no_grad(), lm.capture(sites) as cache:
-        lm.forward(ids)
+        logits = lm.forward(ids)
     second = torch.arange(length + 1, 2 * length + 1, device=ids.device)  # positions of the second copy
     everything = torch.arange(2, 2 * length + 1, device=ids.device)
-    previous, duplicate, induction = [], [], []
+    scores: dict[str, list[Tensor]] = {"previous": [], "duplicate": [], "induction": []}
     for site in sites:
         pattern = cache[site].float()  # [batch, head, query, key]
-        previous.append(pattern[:, :, everything, everything - 1].mean(dim=(0, 2)).tolist())
-        duplicate.append(pattern[:, :, second, second - length].mean(dim=(0, 2)).tolist())
-        induction.append(pattern[:, :, second, second - length + 1].mean(dim=(0, 2)).tolist())
+        scores["previous"].append(pattern[:, :, everything, everything - 1].mean(dim=(0, 2)))
+        scores["duplicate"].append(pattern[:, :, second, second - length].mean(dim=(0, 2)))
+        scores["induction"].append(pattern[:, :, second, second - length + 1].mean(dim=(0, 2)))
+    return RepeatScores(
+        previous_token=torch.stack(scores["previous"]).cpu(),
+        duplicate_token=torch.stack(scores["duplicate"]).cpu(),
+        induction=torch.stack(scores["induction"]).cpu(),
+        logits=logits,
+    )
+
+
+def head_roles(lm: LanguageModel, *, count: int = 32, length: int = 20, seed: int = 0) -> HeadRoles:
+    """Every head's role scores (see the module docstring); one forward pass for the attention scores."""
+    scores = repeat_scores(lm, repeated_sequences(lm, count, length, seed), length)
     copying = copying_scores(lm, seed=seed) if lm.arch.unembed() is not None else None
     return HeadRoles(
-        previous_token=previous,
-        duplicate_token=duplicate,
-        induction=induction,
+        previous_token=scores.previous_token.tolist(),
+        duplicate_token=scores.duplicate_token.tolist(),
+        induction=scores.induction.tolist(),
         copying=copying,
         sequences=count,
         length=length,

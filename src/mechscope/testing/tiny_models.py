@@ -298,6 +298,22 @@ def build_tiny_model(family: str, folder: Path, *, seed: int = 0, **overrides: A
     return folder
 
 
+#: The shape of GPT-2 small (random weights), used by the benchmarks.
+GPT2_SMALL: dict[str, int] = {
+    "num_hidden_layers": 12,
+    "hidden_size": 768,
+    "num_attention_heads": 12,
+    "vocab_size": 50257,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 1024,
+}
+
+
+def build_gpt2_small(folder: Path, *, seed: int = 0) -> Path:
+    """A random-init model with GPT-2 small's shape (12 layers, d=768, vocab 50257), saved into ``folder``."""
+    return build_tiny_model("gpt2", folder, seed=seed, **GPT2_SMALL)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m mechscope.testing.tiny_models FAMILY FOLDER``: build one tiny model."""
     import argparse

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechscope.attention.roles import repeat_scores, repeated_sequences
 from mechscope.core.lm import LanguageModel
 from mechscope.zoo import corpus
 from mechscope.zoo.world import RELATIONS
@@ -63,55 +64,36 @@ def facts(lm: LanguageModel) -> dict[str, Any]:
     }
 
 
-def _ordinary_ids(lm: LanguageModel) -> list[int]:
-    specials = set(lm.tokenizer.all_special_ids)
-    specials |= set(lm.tokenizer.convert_tokens_to_ids(list(corpus.SPECIAL_TOKENS)))
-    return [i for i in range(len(lm.tokenizer)) if i not in specials]
-
-
 def heads(lm: LanguageModel, lengths: tuple[int, ...] = (20, 40), count: int = 32) -> dict[str, Any]:
     """Induction (prefix-matching) and previous-token scores per head, and the copy loss, on repeats.
 
-    A sequence is ``<bos> r r`` with ``r`` ``length`` random tokens. Prefix matching is the attention a
-    second-copy token pays to the token after its first occurrence; the copy loss is the next-token loss on
-    the second copy (an induction circuit makes it far lower than on the first copy).
+    The scores are `mechscope.attention.roles.repeat_scores` on ``<bos> r r`` sequences of random tokens, at
+    each of ``lengths``; a head's score is its minimum over the lengths (a head that looks back a fixed
+    distance scores at one length only). The copy loss is the next-token loss on the second copy: an induction
+    circuit makes it far lower than on the first copy.
     """
-    rng = random.Random(1234)
-    pool = _ordinary_ids(lm)
     result: dict[str, Any] = {"lengths": list(lengths), "per_length": {}}
+    induction, previous = [], []
     for length in lengths:
-        rows = []
-        for _ in range(count):
-            r = [rng.choice(pool) for _ in range(length)]
-            rows.append([lm.tokenizer.bos_token_id, *r, *r])
-        ids = torch.tensor(rows)
-        with lm.capture(["attn_pattern.*"]) as cache:
-            logits = lm.forward(ids)
-        q = torch.arange(length + 1, 2 * length + 1)  # second-copy positions
-        induction = torch.zeros(lm.arch.n_layers, lm.arch.n_heads)
-        previous = torch.zeros_like(induction)
-        for layer in range(lm.arch.n_layers):
-            pattern = cache[f"attn_pattern.{layer}"]  # [batch, head, q, k]
-            induction[layer] = pattern[:, :, q, q - length + 1].mean(dim=(0, 2))
-            everything = torch.arange(2, 2 * length + 1)
-            previous[layer] = pattern[:, :, everything, everything - 1].mean(dim=(0, 2))
+        ids = repeated_sequences(lm, count, length, seed=1234)
+        scores = repeat_scores(lm, ids, length)
+        logits = scores.logits
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
         ).reshape(count, -1)
+        induction.append(scores.induction)
+        previous.append(scores.previous_token)
         result["per_length"][str(length)] = {
-            "induction": [[round(float(x), 4) for x in row] for row in induction],
-            "previous_token": [[round(float(x), 4) for x in row] for row in previous],
+            "induction": [[round(float(x), 4) for x in row] for row in scores.induction],
+            "previous_token": [[round(float(x), 4) for x in row] for row in scores.previous_token],
             "loss_first_copy": round(float(loss[:, 1:length].mean()), 4),
             "loss_second_copy": round(float(loss[:, length + 1 :].mean()), 4),
         }
-    scores = torch.stack([torch.tensor(result["per_length"][str(n)]["induction"]) for n in lengths]).amin(0)
-    best = int(scores.argmax())
-    prev = torch.stack([torch.tensor(result["per_length"][str(n)]["previous_token"]) for n in lengths]).amin(0)
-    best_prev = int(prev.argmax())
-    result["best_induction_head"] = [best // lm.arch.n_heads, best % lm.arch.n_heads]
-    result["best_induction_score"] = round(float(scores.flatten()[best]), 4)
-    result["best_previous_token_head"] = [best_prev // lm.arch.n_heads, best_prev % lm.arch.n_heads]
-    result["best_previous_token_score"] = round(float(prev.flatten()[best_prev]), 4)
+    for role, stacked in (("induction", induction), ("previous_token", previous)):
+        worst = torch.stack(stacked).amin(0)
+        best = int(worst.argmax())
+        result[f"best_{role}_head"] = [best // lm.arch.n_heads, best % lm.arch.n_heads]
+        result[f"best_{role}_score"] = round(float(worst.flatten()[best]), 4)
     return result
 
 
