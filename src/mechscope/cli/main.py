@@ -324,6 +324,44 @@ def heads(
     console.print(table)
 
 
+@app.command()
+@one_line_errors
+def patch(
+    clean: Annotated[str, typer.Option("--clean", help="Prompt whose behaviour is restored.")],
+    corrupted: Annotated[str, typer.Option("--corrupted", help="Prompt of the same token length.")],
+    correct: Annotated[str, typer.Option("--correct", help="Answer token of the clean prompt.")],
+    wrong: Annotated[str, typer.Option("--wrong", help="Answer token of the corrupted prompt.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model (default: the bundled organism toy).")] = "toy",
+    site: Annotated[str, typer.Option("--site", help="resid_pre, resid_post, attn_out or mlp_out.")] = "resid_post",
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML heatmap.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Activation patching: restore the clean run one (layer, position) at a time; logit-difference metric.
+
+    Example: mechscope patch --clean "The capital of France is" --corrupted "The capital of Japan is"
+    --correct " Paris" --wrong " Tokyo"
+    """
+    import mechscope as ms
+    from mechscope.causal.patching import LogitDiff, activation_patching
+
+    lm = ms.load(model)
+    result = activation_patching(lm, clean, corrupted, LogitDiff(lm, correct=correct, wrong=wrong), site=site)
+    if html is not None:
+        from mechscope.viz.patching_report import render_patching_html
+
+        write_atomically(html, render_patching_html(result, model=lm.source))
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    table = Table(title=f"{site} patching (0 = corrupted, 1 = clean)")
+    table.add_column("layer")
+    for token in result.tokens:
+        table.add_column(visible(token), justify="right")
+    for layer, row in zip(result.layers, result.effects, strict=True):
+        table.add_row(str(layer), *(f"{effect:.2f}" for effect in row))
+    console.print(table)
+
+
 def role_tables(lm: Any) -> dict[str, list[list[float]]]:
     """The head-role scores of ``lm`` as layers x heads tables (copying left out when there is none)."""
     from mechscope.attention.roles import ROLES, head_roles

@@ -45,7 +45,8 @@ class OpContext:
 class Op(Protocol):
     """An intervention: ``positions`` to touch and ``apply(x, ctx)`` giving the new value."""
 
-    positions: Positions
+    @property
+    def positions(self) -> Positions: ...
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor: ...
 

@@ -1,0 +1,121 @@
+"""Activation patching: which (layer, position) activations of a clean run restore its behaviour.
+
+The corrupted prompt is run once per layer as a batch with one row per position; row ``p`` takes the
+corrupted run's activations at that layer with position ``p`` replaced by the clean run's. Each layer
+therefore costs one batched forward pass. Effects are normalised: 0 is the corrupted metric, 1 the clean.
+
+Example:
+    >>> metric = LogitDiff(lm, correct=" Paris", wrong=" Tokyo")  # doctest: +SKIP
+    >>> clean, corrupted = "The capital of France is", "The capital of Japan is"
+    >>> result = activation_patching(lm, clean, corrupted, metric)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor
+
+from mechscope.core import ops
+from mechscope.core.lm import LanguageModel
+from mechscope.errors import InputError, SiteError
+
+#: A metric maps logits ``[batch, pos, vocab]`` to one number per row, ``[batch]``.
+Metric = Callable[[Tensor], Tensor]
+
+PATCHABLE = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+
+
+class LogitDiff:
+    """``logit(correct) - logit(wrong)`` at the last position: the standard patching metric."""
+
+    def __init__(self, lm: LanguageModel, *, correct: str, wrong: str) -> None:
+        self.correct = _single_token(lm, correct)
+        self.wrong = _single_token(lm, wrong)
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        last = logits[:, -1].float()
+        return last[:, self.correct] - last[:, self.wrong]
+
+
+def _single_token(lm: LanguageModel, text: str) -> int:
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise InputError(f"{text!r} is {len(ids)} tokens; a logit-difference metric needs single tokens")
+    return int(ids[0])
+
+
+class PatchingResult(BaseModel):
+    """Normalised patching effects ``effects[i][p]`` for layer ``layers[i]`` and position ``p``."""
+
+    site: str
+    clean_prompt: str
+    corrupted_prompt: str
+    tokens: list[str]
+    layers: list[int]
+    clean_metric: float
+    corrupted_metric: float
+    effects: list[list[float]]
+
+    def top(self, k: int = 5) -> list[tuple[int, int, float]]:
+        """The ``k`` largest ``(layer, position, effect)``."""
+        flat = [(layer, p, e) for layer, row in zip(self.layers, self.effects, strict=True) for p, e in enumerate(row)]
+        return sorted(flat, key=lambda item: -item[2])[:k]
+
+
+def activation_patching(
+    lm: LanguageModel,
+    clean: str,
+    corrupted: str,
+    metric: Metric,
+    *,
+    site: str = "resid_post",
+    layers: Sequence[int] | None = None,
+) -> PatchingResult:
+    """Patch each (layer, position) of ``site`` from the clean run into the corrupted run and measure.
+
+    Raises:
+        InputError: the prompts tokenize to different lengths, or the clean and corrupted metrics are equal.
+        SiteError: ``site`` is not one of resid_pre, resid_post, attn_out, mlp_out.
+    """
+    if site not in PATCHABLE:
+        raise SiteError(f"cannot patch '{site}' by layer and position; use one of {', '.join(PATCHABLE)}")
+    clean_ids = lm.tokenize([clean])["input_ids"]
+    corrupted_ids = lm.tokenize([corrupted])["input_ids"]
+    if clean_ids.shape != corrupted_ids.shape:
+        raise InputError(
+            f"the clean prompt has {clean_ids.shape[1]} tokens and the corrupted one {corrupted_ids.shape[1]}; "
+            "patching by position needs prompts of equal length"
+        )
+    chosen = list(range(lm.arch.n_layers)) if layers is None else [i % lm.arch.n_layers for i in layers]
+    names = [f"{site}.{i}" for i in chosen]
+    with torch.no_grad():
+        with lm.capture(names) as clean_cache:
+            clean_metric = float(metric(lm.forward(clean_ids))[0])
+        with lm.capture(names) as corrupted_cache:
+            corrupted_metric = float(metric(lm.forward(corrupted_ids))[0])
+        if clean_metric == corrupted_metric:
+            raise InputError("the clean and corrupted prompts give the same metric; nothing to restore")
+        length = clean_ids.shape[1]
+        batch = corrupted_ids.expand(length, -1)
+        effects = []
+        for name in names:
+            source = corrupted_cache[name].expand(length, -1, -1).clone()
+            rows = torch.arange(length)
+            source[rows, rows] = clean_cache[name][0]  # row p: position p from the clean run
+            with lm.intervene({name: ops.set(source)}):
+                patched = metric(lm.forward(batch))
+            effects.append(((patched - corrupted_metric) / (clean_metric - corrupted_metric)).tolist())
+    tokens = [str(lm.tokenizer.decode([i])) for i in clean_ids[0].tolist()]
+    return PatchingResult(
+        site=site,
+        clean_prompt=clean,
+        corrupted_prompt=corrupted,
+        tokens=tokens,
+        layers=chosen,
+        clean_metric=clean_metric,
+        corrupted_metric=corrupted_metric,
+        effects=effects,
+    )

@@ -1,0 +1,67 @@
+"""Activation patching on the organism: the fact flows from the subject to the last position."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import mechscope as ms
+from mechscope.causal.patching import LogitDiff, PatchingResult, activation_patching
+from mechscope.cli.main import app
+
+CLEAN, CORRUPTED = "The capital of France is", "The capital of Japan is"
+
+
+@pytest.fixture(scope="module")
+def toy() -> ms.LanguageModel:
+    return ms.load("toy")
+
+
+def test_patching_the_subject_restores_the_answer(toy: ms.LanguageModel) -> None:
+    metric = LogitDiff(toy, correct=" Paris", wrong=" Tokyo")
+    result = activation_patching(toy, CLEAN, CORRUPTED, metric)
+    subject = result.tokens.index("rance")  # the subject's last token
+    last = len(result.tokens) - 1
+    assert result.clean_metric > 0 > result.corrupted_metric
+    assert result.effects[0][subject] > 0.9  # early on, the fact lives at the subject
+    assert result.effects[-1][last] > 0.9 and result.effects[-1][subject] < 0.1  # at the end, at the last token
+    assert all(abs(e) < 0.1 for row in result.effects for e in row[: subject - 1])  # the shared prefix is inert
+    assert PatchingResult.model_validate_json(result.model_dump_json()) == result
+
+
+def test_patching_matches_a_single_intervention(toy: ms.LanguageModel) -> None:
+    """The batched sweep gives what one hand-written patch does for the same cell."""
+    metric = LogitDiff(toy, correct=" Paris", wrong=" Tokyo")
+    result = activation_patching(toy, CLEAN, CORRUPTED, metric, site="mlp_out", layers=[1])
+    with toy.capture(["mlp_out.1"], positions=5) as clean:
+        toy.forward(CLEAN)
+    with toy.intervene({"mlp_out.1": ms.ops.patch(clean, positions=5)}):
+        patched = float(metric(toy.forward(CORRUPTED))[0])
+    expected = (patched - result.corrupted_metric) / (result.clean_metric - result.corrupted_metric)
+    assert result.effects[0][5] == pytest.approx(expected, abs=1e-4)
+
+
+def test_patching_errors(toy: ms.LanguageModel) -> None:
+    metric = LogitDiff(toy, correct=" Paris", wrong=" Tokyo")
+    with pytest.raises(ms.InputError, match="equal length"):
+        activation_patching(toy, CLEAN, "The capital of Spain is", metric)
+    with pytest.raises(ms.SiteError, match="cannot patch"):
+        activation_patching(toy, CLEAN, CORRUPTED, metric, site="head_out")
+    with pytest.raises(ms.InputError, match="single tokens"):
+        LogitDiff(toy, correct=" Paris is", wrong=" Tokyo")
+    with pytest.raises(ms.InputError, match="same metric"):
+        activation_patching(toy, CLEAN, CLEAN, metric)
+
+
+def test_patch_command(tmp_path: Path) -> None:
+    page = tmp_path / "patch.html"
+    args = ["patch", "--clean", CLEAN, "--corrupted", CORRUPTED, "--correct", " Paris", "--wrong", " Tokyo"]
+    result = CliRunner().invoke(app, [*args, "--json", "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["effects"]) == 4 and torch.tensor(data["effects"]).shape[1] == len(data["tokens"])
+    assert page.read_text().count("data-effect=") == 4 * len(data["tokens"])
