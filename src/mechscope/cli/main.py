@@ -333,6 +333,9 @@ def patch(
     wrong: Annotated[str, typer.Option("--wrong", help="Answer token of the corrupted prompt.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model (default: the bundled organism toy).")] = "toy",
     site: Annotated[str, typer.Option("--site", help="resid_pre, resid_post, attn_out or mlp_out.")] = "resid_post",
+    attribution: Annotated[
+        bool, typer.Option("--attribution", help="Also run attribution patching and report its correlation.")
+    ] = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML heatmap.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -345,13 +348,23 @@ def patch(
     from mechscope.causal.patching import LogitDiff, activation_patching
 
     lm = ms.load(model)
-    result = activation_patching(lm, clean, corrupted, LogitDiff(lm, correct=correct, wrong=wrong), site=site)
+    metric = LogitDiff(lm, correct=correct, wrong=wrong)
+    result = activation_patching(lm, clean, corrupted, metric, site=site)
+    r = None
+    if attribution:
+        from mechscope.causal.patching import attribution_patching, correlation
+
+        estimate = attribution_patching(lm, clean, corrupted, metric, site=site)
+        r = correlation(result.effects, estimate.effects)
     if html is not None:
         from mechscope.viz.patching_report import render_patching_html
 
         write_atomically(html, render_patching_html(result, model=lm.source))
     if as_json:
-        print(result.model_dump_json(indent=2))
+        data = json.loads(result.model_dump_json())
+        if r is not None:
+            data["attribution"] = {"effects": estimate.effects, "correlation": r}
+        print(json.dumps(data, indent=2))
         return
     table = Table(title=f"{site} patching (0 = corrupted, 1 = clean)")
     table.add_column("layer")
@@ -360,6 +373,8 @@ def patch(
     for layer, row in zip(result.layers, result.effects, strict=True):
         table.add_row(str(layer), *(f"{effect:.2f}" for effect in row))
     console.print(table)
+    if r is not None:
+        console.print(f"attribution patching vs activation patching: r = {r:.3f}")
 
 
 def role_tables(lm: Any) -> dict[str, list[list[float]]]:

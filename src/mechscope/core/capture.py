@@ -15,7 +15,7 @@ from mechscope.core.hooks import HookSet, PassTracker
 from mechscope.core.points import POINTS, Reader, module_for, reader
 from mechscope.core.positions import PassInfo, Positions, check_positions, select
 from mechscope.core.sites import Site
-from mechscope.errors import HookNotFiredError
+from mechscope.errors import HookNotFiredError, PositionError
 from mechscope.models.archmap import ModelMap
 
 #: ``sink(values, info)`` receives each pass's activations instead of the cache keeping them.
@@ -96,6 +96,7 @@ class Capture:
         to: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         sink: Sink | None = None,
+        keep_grad: bool = False,
     ) -> None:
         self.arch = arch
         self.tracker = tracker
@@ -106,7 +107,10 @@ class Capture:
         self.dtype = dtype
         self.sink = sink
         self.cache = Cache(sites=list(plan.keys), positions=_describe(positions))
-        self._as_is = self._all_positions and dtype is None and to is None
+        if keep_grad and not self._all_positions:
+            raise PositionError("keep_grad captures keep whole activations; use positions='all'")
+        self.keep_grad = keep_grad
+        self._as_is = self._all_positions and dtype is None and to is None and not keep_grad
         self.needs_layout = not self._all_positions or plan.moe
         self._tracked = self.needs_layout or sink is not None
         self._hooks = HookSet()
@@ -211,6 +215,9 @@ class Capture:
                 self._pass_generation = self.tracker.generation
         if self._as_is:  # the common case, kept short: a detached copy the model cannot write into
             self._current[key] = value.detach().clone()
+            return
+        if self.keep_grad:  # the live tensor, part of the autograd graph (for gradient-based analyses)
+            self._current[key] = value
             return
         original = value
         if not self._all_positions:

@@ -201,6 +201,7 @@ class LanguageModel:
         to: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         sink: Sink | None = None,
+        keep_grad: bool = False,
     ) -> Capture:
         """Capture activations at ``sites`` for every forward pass inside the ``with`` block.
 
@@ -211,6 +212,9 @@ class LanguageModel:
             to: device to move captures to (e.g. ``"cpu"``); default: stay where computed.
             dtype: cast captures (e.g. ``"float16"``).
             sink: ``sink(values, info)`` called once per pass instead of keeping values in the cache.
+            keep_grad: keep the live activations (not detached copies), part of the autograd graph of
+                ``lm.forward(..., grad=True)``, so that ``torch.autograd.grad(metric, cache[site])`` works.
+                Only with ``positions="all"``.
 
         Capturing ``attn_pattern`` switches a non-eager model to eager attention for the duration of
         the block, because sdpa and flash attention never form the pattern; the switch is undone on exit.
@@ -232,6 +236,7 @@ class LanguageModel:
             to=to,
             dtype=resolved,
             sink=sink,
+            keep_grad=keep_grad,
         )
 
     def intervene(self, ops: Mapping[str | Site, OpSpec]) -> Intervention:
