@@ -377,6 +377,69 @@ def patch(
         console.print(f"attribution patching vs activation patching: r = {r:.3f}")
 
 
+@app.command()
+@one_line_errors
+def ablate(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The prompt to run with components removed.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model (default: the bundled organism toy).")] = "toy",
+    component: Annotated[str, typer.Option("--component", help="attn, mlp, resid, head or expert.")] = "mlp",
+    method: Annotated[str, typer.Option("--method", help="zero, mean or resample.")] = "zero",
+    target: Annotated[
+        str | None, typer.Option("--target", help="Logit metric: probability of this token at the end.")
+    ] = None,
+    criterion: Annotated[
+        str | None,
+        typer.Option("--criterion", help="Text metric on generation: contains:<text>, regex:<re> or function_call."),
+    ] = None,
+    reference: Annotated[
+        Path | None, typer.Option("--reference", help="Prompts (one per line) whose mean --method mean uses.")
+    ] = None,
+    resample_from: Annotated[str | None, typer.Option("--resample-from", help="Prompt for --method resample.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens generated per run.")] = 20,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result JSON (partial on Ctrl-C).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ablation sweep: knock out each layer's (or head's, or expert's) component and measure the effect.
+
+    Example: mechscope ablate -p "<user> What's the weather in Paris?<assistant>" --component attn
+    --criterion function_call
+    """
+    import mechscope as ms
+    from mechscope.causal.ablation import TargetProb, parse_criterion, sweep
+
+    lm = ms.load(model)
+    lines = reference.read_text(encoding="utf-8").splitlines() if reference is not None else None
+    result = sweep(
+        lm,
+        prompt,
+        component=component,
+        method=method,
+        metric=TargetProb(lm, target) if target is not None else None,
+        criterion=parse_criterion(criterion) if criterion is not None else None,
+        reference=[line for line in lines or [] if line.strip()] or None,
+        resample_from=resample_from,
+        max_new_tokens=max_new_tokens,
+        progress=not as_json,
+    )
+    if out is not None:
+        write_atomically(out, result.model_dump_json(indent=2))
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    table = Table(title=f"{method} ablation of {component}" + (" (PARTIAL: interrupted)" if result.partial else ""))
+    for column in ("layer", "index", "metric" if target else "criterion", "change" if target else "text"):
+        table.add_column(column)
+    for effect in result.effects:
+        index = "" if effect.index is None else str(effect.index)
+        if target is not None:
+            table.add_row(str(effect.layer), index, f"{effect.metric:.4f}", f"{effect.delta:+.4f}")
+        else:
+            table.add_row(str(effect.layer), index, str(effect.criterion), visible(effect.text or ""))
+    console.print(table)
+    clean = f"p={result.clean_metric:.4f}" if target is not None else f"criterion {result.clean_criterion}"
+    console.print(f"clean run: {clean}")
+
+
 def role_tables(lm: Any) -> dict[str, list[list[float]]]:
     """The head-role scores of ``lm`` as layers x heads tables (copying left out when there is none)."""
     from mechscope.attention.roles import ROLES, head_roles

@@ -1,0 +1,299 @@
+"""Ablation studies: knock out one component at a time and measure what the model does without it.
+
+A sweep over one component kind evaluates many ablations in one batched pass: the prompt is repeated once
+per ablation and row ``r`` has only its own component replaced (the other rows run untouched), so a
+layer sweep with a logit metric costs one forward pass of a batch of ``n_layers`` rows, and a head sweep one
+pass per layer with a row per head. Text criteria generate from the same batch.
+
+Components: ``attn`` (``attn_out``), ``mlp`` (``mlp_out``), ``resid`` (``resid_post``), ``head``
+(one head's ``head_out``), ``expert`` (one expert's ``expert_out``). Methods: ``zero``; ``mean`` (the mean
+activation over reference prompts); ``resample`` (the activation of another prompt at the same positions,
+or its mean over positions when the lengths differ).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor
+
+from mechscope.causal.patching import Metric
+from mechscope.core.lm import LanguageModel
+from mechscope.core.ops import OpContext
+from mechscope.core.positions import Positions
+from mechscope.core.sites import Site
+from mechscope.errors import InputError
+
+
+class Component(StrEnum):
+    """What a sweep knocks out."""
+
+    ATTN = "attn"
+    MLP = "mlp"
+    RESID = "resid"
+    HEAD = "head"
+    EXPERT = "expert"
+
+
+class Method(StrEnum):
+    """What replaces the knocked-out activation."""
+
+    ZERO = "zero"
+    MEAN = "mean"
+    RESAMPLE = "resample"
+
+
+_SITE = {
+    Component.ATTN: "attn_out",
+    Component.MLP: "mlp_out",
+    Component.RESID: "resid_post",
+    Component.HEAD: "head_out",
+    Component.EXPERT: "expert_out",
+}
+
+
+@dataclass(frozen=True)
+class RowOp:
+    """An op that replaces the activation in some batch rows only: row ``rows[i]`` gets ``values[i]``.
+
+    ``index`` selects a head (on ``head_out`` with every head, ``[batch, pos, head, head_dim]``); ``values``
+    broadcast against one row's activation.
+    """
+
+    rows: tuple[int, ...]
+    values: tuple[Tensor, ...]
+    index: tuple[int | None, ...]
+    positions: Positions = "all"
+
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        out = x.clone()
+        for row, value, index in zip(self.rows, self.values, self.index, strict=True):
+            if row >= x.shape[0]:
+                continue
+            target = out[row] if index is None else out[row, :, index]
+            target[...] = value.to(device=x.device, dtype=x.dtype).expand_as(target)
+        return out
+
+
+def contains(text: str) -> Callable[[str], bool]:
+    """Criterion: the generated text contains ``text``."""
+    return lambda generated: text in generated
+
+
+def regex(pattern: str) -> Callable[[str], bool]:
+    """Criterion: the generated text matches ``pattern`` anywhere."""
+    compiled = re.compile(pattern)
+    return lambda generated: compiled.search(generated) is not None
+
+
+def function_call(generated: str) -> bool:
+    """Criterion: the generated text holds a tool call (a ``<call>`` marker or ``name(arg=...)``)."""
+    return "<call>" in generated or re.search(r"\b\w+\(\w+=", generated) is not None
+
+
+def parse_criterion(spec: str) -> Callable[[str], bool]:
+    """A CLI criterion: ``contains:<text>``, ``regex:<pattern>`` or ``function_call``."""
+    if spec == "function_call":
+        return function_call
+    kind, _, argument = spec.partition(":")
+    if kind == "contains" and argument:
+        return contains(argument)
+    if kind == "regex" and argument:
+        return regex(argument)
+    raise InputError(f"unknown criterion '{spec}'; use contains:<text>, regex:<pattern> or function_call")
+
+
+class TargetProb:
+    """Metric: the probability of ``target`` at the last position."""
+
+    def __init__(self, lm: LanguageModel, target: str) -> None:
+        ids = lm.tokenizer(target, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise InputError(f"{target!r} is {len(ids)} tokens; the target must be a single token")
+        self.target = int(ids[0])
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        return logits[:, -1].float().softmax(-1)[:, self.target]
+
+
+class AblationEffect(BaseModel):
+    """One ablation: which component, the metric with it knocked out, and the change from the clean run."""
+
+    component: str
+    layer: int
+    index: int | None = None
+    metric: float | None = None
+    delta: float | None = None
+    text: str | None = None
+    criterion: bool | None = None
+
+
+class AblationResult(BaseModel):
+    """A sweep: the clean run's metric / text and one effect per ablated component."""
+
+    prompt: str
+    component: str
+    method: str
+    clean_metric: float | None = None
+    clean_text: str | None = None
+    clean_criterion: bool | None = None
+    effects: list[AblationEffect]
+    partial: bool = False
+
+    def summary(self, k: int = 5) -> list[AblationEffect]:
+        """The ``k`` ablations that change the metric most (or flip the criterion)."""
+        if self.clean_metric is not None:
+            return sorted(self.effects, key=lambda e: e.delta or 0.0)[:k]
+        return [e for e in self.effects if e.criterion != self.clean_criterion][:k]
+
+
+def _replacements(
+    lm: LanguageModel,
+    sites: list[str],
+    method: Method,
+    prompt_ids: Tensor,
+    reference: Sequence[str] | None,
+    resample_from: str | None,
+) -> dict[str, Tensor | None]:
+    """What replaces each site (``None``: zeros), broadcastable to one row; one forward pass for all sites."""
+    if method is Method.ZERO:
+        return dict.fromkeys(sites)
+    if method is Method.MEAN:
+        if not reference:
+            raise InputError("mean ablation needs reference prompts to average over")
+        with torch.no_grad(), lm.capture(sites, positions="mean") as cache:
+            lm.forward(list(reference))
+        return {site: cache[site].mean(dim=0) for site in sites}  # [*feature]
+    if not resample_from:
+        raise InputError("resample ablation needs another prompt to take activations from")
+    other = lm.tokenize([resample_from])["input_ids"]
+    aligned = other.shape == prompt_ids.shape
+    with torch.no_grad(), lm.capture(sites, positions="all" if aligned else "mean") as cache:
+        lm.forward(other)
+    return {site: cache[site][0] for site in sites}  # [pos, *feature] or [*feature]
+
+
+def sweep(
+    lm: LanguageModel,
+    prompt: str,
+    *,
+    component: Component | str = Component.MLP,
+    method: Method | str = Method.ZERO,
+    metric: Metric | None = None,
+    criterion: Callable[[str], bool] | None = None,
+    layers: Sequence[int] | None = None,
+    reference: Sequence[str] | None = None,
+    resample_from: str | None = None,
+    max_new_tokens: int = 20,
+    progress: bool = False,
+) -> AblationResult:
+    """Ablate each component of one kind in turn (batched) and measure with ``metric`` or ``criterion``.
+
+    Stopping the sweep with Ctrl-C returns what was measured so far with ``partial=True``.
+    """
+    component, method = Component(component), Method(method)
+    if (metric is None) == (criterion is None):
+        raise InputError("give exactly one of a logit metric or a text criterion")
+    if component is Component.EXPERT and not lm.arch.is_moe:
+        raise InputError(f"{lm.arch.family} has no experts to ablate")
+    chosen = list(lm.arch.moe_layers if component is Component.EXPERT else range(lm.arch.n_layers))
+    if layers is not None:
+        chosen = [layer % lm.arch.n_layers for layer in layers]
+    prompt_ids = lm.tokenize([prompt])["input_ids"]
+    result = AblationResult(prompt=prompt, component=component.value, method=method.value, effects=[])
+    if metric is not None:
+        with torch.no_grad():
+            result.clean_metric = float(metric(lm.forward(prompt_ids))[0])
+    else:
+        assert criterion is not None
+        result.clean_text = lm.generate(prompt, max_new_tokens=max_new_tokens)
+        result.clean_criterion = criterion(result.clean_text)
+    groups = _groups(lm, component, chosen)
+    steps = groups
+    if progress:
+        from rich.progress import track
+
+        steps = list(track(groups, description=f"ablating {component.value}"))
+    try:
+        for group in steps:
+            result.effects += _run_group(
+                lm,
+                prompt,
+                prompt_ids,
+                component,
+                method,
+                group,
+                metric,
+                criterion,
+                reference,
+                resample_from,
+                max_new_tokens,
+                result.clean_metric,
+            )
+    except KeyboardInterrupt:
+        result.partial = True
+    return result
+
+
+def _groups(lm: LanguageModel, component: Component, layers: list[int]) -> list[list[tuple[int, int | None]]]:
+    """Batches of ``(layer, index)`` ablations that one forward pass evaluates together."""
+    if component is Component.HEAD:
+        return [[(layer, head) for head in range(lm.arch.n_heads)] for layer in layers]
+    if component is Component.EXPERT:
+        return [[(layer, expert) for expert in range(lm.arch.n_experts)] for layer in layers]
+    return [[(layer, None) for layer in layers]]
+
+
+def _run_group(
+    lm: LanguageModel,
+    prompt: str,
+    prompt_ids: Tensor,
+    component: Component,
+    method: Method,
+    group: list[tuple[int, int | None]],
+    metric: Metric | None,
+    criterion: Callable[[str], bool] | None,
+    reference: Sequence[str] | None,
+    resample_from: str | None,
+    max_new_tokens: int,
+    clean_metric: float | None,
+) -> list[AblationEffect]:
+    base = _SITE[component]
+    sites = [
+        f"{base}.{layer}.{index}" if component is Component.EXPERT else f"{base}.{layer}" for layer, index in group
+    ]
+    replacements = _replacements(lm, sorted(set(sites)), method, prompt_ids, reference, resample_from)
+    plan: dict[str | Site, RowOp] = {}
+    for row, ((_, index), site) in enumerate(zip(group, sites, strict=True)):
+        value = replacements[site]
+        if component is Component.HEAD and value is not None:
+            value = value[..., index, :]  # this head's slice of the all-heads activation
+        fill = torch.zeros(()) if value is None else value
+        slot = index if component is Component.HEAD else None
+        previous = plan.get(site)
+        if previous is None:
+            plan[site] = RowOp((row,), (fill,), (slot,))
+        else:
+            plan[site] = RowOp((*previous.rows, row), (*previous.values, fill), (*previous.index, slot))
+    name = component.value
+    effects = []
+    with lm.intervene(plan):
+        if metric is not None:
+            with torch.no_grad():
+                values = metric(lm.forward(prompt_ids.expand(len(group), -1)))
+            for (layer, index), value in zip(group, values.tolist(), strict=True):
+                delta = value - clean_metric if clean_metric is not None else None
+                effects.append(AblationEffect(component=name, layer=layer, index=index, metric=value, delta=delta))
+        else:
+            assert criterion is not None
+            texts = lm.generate([prompt] * len(group), max_new_tokens=max_new_tokens)
+            for (layer, index), text in zip(group, texts, strict=True):
+                effects.append(
+                    AblationEffect(component=name, layer=layer, index=index, text=text, criterion=criterion(text))
+                )
+    return effects

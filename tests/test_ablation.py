@@ -1,0 +1,130 @@
+"""Ablation sweeps on the organisms: the recall layer matters, methods differ, sweeps are batched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import mechscope as ms
+from mechscope.causal.ablation import (
+    AblationResult,
+    TargetProb,
+    contains,
+    function_call,
+    parse_criterion,
+    regex,
+    sweep,
+)
+from mechscope.cli.main import app
+from mechscope.zoo.train import ZOO
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def toy() -> ms.LanguageModel:
+    return ms.load("toy")
+
+
+def test_ablating_the_recall_layer_drops_the_answer(toy: ms.LanguageModel) -> None:
+    emerge = json.loads((ZOO / "toy" / "card.json").read_text())["measurements"]["facts"]["emerges_at_layer"]
+    result = sweep(toy, PROMPT, component="attn", metric=TargetProb(toy, " Paris"))
+    by_layer = {e.layer: e.metric for e in result.effects}
+    assert result.clean_metric is not None and result.clean_metric > 0.9
+    assert by_layer[emerge] < 0.05  # the layer where facts emerge moves the answer
+    assert all(by_layer[layer] > 0.5 for layer in range(1, emerge))  # the middle layers do not matter much
+    assert AblationResult.model_validate_json(result.model_dump_json()) == result
+
+
+def test_methods_give_different_sane_results(toy: ms.LanguageModel) -> None:
+    metric = TargetProb(toy, " Paris")
+    reference = ["The capital of Spain is", "The capital of Italy is", "The opposite of hot is"]
+    zero = sweep(toy, PROMPT, component="mlp", metric=metric)
+    mean = sweep(toy, PROMPT, component="mlp", method="mean", reference=reference, metric=metric)
+    resample = sweep(
+        toy, PROMPT, component="mlp", method="resample", resample_from="The capital of Japan is", metric=metric
+    )
+    values = [[e.metric for e in r.effects] for r in (zero, mean, resample)]
+    assert values[0] != values[1] != values[2]
+    assert all(0.0 <= v <= 1.0 for row in values for v in row)
+    with pytest.raises(ms.InputError, match="reference prompts"):
+        sweep(toy, PROMPT, component="mlp", method="mean", metric=metric)
+    with pytest.raises(ms.InputError, match="exactly one"):
+        sweep(toy, PROMPT, metric=metric, criterion=function_call)
+
+
+def test_head_sweep_is_one_batched_pass_per_layer(toy: ms.LanguageModel) -> None:
+    passes = 0
+
+    def count(*_: Any) -> None:
+        nonlocal passes
+        passes += 1
+
+    handle = toy.model.register_forward_hook(count)
+    try:
+        result = sweep(toy, PROMPT, component="head", metric=TargetProb(toy, " Paris"))
+    finally:
+        handle.remove()
+    assert passes == 1 + toy.arch.n_layers  # the clean run, then one pass per layer with a row per head
+    assert len(result.effects) == toy.arch.n_layers * toy.arch.n_heads
+    single = next(e for e in result.effects if (e.layer, e.index) == (3, 0))
+    with toy.intervene({"head_out.3.0": ms.ops.zero()}):
+        alone = float(TargetProb(toy, " Paris")(toy.forward(PROMPT))[0])
+    assert single.metric == pytest.approx(alone, abs=1e-5)  # a batched row equals the ablation run alone
+
+
+def test_expert_sweep_on_the_moe_organism() -> None:
+    lm = ms.load("toy-moe")
+    result = sweep(lm, PROMPT, component="expert", metric=TargetProb(lm, " Paris"), layers=[0])
+    assert [(e.layer, e.index) for e in result.effects] == [(0, e) for e in range(lm.arch.n_experts)]
+    assert min(e.metric for e in result.effects) < 0.5 * (result.clean_metric or 1.0)
+
+
+def test_criteria(toy: ms.LanguageModel) -> None:
+    assert contains("Paris")(" Paris is nice") and not contains("Rome")(" Paris")
+    assert regex(r"\d+")("call 42") and not regex(r"^\d")("x1")
+    assert function_call("<call>weather(city=Paris)</call>") and function_call("lookup(query=x)")
+    assert not function_call("I am fine, thank you.")
+    assert parse_criterion("contains:abc")("xabcx") and parse_criterion("regex:a+b")("caab")
+    with pytest.raises(ms.InputError, match="unknown criterion"):
+        parse_criterion("starts:abc")
+    result = sweep(
+        toy,
+        "<user> What's the weather in Paris?<assistant>",
+        component="attn",
+        criterion=lambda t: "<call>" in t,
+        max_new_tokens=8,
+    )
+    assert result.clean_criterion is True and all(e.text is not None for e in result.effects)
+
+
+def test_interrupted_sweep_returns_a_partial_result(toy: ms.LanguageModel) -> None:
+    calls = 0
+    base = TargetProb(toy, " Paris")
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # clean run, first layer of heads, then "Ctrl-C"
+            raise KeyboardInterrupt
+        return base(logits)
+
+    result = sweep(toy, PROMPT, component="head", metric=metric)
+    assert result.partial and len(result.effects) == toy.arch.n_heads
+
+
+def test_ablate_command(tmp_path: Path) -> None:
+    out = tmp_path / "ablation.json"
+    result = CliRunner().invoke(
+        app, ["ablate", "-p", PROMPT, "--component", "mlp", "--target", " Paris", "--json", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    saved = AblationResult.model_validate_json(out.read_text())
+    assert len(saved.effects) == 4 and not saved.partial
+    bad = CliRunner().invoke(app, ["ablate", "-p", PROMPT, "--criterion", "nope"])
+    assert bad.exit_code == 2 and "unknown criterion" in bad.stderr
