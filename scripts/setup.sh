@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages some features need: chromium (the HTML report's browser tests).
-APT_PACKAGES=(chromium)
+# Debian packages some features need: chromium (the HTML reports' browser tests), graphviz (DOT rendering).
+APT_PACKAGES=(chromium graphviz)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
