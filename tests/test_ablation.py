@@ -120,11 +120,27 @@ def test_interrupted_sweep_returns_a_partial_result(toy: ms.LanguageModel) -> No
 
 def test_ablate_command(tmp_path: Path) -> None:
     out = tmp_path / "ablation.json"
-    result = CliRunner().invoke(
-        app, ["ablate", "-p", PROMPT, "--component", "mlp", "--target", " Paris", "--json", "--out", str(out)]
-    )
+    page = tmp_path / "ablation.html"
+    args = ["ablate", "-p", PROMPT, "--component", "head", "--target", " Paris", "--json", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--html", str(page)])
     assert result.exit_code == 0, result.output
+    assert page.read_text().count("data-delta=") == 16
     saved = AblationResult.model_validate_json(out.read_text())
-    assert len(saved.effects) == 4 and not saved.partial
+    assert len(saved.effects) == 16 and not saved.partial
     bad = CliRunner().invoke(app, ["ablate", "-p", PROMPT, "--criterion", "nope"])
     assert bad.exit_code == 2 and "unknown criterion" in bad.stderr
+
+
+def test_kl_to_clean_metric_and_grid(toy: ms.LanguageModel) -> None:
+    from mechscope.causal.ablation import grid
+    from mechscope.causal.patching import KLToClean
+
+    result = sweep(toy, PROMPT, component="attn", metric=KLToClean())
+    assert result.clean_metric == pytest.approx(0.0, abs=1e-6)  # the clean run is at distance 0 from itself
+    assert all(e.metric is not None and e.metric <= 1e-6 for e in result.effects)
+    by_layer = {e.layer: e.metric for e in result.effects}
+    assert by_layer[3] < by_layer[1]  # the recall layer moves the distribution most
+    with pytest.raises(ms.InputError, match="fit"):
+        KLToClean()(torch.zeros(1, 2, 3))
+    both = grid(toy, PROMPT, ["attn", "mlp"], metric=TargetProb(toy, " Paris"))
+    assert both.component == "attn+mlp" and len(both.effects) == 2 * toy.arch.n_layers

@@ -50,7 +50,7 @@ def test_patching_errors(toy: ms.LanguageModel) -> None:
     with pytest.raises(ms.InputError, match="equal length"):
         activation_patching(toy, CLEAN, "The capital of Spain is", metric)
     with pytest.raises(ms.SiteError, match="cannot patch"):
-        activation_patching(toy, CLEAN, CORRUPTED, metric, site="head_out")
+        activation_patching(toy, CLEAN, CORRUPTED, metric, site="attn_pattern")
     with pytest.raises(ms.InputError, match="single tokens"):
         LogitDiff(toy, correct=" Paris is", wrong=" Tokyo")
     with pytest.raises(ms.InputError, match="same metric"):
@@ -83,3 +83,13 @@ def test_attribution_patching_correlates_with_activation_patching(toy: ms.Langua
     assert hook_count(toy.model) == 0
     with pytest.raises(ms.PositionError, match="keep_grad"):
         toy.capture(["resid_post.0"], positions="last", keep_grad=True)
+
+
+def test_head_out_patching_per_position(toy: ms.LanguageModel) -> None:
+    from mechscope.causal.patching import attribution_patching
+
+    metric = LogitDiff(toy, correct=" Paris", wrong=" Tokyo")
+    real = activation_patching(toy, CLEAN, CORRUPTED, metric, site="head_out")
+    assert real.effects[-1][-1] > 0.5  # the last layer's heads at the final token carry the answer
+    with pytest.raises(ms.SiteError, match="attribution patching supports"):
+        attribution_patching(toy, CLEAN, CORRUPTED, metric, site="head_out")

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
-from mechscope.causal.patching import Metric
+from mechscope.causal.patching import KLToClean, Metric
 from mechscope.core.lm import LanguageModel
 from mechscope.core.ops import OpContext
 from mechscope.core.positions import Positions
@@ -208,7 +208,10 @@ def sweep(
     result = AblationResult(prompt=prompt, component=component.value, method=method.value, effects=[])
     if metric is not None:
         with torch.no_grad():
-            result.clean_metric = float(metric(lm.forward(prompt_ids))[0])
+            clean_logits = lm.forward(prompt_ids)
+            if isinstance(metric, KLToClean):
+                metric.fit(clean_logits)
+            result.clean_metric = float(metric(clean_logits)[0])
     else:
         assert criterion is not None
         result.clean_text = lm.generate(prompt, max_new_tokens=max_new_tokens)
@@ -238,6 +241,22 @@ def sweep(
     except KeyboardInterrupt:
         result.partial = True
     return result
+
+
+def grid(
+    lm: LanguageModel,
+    prompt: str,
+    components: Sequence[Component | str] = (Component.ATTN, Component.MLP),
+    **options: object,
+) -> AblationResult:
+    """A (layer, component) grid: one sweep per component kind, joined into one result."""
+    if not components:
+        raise InputError("name at least one component for the grid")
+    results = [sweep(lm, prompt, component=c, **options) for c in components]  # type: ignore[arg-type]
+    joined = results[0].model_copy(update={"component": "+".join(r.component for r in results)})
+    joined.effects = [effect for r in results for effect in r.effects]
+    joined.partial = any(r.partial for r in results)
+    return joined
 
 
 def _groups(lm: LanguageModel, component: Component, layers: list[int]) -> list[list[tuple[int, int | None]]]:

@@ -25,7 +25,8 @@ from mechscope.errors import InputError, SiteError
 #: A metric maps logits ``[batch, pos, vocab]`` to one number per row, ``[batch]``.
 Metric = Callable[[Tensor], Tensor]
 
-PATCHABLE = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+PATCHABLE = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head_out")
+ATTRIBUTABLE = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 
 
 class LogitDiff:
@@ -45,6 +46,28 @@ def _single_token(lm: LanguageModel, text: str) -> int:
     if len(ids) != 1:
         raise InputError(f"{text!r} is {len(ids)} tokens; a logit-difference metric needs single tokens")
     return int(ids[0])
+
+
+class KLToClean:
+    """Metric: minus the KL divergence from the clean run's next-token distribution (higher is closer).
+
+    Call `fit` with the clean logits first (the sweeps do when given this metric).
+    """
+
+    def __init__(self) -> None:
+        self.reference: Tensor | None = None
+
+    def fit(self, clean_logits: Tensor) -> KLToClean:
+        """Remember the clean run's last-position distribution."""
+        self.reference = clean_logits[:, -1].float().log_softmax(-1)
+        return self
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        if self.reference is None:
+            raise InputError("KLToClean needs the clean logits first: call .fit(clean_logits)")
+        log_p = self.reference[:1].expand(logits.shape[0], -1)
+        log_q = logits[:, -1].float().log_softmax(-1)
+        return -(log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 class PatchingResult(BaseModel):
@@ -102,7 +125,8 @@ def activation_patching(
         batch = corrupted_ids.expand(length, -1)
         effects = []
         for name in names:
-            source = corrupted_cache[name].expand(length, -1, -1).clone()
+            corrupted_value = corrupted_cache[name]
+            source = corrupted_value.expand(length, *corrupted_value.shape[1:]).clone()
             rows = torch.arange(length)
             source[rows, rows] = clean_cache[name][0]  # row p: position p from the clean run
             with lm.intervene({name: ops.set(source)}):
@@ -145,10 +169,11 @@ def attribution_patching(
 
     Costs one forward pass of the clean prompt and one forward plus backward pass of the corrupted one,
     whatever the number of layers and positions. Gradients are taken with ``torch.autograd.grad``, so
-    nothing accumulates in the model's parameters.
+    nothing accumulates in the model's parameters. Sites: the residual-type ones (``head_out`` is a view
+    taken inside a hook, off the autograd path; patch it with `activation_patching`).
     """
-    if site not in PATCHABLE:
-        raise SiteError(f"cannot patch '{site}' by layer and position; use one of {', '.join(PATCHABLE)}")
+    if site not in ATTRIBUTABLE:
+        raise SiteError(f"attribution patching supports {', '.join(ATTRIBUTABLE)}; got '{site}'")
     clean_ids = lm.tokenize([clean])["input_ids"]
     corrupted_ids = lm.tokenize([corrupted])["input_ids"]
     if clean_ids.shape != corrupted_ids.shape:
@@ -165,7 +190,7 @@ def attribution_patching(
         raise InputError("the clean and corrupted prompts give the same metric; nothing to restore")
     scale = clean_metric - corrupted_metric
     effects = [
-        ((grad[0] * (clean_cache[name][0] - live[name][0].detach())).sum(-1) / scale).tolist()
+        ((grad[0] * (clean_cache[name][0] - live[name][0].detach())).flatten(1).sum(-1) / scale).tolist()
         for name, grad in zip(names, grads, strict=True)
     ]
     return AttributionResult(

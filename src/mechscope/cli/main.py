@@ -397,6 +397,7 @@ def ablate(
     resample_from: Annotated[str | None, typer.Option("--resample-from", help="Prompt for --method resample.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens generated per run.")] = 20,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result JSON (partial on Ctrl-C).")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML table.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ablation sweep: knock out each layer's (or head's, or expert's) component and measure the effect.
@@ -423,6 +424,10 @@ def ablate(
     )
     if out is not None:
         write_atomically(out, result.model_dump_json(indent=2))
+    if html is not None:
+        from mechscope.viz.ablation_report import render_ablation_html
+
+        write_atomically(html, render_ablation_html(result, model=lm.source))
     if as_json:
         print(result.model_dump_json(indent=2))
         return
