@@ -93,3 +93,18 @@ def test_head_out_patching_per_position(toy: ms.LanguageModel) -> None:
     assert real.effects[-1][-1] > 0.5  # the last layer's heads at the final token carry the answer
     with pytest.raises(ms.SiteError, match="attribution patching supports"):
         attribution_patching(toy, CLEAN, CORRUPTED, metric, site="head_out")
+
+
+def test_interrupted_patching_keeps_the_finished_layers(toy: ms.LanguageModel) -> None:
+    calls = 0
+    base = LogitDiff(toy, correct=" Paris", wrong=" Tokyo")
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 4:  # clean, corrupted, layer 0, then "Ctrl-C"
+            raise KeyboardInterrupt
+        return base(logits)
+
+    result = activation_patching(toy, CLEAN, CORRUPTED, metric)
+    assert result.partial and result.layers == [0] and len(result.effects) == 1

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from pydantic import BaseModel
@@ -81,6 +81,7 @@ class PatchingResult(BaseModel):
     clean_metric: float
     corrupted_metric: float
     effects: list[list[float]]
+    partial: bool = False  # the sweep was interrupted: ``effects`` covers the first layers only
 
     def top(self, k: int = 5) -> list[tuple[int, int, float]]:
         """The ``k`` largest ``(layer, position, effect)``."""
@@ -96,8 +97,11 @@ def activation_patching(
     *,
     site: str = "resid_post",
     layers: Sequence[int] | None = None,
+    progress: bool = False,
 ) -> PatchingResult:
     """Patch each (layer, position) of ``site`` from the clean run into the corrupted run and measure.
+
+    Ctrl-C during the sweep returns the layers done so far, marked ``partial``.
 
     Raises:
         InputError: the prompts tokenize to different lengths, or the clean and corrupted metrics are equal.
@@ -123,7 +127,47 @@ def activation_patching(
             raise InputError("the clean and corrupted prompts give the same metric; nothing to restore")
         length = clean_ids.shape[1]
         batch = corrupted_ids.expand(length, -1)
-        effects = []
+        effects: list[list[float]] = []
+        steps: Sequence[str] = names
+        if progress:
+            from rich.progress import track
+
+            steps = list(track(names, description=f"patching {site}"))
+        partial = False
+        try:
+            _patch_layers(
+                lm, steps, clean_cache, corrupted_cache, batch, metric, clean_metric, corrupted_metric, effects
+            )
+        except KeyboardInterrupt:
+            partial = True
+    tokens = [str(lm.tokenizer.decode([i])) for i in clean_ids[0].tolist()]
+    return PatchingResult(
+        site=site,
+        clean_prompt=clean,
+        corrupted_prompt=corrupted,
+        tokens=tokens,
+        layers=chosen[: len(effects)],
+        clean_metric=clean_metric,
+        corrupted_metric=corrupted_metric,
+        effects=effects,
+        partial=partial,
+    )
+
+
+def _patch_layers(
+    lm: LanguageModel,
+    names: Sequence[str],
+    clean_cache: Mapping[str, Tensor],
+    corrupted_cache: Mapping[str, Tensor],
+    batch: Tensor,
+    metric: Metric,
+    clean_metric: float,
+    corrupted_metric: float,
+    effects: list[list[float]],
+) -> None:
+    """Append each layer's normalised effects to ``effects`` (so an interruption keeps the finished ones)."""
+    length = batch.shape[0]
+    with torch.no_grad():
         for name in names:
             corrupted_value = corrupted_cache[name]
             source = corrupted_value.expand(length, *corrupted_value.shape[1:]).clone()
@@ -132,17 +176,6 @@ def activation_patching(
             with lm.intervene({name: ops.set(source)}):
                 patched = metric(lm.forward(batch))
             effects.append(((patched - corrupted_metric) / (clean_metric - corrupted_metric)).tolist())
-    tokens = [str(lm.tokenizer.decode([i])) for i in clean_ids[0].tolist()]
-    return PatchingResult(
-        site=site,
-        clean_prompt=clean,
-        corrupted_prompt=corrupted,
-        tokens=tokens,
-        layers=chosen,
-        clean_metric=clean_metric,
-        corrupted_metric=corrupted_metric,
-        effects=effects,
-    )
 
 
 class AttributionResult(BaseModel):

@@ -349,7 +349,7 @@ def patch(
 
     lm = ms.load(model)
     metric = LogitDiff(lm, correct=correct, wrong=wrong)
-    result = activation_patching(lm, clean, corrupted, metric, site=site)
+    result = activation_patching(lm, clean, corrupted, metric, site=site, progress=not as_json)
     r = None
     if attribution:
         from mechscope.causal.patching import attribution_patching, correlation
@@ -366,7 +366,8 @@ def patch(
             data["attribution"] = {"effects": estimate.effects, "correlation": r}
         print(json.dumps(data, indent=2))
         return
-    table = Table(title=f"{site} patching (0 = corrupted, 1 = clean)")
+    title = f"{site} patching (0 = corrupted, 1 = clean)" + (" (PARTIAL: interrupted)" if result.partial else "")
+    table = Table(title=title)
     table.add_column("layer")
     for token in result.tokens:
         table.add_column(visible(token), justify="right")
