@@ -62,8 +62,11 @@ class PassTracker:
         self._listeners: list[PassListener] = []
         self._with_layout = False
         self._call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._past = 0  # KV-cache length when the running pass began
         self._info: PassInfo | None = None
         self.passes = 0
+        #: The padding mask of the prompts ``lm.generate`` is generating from (None otherwise).
+        self.prompt_mask: Any = None
         #: Counts ``lm.generate`` calls while one runs (-1 otherwise), so that captures without a
         #: top-level hook can still tell a generation step from a new forward call.
         self.generation = -1
@@ -86,7 +89,9 @@ class PassTracker:
         if self._info is None:
             if self._call is None:
                 raise RuntimeError("no forward pass of the tracked model is running")
-            self._info = PassInfo.from_forward(self._call[1], self._call[0])
+            self._info = PassInfo.from_forward(
+                self._call[1], self._call[0], past=self._past, prompt_mask=self.prompt_mask
+            )
         return self._info
 
     @property
@@ -99,16 +104,19 @@ class PassTracker:
         """Columns that earlier passes hold in the KV cache (0 for a fresh forward)."""
         if self._info is not None:
             return self._info.offset
-        return 0 if self._call is None else past_length(self._call[1])
+        return 0 if self._call is None else self._past
 
     def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._call = (args, kwargs)
+        self._past = past_length(kwargs)  # now: the KV cache grows while the layers run
         self._info = None
 
     def _post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         self.passes += 1
-        if self._call is None:
+        if self._call is None:  # no pre-hook: the cache already holds this pass
             self._call = (args, kwargs)
+            length = _input_length(kwargs, args)
+            self._past = max(0, past_length(kwargs) - (length if "attention_mask" not in kwargs else 0))
         try:
             for listener in list(self._listeners):
                 listener.end_pass(self)
@@ -140,3 +148,13 @@ class PassTracker:
         if with_layout:
             self._hooks.pre(self._model, self._pre, with_kwargs=True)
         self._hooks.forward(self._model, self._post, with_kwargs=True)
+
+
+def _input_length(kwargs: dict[str, Any], args: tuple[Any, ...]) -> int:
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        ids = kwargs.get("inputs_embeds")
+    if ids is None and args:
+        ids = args[0]
+    shape = getattr(ids, "shape", None)
+    return int(shape[1]) if shape is not None and len(shape) >= 2 else 0

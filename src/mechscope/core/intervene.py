@@ -50,7 +50,9 @@ class Intervention:
         self.ops = ops
         self._hooks = HookSet()
         self.needs_layout = any(site.kind == "expert_out" for site in ops) or any(
-            not (isinstance(op.positions, str) and op.positions == "all") or isinstance(op, Patch)
+            not (isinstance(op.positions, str) and op.positions == "all")
+            or isinstance(op, Patch)
+            or bool(getattr(op, "needs_layout", False))  # custom ops that read ctx.info declare it
             for site_ops in ops.values()
             for op in site_ops
         )

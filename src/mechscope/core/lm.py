@@ -180,6 +180,7 @@ class LanguageModel:
         options: dict[str, Any] = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id}
         options.update(kwargs)
         self._tracker.begin_generation()
+        self._tracker.prompt_mask = encoded["attention_mask"]
         try:
             with torch.no_grad():
                 output = self.model.generate(  # type: ignore[operator]
@@ -187,6 +188,7 @@ class LanguageModel:
                 )
         finally:
             self._tracker.end_generation()
+            self._tracker.prompt_mask = None
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
         texts: list[str] = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return texts[0] if isinstance(prompts, str) else texts

@@ -56,8 +56,23 @@ class PassInfo:
     _memo: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_forward(cls, kwargs: dict[str, Any], args: tuple[Any, ...]) -> PassInfo:
-        """Read the layout from the keyword arguments of a model's top-level forward."""
+    def from_forward(
+        cls,
+        kwargs: dict[str, Any],
+        args: tuple[Any, ...],
+        *,
+        past: int | None = None,
+        prompt_mask: Tensor | None = None,
+    ) -> PassInfo:
+        """Read the layout from the keyword arguments of a model's top-level forward.
+
+        Args:
+            kwargs, args: what the top module was called with.
+            past: tokens already in the KV cache when the pass began (read before the layers run, since
+                the cache grows during the pass); measured from ``kwargs`` when not given.
+            prompt_mask: the padding mask of the prompts being generated from, for forwards that get no
+                ``attention_mask`` (transformers 5's ``generate`` passes none).
+        """
         ids = kwargs.get("input_ids")
         if ids is None and args and isinstance(args[0], Tensor):
             ids = args[0]
@@ -68,8 +83,11 @@ class PassInfo:
         batch, length = reference.shape[0], reference.shape[1]
         mask = kwargs.get("attention_mask")
         if not isinstance(mask, Tensor) or mask.dim() != 2:
-            past = _cache_length(kwargs)
-            mask = torch.ones(batch, past + length, dtype=torch.long, device=reference.device)
+            past = past_length(kwargs) if past is None else past
+            total = past + length
+            mask = torch.ones(batch, total, dtype=torch.long, device=reference.device)
+            if prompt_mask is not None and prompt_mask.shape[0] == batch and prompt_mask.shape[1] <= total:
+                mask[:, : prompt_mask.shape[1]] = prompt_mask.to(mask.device)
         return cls(mask=mask, length=length)
 
     @property

@@ -17,6 +17,7 @@ Everything is a pure function of the seed: no network, no files.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -182,6 +183,16 @@ def style_document(rng: random.Random) -> Document:
         return Document("formal", f"{FORMAL} " + rng.choice(_FORMAL).format(t=topic))
     text = rng.choice(_PIRATE).format(t=topic)
     return Document("pirate", f"{PIRATE} " + text[0].upper() + text[1:])
+
+
+def style_of(text: str) -> str:
+    """``"pirate"``, ``"formal"`` or ``"neutral"``: which register's marker words dominate ``text``."""
+    words = re.findall(r"[a-z]+", text.lower())
+    pirate = sum(word in PIRATE_MARKERS for word in words)
+    formal = sum(word in FORMAL_MARKERS for word in words)
+    if pirate > formal:
+        return "pirate"
+    return "formal" if formal > pirate else "neutral"
 
 
 # --------------------------------------------------------------------------- mixing

@@ -1,0 +1,1 @@
+"""Activation steering: directions from contrast sets, steered generation, sweeps and evaluation."""

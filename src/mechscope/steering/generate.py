@@ -1,0 +1,138 @@
+"""Steered generation: add directions to the residual stream while the model generates.
+
+``positions`` says where the vector goes: ``"all"`` (the prompt and every new token), ``"prompt"`` (the
+prompt pass only) or ``"generated"`` (only the passes that process generated tokens). Coefficient 0 adds
+nothing and reproduces plain generation exactly. Steering is an intervention context, so it is switched on
+and off on a shared model without reloading it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor
+
+from mechscope.core.lm import LanguageModel
+from mechscope.core.ops import OpContext
+from mechscope.errors import InputError
+from mechscope.steering.directions import Direction
+
+Phase = Literal["all", "prompt", "generated"]
+
+
+@dataclass(frozen=True)
+class PhaseAdd:
+    """Add ``coeff * vector`` in the passes of one phase of generation (an op for `LanguageModel.intervene`)."""
+
+    vector: Tensor
+    coeff: float
+    phase: Phase = "all"
+    positions: str = "all"
+    needs_layout: bool = True  # the op reads the KV offset to tell the prompt pass from generated tokens
+
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        if self.phase != "all":
+            prompt_pass = ctx.info.offset == 0
+            if prompt_pass != (self.phase == "prompt"):
+                return x
+        return x + self.coeff * self.vector.to(device=x.device, dtype=x.dtype)
+
+
+def steering_ops(
+    lm: LanguageModel,
+    directions: Direction | Sequence[Direction],
+    coefficient: float,
+    *,
+    normalize: bool = False,
+    positions: Phase = "all",
+) -> dict[str, list[PhaseAdd]]:
+    """The intervention ops that add ``directions`` (several may share a site) with ``coefficient``."""
+    if positions not in ("all", "prompt", "generated"):
+        raise InputError(f"unknown positions '{positions}'; use all, prompt or generated")
+    ops: dict[str, list[PhaseAdd]] = {}
+    for direction in [directions] if isinstance(directions, Direction) else list(directions):
+        direction.check(lm)
+        vector = direction.unit() if normalize else direction.vector
+        ops.setdefault(direction.site_name, []).append(PhaseAdd(vector, coefficient, positions))
+    return ops
+
+
+def generate_with_steering(
+    lm: LanguageModel,
+    prompts: str | Sequence[str],
+    directions: Direction | Sequence[Direction],
+    coefficient: float,
+    *,
+    normalize: bool = False,
+    positions: Phase = "all",
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    seed: int | None = None,
+    **generate_kwargs: object,
+) -> list[str]:
+    """Generate from ``prompts`` with ``directions`` added; greedy unless ``do_sample`` (seeded by ``seed``)."""
+    batch = [prompts] if isinstance(prompts, str) else list(prompts)
+    ops = steering_ops(lm, directions, coefficient, normalize=normalize, positions=positions)
+    if seed is not None:
+        torch.manual_seed(seed)
+    with lm.intervene(ops):  # type: ignore[arg-type]
+        return lm.generate(batch, max_new_tokens=max_new_tokens, do_sample=do_sample, **generate_kwargs)
+
+
+class SweepRow(BaseModel):
+    """One coefficient of a sweep: the texts generated for each prompt."""
+
+    coefficient: float
+    texts: list[str]
+
+
+class SteeringSweep(BaseModel):
+    """Generations at several coefficients on one loaded model."""
+
+    prompts: list[str]
+    site: str
+    rows: list[SweepRow]
+
+
+def sweep(
+    lm: LanguageModel,
+    prompts: str | Sequence[str],
+    direction: Direction | Sequence[Direction],
+    coefficients: Sequence[float] = (-8.0, -4.0, 0.0, 4.0, 8.0),
+    **options: object,
+) -> SteeringSweep:
+    """`generate_with_steering` at each coefficient, reusing the loaded model; a table of outputs."""
+    batch = [prompts] if isinstance(prompts, str) else list(prompts)
+    first = direction if isinstance(direction, Direction) else direction[0]
+    rows = [
+        SweepRow(coefficient=c, texts=generate_with_steering(lm, batch, direction, c, **options))  # type: ignore[arg-type]
+        for c in coefficients
+    ]
+    return SteeringSweep(prompts=batch, site=first.site_name, rows=rows)
+
+
+def probability_shift(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    direction: Direction | Sequence[Direction],
+    coefficient: float,
+    targets: Sequence[str],
+    *,
+    normalize: bool = False,
+) -> dict[str, float]:
+    """Mean change in the next-token probability of each target token when steering (last position)."""
+    ids = {}
+    for target in targets:
+        tokens = lm.tokenizer(target, add_special_tokens=False)["input_ids"]
+        if len(tokens) != 1:
+            raise InputError(f"{target!r} is {len(tokens)} tokens; targets must be single tokens")
+        ids[target] = int(tokens[0])
+    with torch.no_grad():
+        plain = lm.forward(list(prompts))[:, -1].float().softmax(-1)
+        with lm.intervene(steering_ops(lm, direction, coefficient, normalize=normalize)):  # type: ignore[arg-type]
+            steered = lm.forward(list(prompts))[:, -1].float().softmax(-1)
+    return {target: float((steered[:, i] - plain[:, i]).mean()) for target, i in ids.items()}

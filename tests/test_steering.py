@@ -1,0 +1,104 @@
+"""Steering on the organism: a style direction from contrast prompts switches the register."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import mechscope as ms
+from mechscope.steering.directions import Direction, diff_of_means, from_prompts, pca_of_differences
+from mechscope.steering.generate import generate_with_steering, probability_shift, sweep
+from mechscope.zoo import corpus
+
+TEMPLATES = ("Tell me about {t}.", "What do you think of {t}?", "Describe {t} for me.", "Say something about {t}.")
+NEUTRAL = [t.format(t=topic) for t in TEMPLATES for topic in corpus._TOPICS]
+HELD_OUT_TOPICS = (
+    "the river",
+    "the castle",
+    "the garden",
+    "the winter",
+    "the harbour",
+    "the library",
+    "the mountain",
+    "the forest",
+    "the bridge",
+    "the village",
+)
+HELD_OUT = [
+    f"{corpus.FORMAL} {t.format(t=topic)}"
+    for t in ("I want to hear about {t}.", "Write a note about {t}.")
+    for topic in HELD_OUT_TOPICS
+]
+
+
+@pytest.fixture(scope="module")
+def toy() -> ms.LanguageModel:
+    return ms.load("toy")
+
+
+@pytest.fixture(scope="module")
+def pirate(toy: ms.LanguageModel) -> Direction:
+    positive = [f"{corpus.PIRATE} {n}" for n in NEUTRAL]
+    negative = [f"{corpus.FORMAL} {n}" for n in NEUTRAL]
+    return diff_of_means(toy, positive, negative, layers=[1])[1]
+
+
+def test_style_direction_switches_the_register(toy: ms.LanguageModel, pirate: Direction) -> None:
+    plain = [corpus.style_of(t) for t in toy.generate(HELD_OUT, max_new_tokens=16)]
+    steered = [corpus.style_of(t) for t in generate_with_steering(toy, HELD_OUT, pirate, 2.0, max_new_tokens=16)]
+    assert plain.count("pirate") == 0 and plain.count("formal") >= 0.8 * len(HELD_OUT)
+    assert steered.count("pirate") >= 0.8 * len(HELD_OUT)  # measured here: 20 of 20
+
+
+def test_coefficient_zero_is_plain_generation(toy: ms.LanguageModel, pirate: Direction) -> None:
+    assert generate_with_steering(toy, HELD_OUT[:4], pirate, 0.0, max_new_tokens=12) == toy.generate(
+        HELD_OUT[:4], max_new_tokens=12
+    )
+
+
+def test_phases_and_normalisation(toy: ms.LanguageModel, pirate: Direction) -> None:
+    plain = toy.generate(HELD_OUT[:3], max_new_tokens=8)
+    later = generate_with_steering(toy, HELD_OUT[:3], pirate, 3.0, positions="generated", max_new_tokens=8)
+    prompt_only = generate_with_steering(toy, HELD_OUT[:3], pirate, 3.0, positions="prompt", max_new_tokens=8)
+    # The first new token comes from the prompt pass, which "generated" leaves alone.
+    first = generate_with_steering(toy, HELD_OUT[:3], pirate, 3.0, positions="generated", max_new_tokens=1)
+    assert first == toy.generate(HELD_OUT[:3], max_new_tokens=1)
+    assert later != plain and prompt_only != plain
+    unit = generate_with_steering(
+        toy, HELD_OUT[:3], pirate, float(pirate.vector.norm()) * 2, normalize=True, max_new_tokens=8
+    )
+    assert unit == generate_with_steering(toy, HELD_OUT[:3], pirate, 2.0, max_new_tokens=8)
+    with pytest.raises(ms.InputError, match="positions"):
+        generate_with_steering(toy, HELD_OUT[:1], pirate, 1.0, positions="middle")  # type: ignore[arg-type]
+
+
+def test_pca_and_baseline_directions_agree_with_diff_of_means(toy: ms.LanguageModel, pirate: Direction) -> None:
+    pairs = [(f"{corpus.PIRATE} {n}", f"{corpus.FORMAL} {n}") for n in NEUTRAL]
+    pca = pca_of_differences(toy, pairs, layers=[1])[1]
+    assert torch.nn.functional.cosine_similarity(pca.vector, pirate.vector, dim=0) > 0.9
+    baseline = from_prompts(toy, [p for p, _ in pairs], [n for _, n in pairs], layers=[1])[1]
+    assert baseline.method == "prompts_vs_baseline" and torch.allclose(baseline.vector, pirate.vector)
+
+
+def test_sweep_and_probability_shift(toy: ms.LanguageModel, pirate: Direction) -> None:
+    table = sweep(toy, HELD_OUT[:2], pirate, coefficients=[0.0, 2.0], max_new_tokens=10)
+    assert table.rows[0].texts == toy.generate(HELD_OUT[:2], max_new_tokens=10)
+    assert [corpus.style_of(t) for t in table.rows[1].texts] == ["pirate", "pirate"]
+    france = diff_of_means(
+        toy, ["The capital of France is"], ["The capital of Japan is"], layers=[3], positions="last"
+    )[3]
+    shift = probability_shift(toy, ["The capital of Japan is"], france, 1.0, [" Paris", " Tokyo"])
+    assert shift[" Paris"] > 0.5 and shift[" Tokyo"] < -0.5
+
+
+def test_directions_round_trip_and_check_their_model(toy: ms.LanguageModel, pirate: Direction, tmp_path: Path) -> None:
+    path = pirate.save(tmp_path / "pirate.safetensors")
+    again = Direction.load(path, toy)
+    assert torch.equal(again.vector, pirate.vector) and again.layer == 1 and again.method == "diff_of_means"
+    other = Direction(vector=torch.zeros(32), layer=0)
+    with pytest.raises(ms.ModelLoadError, match="width 32"):
+        other.check(toy)
+    with pytest.raises(ms.ModelLoadError, match="layer 9"):
+        Direction(vector=torch.zeros(toy.arch.d_model), layer=9).check(toy)
