@@ -102,3 +102,29 @@ def test_directions_round_trip_and_check_their_model(toy: ms.LanguageModel, pira
         other.check(toy)
     with pytest.raises(ms.ModelLoadError, match="layer 9"):
         Direction(vector=torch.zeros(toy.arch.d_model), layer=9).check(toy)
+
+
+def test_steering_commands(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mechscope.cli.main import app
+
+    (tmp_path / "pos.txt").write_text("\n".join(f"{corpus.PIRATE} {n}" for n in NEUTRAL))
+    (tmp_path / "neg.txt").write_text("\n".join(f"{corpus.FORMAL} {n}" for n in NEUTRAL))
+    runner = CliRunner()
+    args = ["directions", "compute", "--positive", str(tmp_path / "pos.txt"), "--negative", str(tmp_path / "neg.txt")]
+    made = runner.invoke(app, [*args, "--layers", "1", "-o", str(tmp_path / "dirs")])
+    assert made.exit_code == 0, made.output
+    path = tmp_path / "dirs" / "resid_post.1.safetensors"
+    steered = runner.invoke(app, ["steer", "-p", HELD_OUT[0], "-d", str(path), "-c", "2", "--json"])
+    assert steered.exit_code == 0, steered.output
+    row = json.loads(steered.stdout)[0]
+    assert corpus.style_of(row["steered"]) == "pirate" and corpus.style_of(row["plain"]) != "pirate"
+    table = runner.invoke(
+        app, ["steer", "sweep", "-p", HELD_OUT[0], "-d", str(path), "--coefficients", "0,2", "--json"]
+    )
+    assert table.exit_code == 0 and len(json.loads(table.stdout)["rows"]) == 2
+    wrong = runner.invoke(app, ["steer", "-p", HELD_OUT[0], "-d", str(path), "-m", "toy-moe", "--layer", "7"])
+    assert wrong.exit_code == 2 and "out of range" in wrong.stderr

@@ -490,6 +490,156 @@ def circuit_export(
     console.print(f"{len(graph.nodes) - 2} components, {len(graph.edges)} edges -> {out}")
 
 
+steer_app = typer.Typer(help="Steer generation with direction vectors.", invoke_without_command=True)
+app.add_typer(steer_app, name="steer")
+directions_app = typer.Typer(help="Compute and inspect direction vectors.", no_args_is_help=True)
+app.add_typer(directions_app, name="directions")
+
+DirectionOpt = Annotated[Path, typer.Option("--direction", "-d", help="A direction file (.safetensors).")]
+
+
+def _load_direction(path: Path, lm: Any, layer: int | None) -> Any:
+    from mechscope import errors as ms_errors
+    from mechscope.steering.directions import Direction
+
+    direction = Direction.load(path, lm)
+    if layer is not None:
+        n = lm.arch.n_layers
+        if not -n <= layer < n:
+            raise ms_errors.SiteError(f"layer {layer} is out of range: the model has {n} layers (0..{n - 1})")
+        direction.layer = layer % n
+    return direction
+
+
+@steer_app.callback()
+@one_line_errors
+def steer(
+    ctx: typer.Context,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt(s) to continue.")] = None,
+    direction: Annotated[Path | None, typer.Option("--direction", "-d", help="Direction file.")] = None,
+    coefficient: Annotated[float, typer.Option("--coefficient", "-c", help="Scale of the added vector.")] = 1.0,
+    layer: Annotated[int | None, typer.Option("--layer", help="Add at this layer (default: the file's).")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model (default: the bundled organism toy).")] = "toy",
+    normalize: Annotated[bool, typer.Option("--normalize", help="Use the unit vector times the coefficient.")] = False,
+    positions: Annotated[str, typer.Option("--positions", help="all, prompt or generated.")] = "all",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 32,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate with a direction added (plain output first, then steered).
+
+    Example: mechscope steer -p "<formal> Tell me about the sea." -d pirate.safetensors -c 2
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not prompt or direction is None:
+        raise typer.BadParameter("give --prompt and --direction (or use: mechscope steer sweep ...)")
+    import mechscope as ms
+    from mechscope.steering.generate import generate_with_steering
+
+    lm = ms.load(model)
+    vector = _load_direction(direction, lm, layer)
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample}
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
+    plain = lm.generate(list(prompt), **options)
+    if positions not in ("all", "prompt", "generated"):
+        raise ms.InputError(f"unknown --positions '{positions}'; use all, prompt or generated")
+    phase: Any = positions
+    steered = generate_with_steering(
+        lm, list(prompt), vector, coefficient, normalize=normalize, positions=phase, seed=seed, **options
+    )
+    if as_json:
+        rows = zip(prompt, plain, steered, strict=True)
+        print(json.dumps([{"prompt": p, "plain": a, "steered": b} for p, a, b in rows]))
+        return
+    for text, before, after in zip(prompt, plain, steered, strict=True):
+        console.print(f"[bold]{visible(text)}[/bold]\n  plain:   {visible(before)}\n  steered: {visible(after)}")
+
+
+@steer_app.command("sweep")
+@one_line_errors
+def steer_sweep(
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt(s) to continue.")],
+    direction: DirectionOpt,
+    coefficients: Annotated[str, typer.Option("--coefficients", help="Comma-separated scales.")] = "-8,-4,0,4,8",
+    layer: Annotated[int | None, typer.Option("--layer", help="Add at this layer (default: the file's).")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model (default: the bundled organism toy).")] = "toy",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 32,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate at several coefficients with one loaded model; a table of outputs.
+
+    Example: mechscope steer sweep -p "<formal> Tell me about the sea." -d pirate.safetensors --coefficients 0,1,2
+    """
+    import mechscope as ms
+    from mechscope.errors import InputError
+    from mechscope.steering.generate import sweep
+
+    try:
+        scales = [float(c) for c in coefficients.split(",") if c.strip()]
+    except ValueError:
+        raise InputError(f"bad --coefficients '{coefficients}'; write numbers separated by commas") from None
+    lm = ms.load(model)
+    table_data = sweep(lm, list(prompt), _load_direction(direction, lm, layer), scales, max_new_tokens=max_new_tokens)
+    if as_json:
+        print(table_data.model_dump_json(indent=2))
+        return
+    table = Table(title=f"steering sweep at {table_data.site}")
+    table.add_column("coefficient", justify="right")
+    for text in table_data.prompts:
+        table.add_column(visible(text))
+    for row in table_data.rows:
+        table.add_row(f"{row.coefficient:g}", *(visible(t) for t in row.texts))
+    console.print(table)
+
+
+@directions_app.command("compute")
+@one_line_errors
+def directions_compute(
+    positive: Annotated[Path, typer.Option("--positive", help="Prompts with the trait, one per line.")],
+    negative: Annotated[Path, typer.Option("--negative", help="Prompts without it, one per line.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for one direction file per layer.")],
+    layers: Annotated[str, typer.Option("--layers", help="all, every:N, first,middle,last or 0,3,-1.")] = "all",
+    method: Annotated[
+        str, typer.Option("--method", help="diff_of_means or pca (pairs line by line).")
+    ] = "diff_of_means",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model (default: the bundled organism toy).")] = "toy",
+) -> None:
+    """Compute contrast directions per layer and save them as safetensors + JSON.
+
+    Example: mechscope directions compute --positive pirate.txt --negative formal.txt --layers 1 -o dirs/
+    """
+    import mechscope as ms
+    from mechscope.errors import InputError
+    from mechscope.lens.strategy import parse_layers
+    from mechscope.steering.directions import diff_of_means, pca_of_differences
+
+    def lines(path: Path) -> list[str]:
+        if not path.is_file():
+            raise InputError(f"no prompt file at '{path}'")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    lm = ms.load(model)
+    chosen = parse_layers(layers, lm.arch.n_layers)
+    pos, neg = lines(positive), lines(negative)
+    if method == "diff_of_means":
+        found = diff_of_means(lm, pos, neg, layers=chosen)
+    elif method == "pca":
+        if len(pos) != len(neg):
+            raise InputError("pca pairs the files line by line; give them the same number of lines")
+        found = pca_of_differences(lm, list(zip(pos, neg, strict=True)), layers=chosen)
+    else:
+        raise InputError(f"unknown --method '{method}'; use diff_of_means or pca")
+    out.mkdir(parents=True, exist_ok=True)
+    for layer, direction in found.items():
+        path = direction.save(out / f"{direction.site}.{layer}.safetensors")
+        console.print(f"layer {layer}: norm {float(direction.vector.norm()):.3f} -> {path}")
+
+
 def role_tables(lm: Any) -> dict[str, list[list[float]]]:
     """The head-role scores of ``lm`` as layers x heads tables (copying left out when there is none)."""
     from mechscope.attention.roles import ROLES, head_roles
