@@ -148,3 +148,15 @@ def test_embedding_classifier_scores_the_steered_register(toy: ms.LanguageModel,
     # Steered text reads more pirate to the classifier (measured here: mean 0.31 -> 0.44; the marker-word
     # count in test_style_direction_switches_the_register is the sharper measure on this small model).
     assert sum(steered) / len(steered) > sum(plain) / len(plain) + 0.05
+
+
+def test_activation_steering_interface(pirate: Direction) -> None:
+    from mechscope.steering.generate import ActivationSteering
+
+    steering = ActivationSteering.from_pretrained("toy")
+    text = steering.generate_with_steering(HELD_OUT[0], pirate, layer=1, coefficient=2.0, max_new_tokens=16)
+    assert corpus.style_of(text) == "pirate"
+    raw = steering.generate_with_steering(HELD_OUT[0], pirate.vector, layer=1, coefficient=2.0, max_new_tokens=16)
+    assert raw == text
+    with pytest.raises(ms.InputError, match="layer"):
+        steering.generate_with_steering(HELD_OUT[0], pirate.vector)

@@ -136,3 +136,40 @@ def probability_shift(
         with lm.intervene(steering_ops(lm, direction, coefficient, normalize=normalize)):  # type: ignore[arg-type]
             steered = lm.forward(list(prompts))[:, -1].float().softmax(-1)
     return {target: float((steered[:, i] - plain[:, i]).mean()) for target, i in ids.items()}
+
+
+class ActivationSteering:
+    """The interface other introspection tools offer: a loaded model that generates with a direction added.
+
+    Example:
+        >>> steering = ActivationSteering.from_pretrained("toy")  # doctest: +SKIP
+        >>> prompt = "<formal> Tell me about the sea."
+        >>> steering.generate_with_steering(prompt, pirate, layer=1, coefficient=2.0)  # doctest: +SKIP
+    """
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+
+    @classmethod
+    def from_pretrained(cls, name: str, **load_kwargs: object) -> ActivationSteering:
+        """Load ``name`` (organism, folder or hub id) with `mechscope.load`."""
+        from mechscope.core.lm import load
+
+        return cls(load(name, **load_kwargs))  # type: ignore[arg-type]
+
+    def generate_with_steering(
+        self,
+        prompt: str,
+        direction: Direction | Tensor,
+        layer: int | None = None,
+        coefficient: float = 1.0,
+        **options: object,
+    ) -> str:
+        """Generate from ``prompt`` with ``direction`` (a `Direction` or a raw vector) added at ``layer``."""
+        if isinstance(direction, Tensor):
+            if layer is None:
+                raise InputError("give the layer to add a raw vector at")
+            direction = Direction(vector=direction, layer=layer % self.lm.arch.n_layers)
+        elif layer is not None:
+            direction = Direction(direction.vector, layer % self.lm.arch.n_layers, direction.site, direction.model)
+        return generate_with_steering(self.lm, prompt, direction, coefficient, **options)[0]  # type: ignore[arg-type]
