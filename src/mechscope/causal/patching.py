@@ -89,6 +89,18 @@ class PatchingResult(BaseModel):
         return sorted(flat, key=lambda item: -item[2])[:k]
 
 
+def _prompt_pair(lm: LanguageModel, clean: str, corrupted: str) -> tuple[Tensor, Tensor]:
+    """Both prompts' token ids, which patching by position needs to be of equal length."""
+    clean_ids = lm.tokenize([clean])["input_ids"]
+    corrupted_ids = lm.tokenize([corrupted])["input_ids"]
+    if clean_ids.shape != corrupted_ids.shape:
+        raise InputError(
+            f"the clean prompt has {clean_ids.shape[1]} tokens and the corrupted one {corrupted_ids.shape[1]}; "
+            "patching by position needs prompts of equal length"
+        )
+    return clean_ids, corrupted_ids
+
+
 def activation_patching(
     lm: LanguageModel,
     clean: str,
@@ -109,13 +121,7 @@ def activation_patching(
     """
     if site not in PATCHABLE:
         raise SiteError(f"cannot patch '{site}' by layer and position; use one of {', '.join(PATCHABLE)}")
-    clean_ids = lm.tokenize([clean])["input_ids"]
-    corrupted_ids = lm.tokenize([corrupted])["input_ids"]
-    if clean_ids.shape != corrupted_ids.shape:
-        raise InputError(
-            f"the clean prompt has {clean_ids.shape[1]} tokens and the corrupted one {corrupted_ids.shape[1]}; "
-            "patching by position needs prompts of equal length"
-        )
+    clean_ids, corrupted_ids = _prompt_pair(lm, clean, corrupted)
     chosen = list(range(lm.arch.n_layers)) if layers is None else [i % lm.arch.n_layers for i in layers]
     names = [f"{site}.{i}" for i in chosen]
     with torch.no_grad():
@@ -207,10 +213,7 @@ def attribution_patching(
     """
     if site not in ATTRIBUTABLE:
         raise SiteError(f"attribution patching supports {', '.join(ATTRIBUTABLE)}; got '{site}'")
-    clean_ids = lm.tokenize([clean])["input_ids"]
-    corrupted_ids = lm.tokenize([corrupted])["input_ids"]
-    if clean_ids.shape != corrupted_ids.shape:
-        raise InputError("patching by position needs prompts of equal length")
+    clean_ids, corrupted_ids = _prompt_pair(lm, clean, corrupted)
     chosen = list(range(lm.arch.n_layers)) if layers is None else [i % lm.arch.n_layers for i in layers]
     names = [f"{site}.{i}" for i in chosen]
     with torch.no_grad(), lm.capture(names) as clean_cache:
