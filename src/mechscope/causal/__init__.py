@@ -1,1 +1,1 @@
-"""Causal tools: activation patching (ablation sweeps, attribution patching and circuit export to come)."""
+"""Causal tools: ablation sweeps, activation and attribution patching, circuit graphs."""

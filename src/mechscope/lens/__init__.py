@@ -1,1 +1,1 @@
-"""Lenses: read what each layer predicts (logit lens; tuned lens later)."""
+"""Lenses: read what each layer predicts (the logit lens and the tuned lens), and the analyzer around them."""
