@@ -18,6 +18,9 @@ from mechscope.core.sites import Site
 from mechscope.errors import HookNotFiredError, PositionError
 from mechscope.models.archmap import ModelMap
 
+#: The KV offset recorded for a generation step seen without a top-level hook: the cache only needs its sign.
+CONTINUATION = 1
+
 #: ``sink(values, info)`` receives each pass's activations instead of the cache keeping them.
 Sink = Callable[[dict[str, Tensor], PassInfo], None]
 
@@ -239,7 +242,7 @@ class Capture:
         generation = self._pass_generation
         continues = generation >= 0 and generation == self._last_generation
         self._last_generation = generation
-        self._finish(self.tracker.offset_hint if continues else 0)
+        self._finish(CONTINUATION if continues else 0)
 
     def end_pass(self, tracker: PassTracker) -> None:
         """Check every site fired in the pass that just ended, then keep or sink its values."""

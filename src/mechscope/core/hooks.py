@@ -64,15 +64,12 @@ class PassTracker:
         self._call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._past = 0  # KV-cache length when the running pass began
         self._info: PassInfo | None = None
-        self.passes = 0
         #: The padding mask of the prompts ``lm.generate`` is generating from (None otherwise).
         self.prompt_mask: Any = None
         #: Counts ``lm.generate`` calls while one runs (-1 otherwise), so that captures without a
         #: top-level hook can still tell a generation step from a new forward call.
         self.generation = -1
         self._generations = 0
-        #: The offset recorded for generation steps seen without a top-level hook (only its sign is used).
-        self.offset_hint = 1
 
     def begin_generation(self) -> None:
         """Mark that the model's passes, until `end_generation`, belong to one ``generate`` call."""
@@ -112,7 +109,6 @@ class PassTracker:
         self._info = None
 
     def _post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        self.passes += 1
         if self._call is None:  # no pre-hook: the cache already holds this pass
             self._call = (args, kwargs)
             length = _input_length(kwargs, args)
