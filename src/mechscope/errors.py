@@ -38,3 +38,7 @@ class HookNotFiredError(MechscopeError):
 
 class InterventionError(MechscopeError):
     """An intervention cannot be applied at the site or with the value it was given."""
+
+
+class WeightFileError(MechscopeError):
+    """A checkpoint file is missing, truncated, corrupt or does not match what was expected."""

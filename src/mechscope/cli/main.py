@@ -7,11 +7,8 @@ status 2; a check that fails exits with status 1.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,8 +23,9 @@ from mechscope.cli.options import (
     ModelOpt,
     RemoteCodeOpt,
     RevisionOpt,
+    one_line_errors,
 )
-from mechscope.errors import MechscopeError
+from mechscope.cli.weights import weights_app
 
 app = typer.Typer(
     name="mechscope",
@@ -35,22 +33,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(weights_app, name="weights")
 console = Console()
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def one_line_errors(fn: F) -> F:
-    """Turn a `MechscopeError` into one line on stderr and exit status 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MechscopeError as error:
-            print(f"mechscope: error: {error}", file=sys.stderr)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @app.command()

@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any, TypeVar
 
 import typer
+
+from mechscope.errors import MechscopeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(fn: F) -> F:
+    """Turn a `MechscopeError` into one line on stderr and exit status 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MechscopeError as error:
+            print(f"mechscope: error: {error}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
 
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="Hub id, local save_pretrained folder, or bundled organism name.")

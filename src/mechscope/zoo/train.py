@@ -51,7 +51,11 @@ class TrainConfig:
     clip: float = 1.0
     seed: int = 0
     repeat_pool: int = 0  # 0: every ordinary token id
-    induction_warmup: int = 0  # steps of pure repeated-span batches before the mixed corpus (a curriculum)
+    # Planted heads (layer, head): their attention is supervised towards the previous token and towards the
+    # token after an earlier occurrence of the current one, which skips the long induction-head plateau.
+    previous_token_head: tuple[int, int] | None = (0, 0)
+    induction_head: tuple[int, int] | None = (1, 0)
+    plant_weight: float = 1.0
     mix: dict[str, float] = field(default_factory=lambda: dict(corpus.DEFAULT_MIX))
 
 
@@ -91,7 +95,8 @@ def build_model(config: TrainConfig, vocab: int, special: dict[str, int]) -> Any
     else:
         raise ValueError(f"unknown architecture {config.architecture!r}")
     torch.manual_seed(config.seed)
-    return transformers.AutoModelForCausalLM.from_config(model_config)
+    # Eager attention, because planting supervises attention probabilities, which sdpa does not return.
+    return transformers.AutoModelForCausalLM.from_config(model_config, attn_implementation="eager")
 
 
 def documents(config: TrainConfig, tokenizer: Any) -> Iterator[list[int]]:
@@ -150,27 +155,38 @@ def per_layer_balance_loss(router_logits: tuple[Tensor, ...], config: TrainConfi
     return total
 
 
-def warmup_batches(config: TrainConfig, tokenizer: Any) -> Iterator[tuple[Tensor, Tensor]]:
-    """Pure repeated-span batches for the induction curriculum, easiest first.
+def planting_targets(ids: Tensor, pad: int) -> tuple[Tensor, Tensor]:
+    """Where a previous-token head and an induction head should look, as boolean ``[batch, query, key]`` masks.
 
-    Thirds of the warm-up use 64, then 256 token ids, then every ordinary id, in rows of 32, 64, then
-    ``context`` tokens: a small pool and short rows give the copy signal that escapes the induction
-    plateau sooner, the later thirds make the circuit general.
+    The induction target of query ``t`` is every ``s <= t`` whose preceding token equals token ``t``: the
+    token that followed an earlier occurrence of the current one. Queries with no earlier occurrence have
+    an all-false row and are left unsupervised.
     """
-    rng = random.Random(config.seed + 3)
-    specials = set(tokenizer.all_special_ids) | set(tokenizer.convert_tokens_to_ids(list(corpus.SPECIAL_TOKENS)))
-    ordinary = [i for i in range(len(tokenizer)) if i not in specials]
-    stages = [(64, 32), (256, 64), (len(ordinary), config.context)]
-    for step in range(config.induction_warmup):
-        size, row = stages[min(2, 3 * step // max(1, config.induction_warmup))]
-        pool = tuple(ordinary[:size])
-        rows_per_batch = config.batch * config.context // row
-        ids = [
-            [tokenizer.bos_token_id, *corpus.repeat_document(rng, pool, row - 1, spans=(3, max(4, row // 3))).ids]
-            for _ in range(rows_per_batch)
-        ]
-        batch = torch.tensor(ids)
-        yield batch, batch.clone()
+    length = ids.shape[1]
+    real = ids != pad
+    positions = torch.arange(length)
+    previous = (positions[:, None] - 1 == positions[None, :]) & real[:, :, None]
+    same = ids[:, :, None] == ids[:, None, :]  # same[b, t, j]: token j equals token t
+    follows = torch.zeros_like(same)
+    follows[:, :, 1:] = same[:, :, :-1]  # follows[b, t, s]: token s-1 equals token t
+    causal = positions[None, :] <= positions[:, None]
+    earlier = positions[None, :] - 1 < positions[:, None]
+    induction = follows & causal & earlier & real[:, :, None] & real[:, None, :]
+    return previous, induction
+
+
+def planting_loss(attentions: tuple[Tensor, ...], targets: tuple[Tensor, Tensor], config: TrainConfig) -> Tensor:
+    """Mean negative log of the attention mass each planted head puts on its targets."""
+    total = torch.zeros(())
+    for head, mask in zip((config.previous_token_head, config.induction_head), targets, strict=True):
+        if head is None:
+            continue
+        layer, index = head
+        mass = (attentions[layer][:, index] * mask).sum(-1)
+        supervised = mask.any(-1)
+        if supervised.any():
+            total = total - torch.log(mass[supervised] + 1e-6).mean()
+    return total
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -208,17 +224,18 @@ def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool 
     model.train()
     optimizer = optimizer_for(model, config)
     stream = batches(config, tokenizer)
-    warmup = warmup_batches(config, tokenizer)
-    total = config.induction_warmup + config.steps
+    total = config.steps
     start, losses = time.perf_counter(), []
     for step in range(total):
         for group in optimizer.param_groups:
-            group["lr"] = (
-                learning_rate(config, step - config.induction_warmup) if step >= config.induction_warmup else config.lr
-            )
-        ids, labels = next(warmup) if step < config.induction_warmup else next(stream)
-        output = model(input_ids=ids, labels=labels)
+            group["lr"] = learning_rate(config, step)
+        ids, labels = next(stream)
+        planting = config.previous_token_head is not None or config.induction_head is not None
+        output = model(input_ids=ids, labels=labels, output_attentions=planting)
         loss = output.loss
+        if planting:
+            targets = planting_targets(ids, tokenizer.pad_token_id)
+            loss = loss + config.plant_weight * planting_loss(output.attentions, targets, config)
         if config.experts:
             loss = loss + config.router_aux_loss * per_layer_balance_loss(output.router_logits, config)
         optimizer.zero_grad(set_to_none=True)
@@ -255,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--organism", choices=sorted(ORGANISMS), default="toy")
     parser.add_argument("--out", type=Path, help="output folder (default: the bundled organism's folder)")
     parser.add_argument("--steps", type=int, help="override the number of steps")
-    parser.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests (1 layer, d=32)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests (2 layers, d=32)")
     parser.add_argument("--no-measure", action="store_true", help="skip the measurements and card")
     args = parser.parse_args(argv)
     config = ORGANISMS[args.organism]
@@ -263,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps is not None:
         changes["steps"] = args.steps
     if args.tiny:
-        changes.update(layers=1, hidden=32, heads=2, ffn=64, batch=4, context=64)
+        changes.update(layers=2, hidden=32, heads=2, ffn=64, batch=4, context=64)
     if changes:
         config = TrainConfig(**{**asdict(config), **changes})
     torch.set_num_threads(max(1, torch.get_num_threads()))
