@@ -42,3 +42,7 @@ class InterventionError(MechscopeError):
 
 class WeightFileError(MechscopeError):
     """A checkpoint file is missing, truncated, corrupt or does not match what was expected."""
+
+
+class ExportValidationError(MechscopeError):
+    """A written result table failed its checks (row count, columns, missing values)."""

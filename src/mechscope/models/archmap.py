@@ -122,6 +122,136 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
 }
 
+# ---------------------------------------------------------------------------------------------------------
+# Block weights: where a layer keeps the tensors that read a residual-stream direction (used by
+# `mechscope.weights.directions`, which pushes directions through checkpoint weights without a forward pass).
+# ---------------------------------------------------------------------------------------------------------
+
+QkvLayout = Literal["stacked", "per_head"]
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """Module paths, relative to one layer, of the parts that read the residual stream.
+
+    Attributes:
+        attn_norm: the norm in front of attention (None for post-norm layers: OLMo-2, BERT).
+        mlp_norm: the norm in front of the MLP (None for OLMo-2 and BERT).
+        q, k, v: separate query / key / value projections (None when fused).
+        qkv: a fused query-key-value projection (Phi-3, GPT-2, GPT-NeoX).
+        qkv_layout: ``stacked``: outputs are ``[q (all heads); k; v]`` (Phi-3, GPT-2); ``per_head``: outputs
+            are ``[head, (q, k, v), head_dim]`` (GPT-NeoX).
+        conv1d: projections store ``[in, out]`` (GPT-2's ``Conv1D``) instead of ``nn.Linear``'s ``[out, in]``.
+        q_norm, k_norm: norms applied to queries / keys after projection (Qwen-3, Gemma-3, OLMo-2, OLMoE);
+            the norm's width says whether it acts per head or on all heads at once.
+        mlp: modules applied in order to the normed input; their composition is the block's MLP (BERT splits
+            it in two, the second before its post-LayerNorm).
+        mlp_sources: where checkpoints in the family's original layout (as transformers saves them) keep
+            parameters of the first ``mlp`` module that they do not store under its own name: pairs of a
+            parameter name relative to that module and the tensor names, relative to the layer, it is built
+            from. ``{e}`` stands for every expert (the results are stacked along a new first axis); several
+            names are concatenated along their first axis (e.g. an expert's gate and up projections).
+    """
+
+    attn_norm: str | None
+    mlp_norm: str | None
+    q: str | None = None
+    k: str | None = None
+    v: str | None = None
+    qkv: str | None = None
+    qkv_layout: QkvLayout = "stacked"
+    conv1d: bool = False
+    q_norm: str | None = None
+    k_norm: str | None = None
+    mlp: tuple[str, ...] = ("mlp",)
+    mlp_sources: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+_PER_EXPERT_SOURCES = (
+    ("experts.gate_up_proj", ("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight")),
+    ("experts.down_proj", ("mlp.experts.{e}.down_proj.weight",)),
+)
+_PRE_NORM_BLOCK = BlockWeights(
+    attn_norm="input_layernorm",
+    mlp_norm="post_attention_layernorm",
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+)
+_QK_NORMED_BLOCK = replace(_PRE_NORM_BLOCK, q_norm="self_attn.q_norm", k_norm="self_attn.k_norm")
+
+#: One row per transformers ``model_type``; families missing here are not supported by weight-based analyses.
+BLOCK_WEIGHTS: dict[str, BlockWeights] = {
+    "llama": _PRE_NORM_BLOCK,
+    "mistral": _PRE_NORM_BLOCK,
+    "qwen2": _PRE_NORM_BLOCK,
+    "qwen3": _QK_NORMED_BLOCK,
+    "gemma": _PRE_NORM_BLOCK,
+    "gemma2": replace(_PRE_NORM_BLOCK, mlp_norm="pre_feedforward_layernorm"),
+    "gemma3_text": replace(_QK_NORMED_BLOCK, mlp_norm="pre_feedforward_layernorm"),
+    "olmo2": replace(_QK_NORMED_BLOCK, attn_norm=None, mlp_norm=None),
+    "phi3": replace(_PRE_NORM_BLOCK, q=None, k=None, v=None, qkv="self_attn.qkv_proj"),
+    "mixtral": replace(
+        _PRE_NORM_BLOCK,
+        mlp_sources=(
+            ("gate.weight", ("block_sparse_moe.gate.weight",)),
+            (
+                "experts.gate_up_proj",
+                ("block_sparse_moe.experts.{e}.w1.weight", "block_sparse_moe.experts.{e}.w3.weight"),
+            ),
+            ("experts.down_proj", ("block_sparse_moe.experts.{e}.w2.weight",)),
+        ),
+    ),
+    "qwen2_moe": replace(_PRE_NORM_BLOCK, mlp_sources=_PER_EXPERT_SOURCES),
+    "qwen3_moe": replace(_QK_NORMED_BLOCK, mlp_sources=_PER_EXPERT_SOURCES),
+    "olmoe": replace(_QK_NORMED_BLOCK, mlp_sources=_PER_EXPERT_SOURCES),
+    "gpt_oss": _PRE_NORM_BLOCK,
+    "granitemoe": replace(
+        _PRE_NORM_BLOCK,
+        mlp=("block_sparse_moe",),
+        mlp_sources=(
+            ("experts.gate_up_proj", ("block_sparse_moe.input_linear.weight",)),
+            ("experts.down_proj", ("block_sparse_moe.output_linear.weight",)),
+            ("router.weight", ("block_sparse_moe.router.layer.weight",)),
+        ),
+    ),
+    "gpt2": BlockWeights(attn_norm="ln_1", mlp_norm="ln_2", qkv="attn.c_attn", conv1d=True),
+    "gpt_neox": BlockWeights(
+        attn_norm="input_layernorm",
+        mlp_norm="post_attention_layernorm",
+        qkv="attention.query_key_value",
+        qkv_layout="per_head",
+    ),
+    "bert": BlockWeights(
+        attn_norm=None,
+        mlp_norm=None,
+        q="attention.self.query",
+        k="attention.self.key",
+        v="attention.self.value",
+        mlp=("intermediate", "output.dense"),
+    ),
+}
+
+
+def block_weights(family: str) -> BlockWeights:
+    """The `BlockWeights` row of ``family`` (a transformers ``model_type``).
+
+    Raises:
+        ArchitectureError: the family has no row; the message lists the supported families.
+    """
+    row = BLOCK_WEIGHTS.get(family)
+    if row is None:
+        raise ArchitectureError(
+            f"weight-based direction analysis does not support model_type '{family}'; "
+            f"supported: {', '.join(sorted(BLOCK_WEIGHTS))}"
+        )
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------------
+# end of block weights
+# ---------------------------------------------------------------------------------------------------------
+
 # Config attribute names to try, in order, for each dimension. transformers' attribute_map already
 # translates most legacy names (GPT-2's n_embd ...), the fallbacks cover the rest.
 _DIM_ATTRS: dict[str, tuple[str, ...]] = {
@@ -443,3 +573,95 @@ def discover_spec(model: nn.Module) -> FamilySpec:
         experts=f"{mlp}.experts" if router and experts else None,
         note="discovered",
     )
+
+
+# ======================================================================================================
+# Parameter-name vocabulary: checkpoint tensor names -> (layer index, block type).
+#
+# The weight tools read checkpoint files without building a model, so they see only tensor names. These
+# tables are the family knowledge needed to name what each tensor is; `mechscope.weights.blocks` applies
+# them. They cover the names every family above writes with transformers' ``save_pretrained`` (which may
+# differ from the loaded model's parameter names: Mixtral, Qwen-MoE and OLMoE checkpoints keep one tensor
+# per expert, Granite-MoE keeps ``input_linear``/``output_linear``), the original hub checkpoints of those
+# families, and llama.cpp's GGUF names.
+#
+# Decisions worth knowing:
+# * Fused projections keep one type: ``c_attn`` / ``query_key_value`` / ``qkv_proj`` are ``qkv``; Phi-3's
+#   ``gate_up_proj`` (gate and up rows concatenated) and GPT-2's ``c_fc`` are ``mlp_up``.
+# * Every expert tensor is ``expert``, whether stacked (``mlp.experts.gate_up_proj`` of shape
+#   [experts, ...], Granite's ``input_linear``) or one per expert (``experts.3.w1``); expert biases too.
+# * Qwen2-MoE's shared expert is an always-on dense MLP, so its projections are mlp_gate / mlp_up /
+#   mlp_down; its ``shared_expert_gate`` (a [1, d_model] sigmoid gate computed from the token, deciding how
+#   much of the shared expert is used) is a ``router``.
+# * Every norm weight and bias is ``norm``, including BERT's embedding LayerNorm and Qwen3/OLMo-2's
+#   q_norm / k_norm. Position and token-type embeddings are ``embedding``.
+# * Buffers that some checkpoints carry (``position_ids``, rotary ``inv_freq``, GPT-2's causal-mask
+#   ``attn.bias``), GPT-OSS attention ``sinks`` and BERT's pooler are ``other``.
+# ======================================================================================================
+
+#: The layer index is the integer after the first of these path components (``model.layers.3.``,
+#: ``transformer.h.3.``, ``encoder.layer.3.``, ``blocks.3.``, GGUF ``blk.3.``).
+PARAM_LAYER_PATTERN = r"(?:^|\.)(?:layers|h|layer|blocks|blk)\.(\d+)(?:\.|$)"
+
+#: ``(regex, block_type)`` rules, searched in the full tensor name; the first that matches wins, so more
+#: specific rules come first. A name no rule matches is ``other``.
+PARAM_BLOCK_RULES: tuple[tuple[str, str], ...] = (
+    # Buffers and odd parameters first, so that no projection rule claims them.
+    (r"(?:^|\.)position_ids$", "other"),
+    (r"\.inv_freq$", "other"),
+    (r"(?:^|\.)attn\.(?:masked_)?bias$", "other"),  # GPT-2's causal mask buffer in old checkpoints
+    (r"\.sinks$", "other"),  # GPT-OSS per-head attention sinks
+    (r"(?:^|\.)pooler\.", "other"),  # BERT pooler (a sentence head, not part of the encoder)
+    # llama.cpp GGUF names.
+    (r"^token_embd\.", "embedding"),
+    (r"^(?:position_embd|token_types)\.", "embedding"),
+    (r"^output_norm\.", "norm"),
+    (r"^output\.", "output"),
+    (r"^rope_freqs\.", "other"),
+    (r"^blk\.\d+\.[a-z_]*norm[a-z_]*\.", "norm"),
+    (r"^blk\.\d+\.ffn_gate_inp(?:_shexp)?\.", "router"),
+    (r"^blk\.\d+\.ffn_(?:gate|up|down|gate_up)_exps\.", "expert"),
+    (r"^blk\.\d+\.attn_qkv\.", "qkv"),
+    (r"^blk\.\d+\.attn_q\.", "q_proj"),
+    (r"^blk\.\d+\.attn_k\.", "k_proj"),
+    (r"^blk\.\d+\.attn_v\.", "v_proj"),
+    (r"^blk\.\d+\.attn_output\.", "o_proj"),
+    (r"^blk\.\d+\.ffn_gate(?:_shexp)?\.", "mlp_gate"),
+    (r"^blk\.\d+\.ffn_up(?:_shexp)?\.", "mlp_up"),
+    (r"^blk\.\d+\.ffn_down(?:_shexp)?\.", "mlp_down"),
+    # Norms (LayerNorm, RMSNorm, ln_1, ln_f, q_norm, post_feedforward_layernorm ...).
+    (r"(?:^|\.)(?:[A-Za-z_]*[Nn]orm[A-Za-z_]*|ln_\w+)\.(?:weight|bias)$", "norm"),
+    # MoE: shared experts are dense MLPs, their gate is a router; then routers; then experts.
+    (r"\.shared_experts?_gate\.", "router"),
+    (r"\.shared_experts?\.(?:gate_proj|w1)\.", "mlp_gate"),
+    (r"\.shared_experts?\.(?:up_proj|w3)\.", "mlp_up"),
+    (r"\.shared_experts?\.(?:down_proj|w2)\.", "mlp_down"),
+    (r"\.shared_mlp\.input_linear\.", "mlp_up"),  # Granite-MoE-shared: fused gate+up of the dense MLP
+    (r"\.shared_mlp\.output_linear\.", "mlp_down"),
+    (r"\.(?:mlp|block_sparse_moe|feed_forward|moe)\.(?:gate|router)(?:\.layer)?\.(?:weight|bias)$", "router"),
+    (r"\.gate\.e_score_correction_bias$", "router"),
+    (r"\.experts\.", "expert"),
+    (r"\.block_sparse_moe\.(?:input_linear|output_linear)\.", "expert"),
+    # Attention.
+    (r"\.(?:c_attn|query_key_value|qkv_proj|Wqkv|qkv)(?:\.|$)", "qkv"),
+    (r"\.(?:q_proj|query|wq)(?:\.|$)", "q_proj"),
+    (r"\.(?:k_proj|key|wk)(?:\.|$)", "k_proj"),
+    (r"\.(?:v_proj|value|wv)(?:\.|$)", "v_proj"),
+    (r"\.(?:o_proj|out_proj)(?:\.|$)", "o_proj"),
+    (
+        r"\.(?:attn\.c_proj|attention\.dense|attention\.output\.dense|self_attention\.dense|attention\.wo)(?:\.|$)",
+        "o_proj",
+    ),
+    # Dense MLP (BERT's layer-level ``output.dense`` comes after the attention rule that takes
+    # ``attention.output.dense``).
+    (r"\.(?:gate_proj|feed_forward\.w1)(?:\.|$)", "mlp_gate"),
+    (r"\.(?:gate_up_proj|up_proj|c_fc|dense_h_to_4h|fc1|intermediate\.dense|feed_forward\.w3)(?:\.|$)", "mlp_up"),
+    (r"\.(?:down_proj|mlp\.c_proj|dense_4h_to_h|fc2|feed_forward\.w2)(?:\.|$)", "mlp_down"),
+    (r"(?:^|\.)layer\.\d+\.output\.dense\.", "mlp_down"),
+    # Embeddings and unembedding.
+    (r"(?:^|\.)(?:embed_tokens|wte|wpe|embed_in|tok_embeddings|word_embeddings|position_embeddings)\.", "embedding"),
+    (r"(?:^|\.)(?:token_type_embeddings|embed_positions)\.", "embedding"),
+    (r"(?:^|\.)embeddings\.", "embedding"),
+    (r"(?:^|\.)(?:lm_head|embed_out)\.", "output"),
+    (r"^output\.weight$", "output"),  # Meta's original llama layout
+)

@@ -13,7 +13,7 @@ from typing import Any
 from mechscope.core.lm import load
 from mechscope.zoo.measure import measure
 
-TARGETS = {"facts": 0.95, "induction": 0.6, "probe": 0.95}
+TARGETS = {"facts": 0.95, "induction": 0.6, "copy_drop": 2.0, "probe": 0.95}
 
 
 def targets_met(card: dict[str, Any]) -> dict[str, bool]:
@@ -22,6 +22,11 @@ def targets_met(card: dict[str, Any]) -> dict[str, bool]:
     met = {
         "facts >= 95% in every relation": min(m["facts"]["accuracy"].values()) >= TARGETS["facts"],
         "induction head with prefix-matching >= 0.6": m["heads"]["best_induction_score"] >= TARGETS["induction"],
+        # A head that attends to the right place but does not copy is not an induction circuit.
+        f"second-copy loss >= {TARGETS['copy_drop']:g} nats below the first copy at every length": all(
+            stats["loss_first_copy"] - stats["loss_second_copy"] >= TARGETS["copy_drop"]
+            for stats in m["heads"]["per_length"].values()
+        ),
         "style linearly separable >= 95%": max(m["probes"]["style"]) >= TARGETS["probe"],
         "tool mode linearly separable >= 95%": max(m["probes"]["tool"]) >= TARGETS["probe"],
     }
@@ -34,6 +39,23 @@ def _table(header: list[Any], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(str(cell) for cell in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _planted(cfg: dict[str, Any]) -> list[str]:
+    """The card's account of the heads planted by attention supervision during training, if any."""
+    planted = [
+        f"{role} head L{head[0]}H{head[1]}"
+        for role, head in (("previous-token", cfg.get("previous_token_head")), ("induction", cfg.get("induction_head")))
+        if head
+    ]
+    if not planted:
+        return []
+    return [
+        f"- planted: {', '.join(planted)}. Training adds the negative log of the attention mass these",
+        "  heads put on their targets (the previous token; the token after an earlier occurrence of the current",
+        f"  one) to the loss, weight {cfg.get('plant_weight')}. Only attention is supervised: copying (the low",
+        "  loss on the second copy below) is learned from the language-modelling loss alone.",
+    ]
 
 
 def render(card: dict[str, Any]) -> str:
@@ -79,6 +101,7 @@ def render(card: dict[str, Any]) -> str:
         "",
         "## Heads (random tokens repeated: `<bos> r r`)",
         "",
+        *_planted(cfg),
         f"- best induction head: layer {heads['best_induction_head'][0]} head {heads['best_induction_head'][1]}, "
         f"prefix-matching score {heads['best_induction_score']} (minimum over repeat lengths {heads['lengths']})",
         f"- best previous-token head: layer {heads['best_previous_token_head'][0]} head "

@@ -42,7 +42,7 @@ class TrainConfig:
     rope_theta: float = 10_000.0
     context: int = 128
     max_positions: int = 256
-    steps: int = 1200
+    steps: int = 1500
     batch: int = 32
     lr: float = 3e-3
     warmup: float = 0.05
@@ -55,7 +55,7 @@ class TrainConfig:
     # token after an earlier occurrence of the current one, which skips the long induction-head plateau.
     previous_token_head: tuple[int, int] | None = (0, 0)
     induction_head: tuple[int, int] | None = (1, 0)
-    plant_weight: float = 1.0
+    plant_weight: float = 0.3
     mix: dict[str, float] = field(default_factory=lambda: dict(corpus.DEFAULT_MIX))
 
 

@@ -1,0 +1,305 @@
+"""Per-tensor statistics: moments, sparsity, exact numerical rank and (optionally) spectral measures.
+
+Definitions (what every column of the weight table means):
+
+* ``mean``, ``var``, ``std``: population moments (``ddof=0``, numpy's default), accumulated in float64 over
+  chunks of the float32 values in one pass (Chan et al.'s pairwise combination of chunk moments).
+* ``sparsity``: the fraction of elements with ``abs(x) <= threshold`` (default ``1e-8``).
+* ``rows`` / ``cols``: a 2-D tensor's ``shape``; a 1-D tensor of length n is an n x 1 column (rows = n,
+  cols = 1); a scalar is 1 x 1; a tensor with more dims, such as stacked experts ``[E, a, b]``, is a stack
+  of ``a x b`` matrices (rows = a, cols = b).
+* ``rank``: the number of singular values above ``tol = sigma_max * max(rows, cols) * eps(float32)``,
+  which is what ``numpy.linalg.matrix_rank`` does for a float32 matrix (the values reach us as float32, so
+  float32 rounding is the noise floor even when the SVD runs in float64). With ``rank_rtol`` given,
+  ``tol = sigma_max * rank_rtol``. Singular values only (``torch.linalg.svdvals``); the SVD runs in float64
+  for matrices of up to 2**20 elements (accurate small singular values for the spectral measures, at
+  little cost) and in float32 above that, as numpy does for float32 input (about half the time; the
+  tolerance above is set by float32 anyway). A stack of matrices has the largest rank of its members.
+  A 1-D tensor or scalar has rank 1 if any element is non-zero, else 0 (numpy's rule). A tensor holding
+  NaN or inf has rank -1 and no spectral measures.
+
+Spectral measures (``spectral=True``), from the same singular values ``s`` (descending):
+
+* ``top_singular_value`` = s[0]; ``frobenius_norm`` = sqrt(sum s**2).
+* ``stable_rank`` = ||W||_F**2 / s[0]**2.
+* ``effective_rank`` = exp(entropy of s / sum(s)) (Roy & Vetterli, 2007).
+* ``condition_number`` = s[0] / the smallest singular value above the rank tolerance.
+* ``alpha``: the exponent of a power law fitted to the tail of the eigenvalues lambda = s**2, as
+  weightwatcher does: the continuous maximum-likelihood estimate ``1 + n / sum(ln(lambda / lambda_min))``
+  over the tail ``lambda >= lambda_min``, with ``lambda_min`` chosen among the eigenvalues to minimise the
+  Kolmogorov-Smirnov distance (Clauset, Shalizi & Newman, 2009). NaN with fewer than `MIN_EIGENVALUES`
+  non-zero eigenvalues.
+
+For a stack of matrices, ``top_singular_value`` is the largest over the stack, ``frobenius_norm`` is that of
+the whole tensor, and the other measures are means over the stack. For a 1-D tensor (an n x 1 matrix)
+s = [||x||], so stable rank, effective rank and condition number are 1 and alpha is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Spectral columns, in table order.
+SPECTRAL_COLUMNS: tuple[str, ...] = (
+    "top_singular_value",
+    "frobenius_norm",
+    "stable_rank",
+    "effective_rank",
+    "condition_number",
+    "alpha",
+)
+#: Fewest non-zero eigenvalues for which a power law is fitted.
+MIN_EIGENVALUES = 10
+#: Matrices with at most this many elements get their SVD in float64.
+FLOAT64_SVD_MAX_ELEMENTS = 1 << 20
+
+_FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+# Elements per chunk of the moment pass: bounds the float64 temporaries at 32 MB.
+_CHUNK = 1 << 22
+# Candidate lambda_min values evaluated together in the power-law fit (bounds its memory).
+_FIT_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class SpectralStats:
+    """The spectral measures of one tensor (see the module docstring)."""
+
+    top_singular_value: float
+    frobenius_norm: float
+    stable_rank: float
+    effective_rank: float
+    condition_number: float
+    alpha: float
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """The statistics of one tensor (see the module docstring for each definition)."""
+
+    rows: int
+    cols: int
+    rank: int
+    mean: float
+    std: float
+    var: float
+    sparsity: float
+    spectral: SpectralStats | None = None
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    """How statistics are computed.
+
+    Attributes:
+        sparsity_threshold: elements with ``abs(x) <=`` this count as zero.
+        rank_rtol: relative tolerance of the rank; None: ``max(rows, cols) * eps(float32)``.
+        spectral: also compute the spectral measures.
+        device: where the SVD and moments run (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
+    """
+
+    sparsity_threshold: float = 1e-8
+    rank_rtol: float | None = None
+    spectral: bool = False
+    device: str = "cpu"
+
+
+def matrix_dims(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(rows, cols)`` of a tensor of ``shape`` under the conventions of the module docstring."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], 1
+    return shape[-2], shape[-1]
+
+
+def moments(values: torch.Tensor, sparsity_threshold: float = 1e-8) -> tuple[float, float, float]:
+    """``(mean, population variance, sparsity)`` of ``values`` in one chunked float64 pass."""
+    flat = values.reshape(-1)
+    total = flat.numel()
+    if total == 0:
+        return math.nan, math.nan, 0.0
+    count = 0
+    mean = 0.0
+    m2 = 0.0
+    near_zero = 0
+    for start in range(0, total, _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        n = chunk.numel()
+        var_c, mean_c = torch.var_mean(chunk.to(torch.float64), correction=0)
+        mean_b, m2_b = float(mean_c), float(var_c) * n
+        delta = mean_b - mean
+        combined = count + n
+        mean += delta * n / combined
+        m2 += m2_b + delta * delta * count * n / combined
+        count = combined
+        near_zero += int((chunk.abs() <= sparsity_threshold).sum())
+    return mean, m2 / total, near_zero / total
+
+
+def singular_values(matrices: torch.Tensor) -> torch.Tensor:
+    """Singular values (descending, float64) of each matrix in a ``[..., rows, cols]`` stack."""
+    rows, cols = matrices.shape[-2], matrices.shape[-1]
+    dtype = torch.float64 if rows * cols <= FLOAT64_SVD_MAX_ELEMENTS else torch.float32
+    # LAPACK's path through torch is several times faster on tall matrices; the values are the same.
+    oriented = matrices.mT if rows < cols else matrices
+    values: torch.Tensor = torch.linalg.svdvals(oriented.to(dtype))
+    return values.to(torch.float64)
+
+
+def rank_tolerance(sigma_max: torch.Tensor, rows: int, cols: int, rtol: float | None) -> torch.Tensor:
+    """``sigma_max * rtol``, with numpy's float32 default ``rtol = max(rows, cols) * eps(float32)``."""
+    return sigma_max * (rtol if rtol is not None else max(rows, cols) * _FLOAT32_EPS)
+
+
+def power_law_alpha(eigenvalues: np.ndarray) -> float:
+    """The power-law exponent of the tail of ``eigenvalues`` (Clauset MLE, lambda_min by minimum KS).
+
+    Args:
+        eigenvalues: positive eigenvalues, any order.
+
+    Returns:
+        alpha, or NaN when fewer than `MIN_EIGENVALUES` values are given.
+    """
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    lam = lam[lam > 0]
+    n = lam.size
+    if n < MIN_EIGENVALUES:
+        return math.nan
+    logs = np.log(lam)
+    suffix = np.cumsum(logs[::-1])[::-1]  # sum of logs from i to the end
+    best_alpha, best_distance = math.nan, math.inf
+    # Candidates leave at least two values in the tail, so the fit is defined.
+    for start in range(0, n - 1, _FIT_BLOCK):
+        idx = np.arange(start, min(start + _FIT_BLOCK, n - 1))
+        tail = (n - idx).astype(np.float64)
+        spread = suffix[idx] - tail * logs[idx]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha = 1.0 + tail / spread
+            # KS distance between the tail's empirical CDF and the fitted one, for each candidate.
+            position = np.arange(n)[None, :] - idx[:, None]
+            in_tail = position >= 0
+            ratio = np.where(in_tail, lam[None, :] / lam[idx][:, None], 1.0)
+            fitted = 1.0 - ratio ** (1.0 - alpha[:, None])
+            upper = (position + 1) / tail[:, None]
+            lower = position / tail[:, None]
+            gap = np.maximum(np.abs(upper - fitted), np.abs(fitted - lower))
+            distance = np.where(in_tail, gap, 0.0).max(axis=1)
+        distance[~np.isfinite(alpha) | (spread <= 0)] = np.inf
+        pick = int(np.argmin(distance))
+        if distance[pick] < best_distance:
+            best_distance, best_alpha = float(distance[pick]), float(alpha[pick])
+    return best_alpha
+
+
+def _spectral(s: torch.Tensor, kept: torch.Tensor) -> SpectralStats:
+    """Spectral measures of a stack of singular-value rows ``s`` [k, m]; ``kept`` marks values above tol."""
+    sigma_max = s[:, 0]
+    energy = (s**2).sum(dim=1)
+    stable = []
+    effective = []
+    condition = []
+    alphas = []
+    for row, keep, top, e in zip(s, kept, sigma_max.tolist(), energy.tolist(), strict=True):
+        if top <= 0:
+            stable.append(math.nan)
+            effective.append(math.nan)
+            condition.append(math.nan)
+            alphas.append(math.nan)
+            continue
+        stable.append(e / top**2)
+        p = row[row > 0] / row.sum()
+        effective.append(math.exp(float(-(p * p.log()).sum())))
+        nonzero = row[keep]
+        condition.append(top / float(nonzero.min()))
+        alphas.append(power_law_alpha((nonzero**2).cpu().numpy()))
+    return SpectralStats(
+        top_singular_value=float(sigma_max.max()),
+        frobenius_norm=math.sqrt(float(energy.sum())),
+        stable_rank=_nanmean(stable),
+        effective_rank=_nanmean(effective),
+        condition_number=_nanmean(condition),
+        alpha=_nanmean(alphas),
+    )
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+_NAN_SPECTRAL = SpectralStats(math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+
+
+def _vector_spectral(values: torch.Tensor) -> SpectralStats:
+    norm = float(torch.linalg.vector_norm(values.reshape(-1).to(torch.float64)))
+    if norm == 0:
+        return SpectralStats(0.0, 0.0, math.nan, math.nan, math.nan, math.nan)
+    return SpectralStats(norm, norm, 1.0, 1.0, 1.0, math.nan)
+
+
+def batch_stats(batch: torch.Tensor, options: StatsOptions) -> list[TensorStats]:
+    """Statistics of each tensor in ``batch``, a stack ``[B, *shape]`` of same-shaped tensors.
+
+    One ``svdvals`` call serves the whole batch (and every expert of stacked-expert tensors).
+
+    Args:
+        batch: float32 tensors stacked on a new leading dim, on the device the work should run on.
+        options: thresholds, rank tolerance, whether to compute spectral measures.
+
+    Returns:
+        One `TensorStats` per tensor, in batch order.
+    """
+    shape = tuple(batch.shape[1:])
+    rows, cols = matrix_dims(shape)
+    first = [moments(tensor, options.sparsity_threshold) for tensor in batch]
+    finite = [math.isfinite(mean) and math.isfinite(var) for mean, var, _ in first]
+    ranks: list[int] = [-1] * len(first)
+    spectra: list[SpectralStats | None] = [None] * len(first)
+    if len(shape) < 2:
+        for i, tensor in enumerate(batch):
+            if finite[i]:
+                ranks[i] = int(bool((tensor != 0).any()))
+                spectra[i] = _vector_spectral(tensor) if options.spectral else None
+    elif any(finite) and rows * cols > 0:
+        good = [i for i, ok in enumerate(finite) if ok]
+        subset = batch if len(good) == len(first) else batch[good]
+        s = singular_values(subset.reshape(len(good), -1, rows, cols))  # [B, stack, k]
+        tol = rank_tolerance(s[..., 0], rows, cols, options.rank_rtol)
+        kept = s > tol.unsqueeze(-1)
+        per_matrix = kept.sum(dim=-1)  # [B, stack]
+        for j, i in enumerate(good):
+            ranks[i] = int(per_matrix[j].max())
+            spectra[i] = _spectral(s[j], kept[j]) if options.spectral else None
+    elif rows * cols == 0:
+        ranks = [0 if ok else -1 for ok in finite]
+    if options.spectral:
+        spectra = [spec if spec is not None else _NAN_SPECTRAL for spec in spectra]
+    return [
+        TensorStats(
+            rows=rows,
+            cols=cols,
+            rank=rank,
+            mean=mean,
+            std=math.sqrt(var) if var >= 0 else math.nan,
+            var=var,
+            sparsity=sparsity,
+            spectral=spectrum,
+        )
+        for (mean, var, sparsity), rank, spectrum in zip(first, ranks, spectra, strict=True)
+    ]
+
+
+def tensor_stats(values: torch.Tensor, options: StatsOptions | None = None) -> TensorStats:
+    """Statistics of one tensor (see `batch_stats`).
+
+    Example:
+        >>> stats = tensor_stats(torch.eye(4))
+        >>> stats.rank, stats.sparsity, round(stats.mean, 4)
+        (4, 0.75, 0.25)
+    """
+    options = options or StatsOptions()
+    return batch_stats(values.to(options.device, torch.float32).unsqueeze(0), options)[0]
