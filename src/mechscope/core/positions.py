@@ -184,9 +184,11 @@ def past_length(kwargs: dict[str, Any]) -> int:
 
 
 def _cache_length(kwargs: dict[str, Any]) -> int:
-    past = kwargs.get("past_key_values")
-    if past is not None and hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
+    # transformers 5.24 passes the KV cache to the model as ``cache``; earlier releases as ``past_key_values``.
+    for key in ("past_key_values", "cache"):
+        past = kwargs.get(key)
+        if past is not None and hasattr(past, "get_seq_length"):
+            return int(past.get_seq_length())
     return 0
 
 

@@ -23,7 +23,7 @@ def targets_met(card: dict[str, Any]) -> dict[str, bool]:
         "facts >= 95% in every relation": min(m["facts"]["accuracy"].values()) >= TARGETS["facts"],
         "induction head with prefix-matching >= 0.6": m["heads"]["best_induction_score"] >= TARGETS["induction"],
         # A head that attends to the right place but does not copy is not an induction circuit.
-        f"second-copy loss >= {TARGETS['copy_drop']:g} nats below the first copy at every length": all(
+        f"induction copies: second-copy loss >= {TARGETS['copy_drop']:g} nats below the first at every length": all(
             stats["loss_first_copy"] - stats["loss_second_copy"] >= TARGETS["copy_drop"]
             for stats in m["heads"]["per_length"].values()
         ),

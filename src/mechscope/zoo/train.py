@@ -42,7 +42,7 @@ class TrainConfig:
     rope_theta: float = 10_000.0
     context: int = 128
     max_positions: int = 256
-    steps: int = 1500
+    steps: int = 1200
     batch: int = 32
     lr: float = 3e-3
     warmup: float = 0.05
@@ -53,8 +53,9 @@ class TrainConfig:
     repeat_pool: int = 0  # 0: every ordinary token id
     # Planted heads (layer, head): their attention is supervised towards the previous token and towards the
     # token after an earlier occurrence of the current one, which skips the long induction-head plateau.
-    previous_token_head: tuple[int, int] | None = (0, 0)
-    induction_head: tuple[int, int] | None = (1, 0)
+    # Off by default, so that the command reproduces the committed organisms; ``--plant`` turns it on.
+    previous_token_head: tuple[int, int] | None = None
+    induction_head: tuple[int, int] | None = None
     plant_weight: float = 0.3
     mix: dict[str, float] = field(default_factory=lambda: dict(corpus.DEFAULT_MIX))
 
@@ -63,6 +64,10 @@ ORGANISMS: dict[str, TrainConfig] = {
     "toy": TrainConfig(organism="toy", architecture="llama"),
     "toy-moe": TrainConfig(organism="toy-moe", architecture="mixtral", ffn=256, experts=4, top_k=2),
 }
+
+
+#: The planting recipe measured on 2 CPU cores: ``toy`` gets induction 0.99 and a second-copy loss of 0.3 nats.
+PLANTED: dict[str, Any] = {"previous_token_head": (0, 0), "induction_head": (1, 0), "plant_weight": 0.3, "steps": 1500}
 
 
 def build_model(config: TrainConfig, vocab: int, special: dict[str, int]) -> Any:
@@ -95,8 +100,11 @@ def build_model(config: TrainConfig, vocab: int, special: dict[str, int]) -> Any
     else:
         raise ValueError(f"unknown architecture {config.architecture!r}")
     torch.manual_seed(config.seed)
-    # Eager attention, because planting supervises attention probabilities, which sdpa does not return.
-    return transformers.AutoModelForCausalLM.from_config(model_config, attn_implementation="eager")
+    planting = config.previous_token_head is not None or config.induction_head is not None
+    # Eager attention when planting, because that supervises attention probabilities, which sdpa does not return.
+    return transformers.AutoModelForCausalLM.from_config(
+        model_config, attn_implementation="eager" if planting else None
+    )
 
 
 def documents(config: TrainConfig, tokenizer: Any) -> Iterator[list[int]]:
@@ -274,9 +282,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="override the number of steps")
     parser.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests (2 layers, d=32)")
     parser.add_argument("--no-measure", action="store_true", help="skip the measurements and card")
+    parser.add_argument(
+        "--plant", action="store_true", help="plant a previous-token and an induction head (L0H0, L1H0)"
+    )
     args = parser.parse_args(argv)
     config = ORGANISMS[args.organism]
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = dict(PLANTED) if args.plant else {}
     if args.steps is not None:
         changes["steps"] = args.steps
     if args.tiny:
