@@ -59,6 +59,11 @@ class TrainConfig:
     plant_weight: float = 0.3
     mix: dict[str, float] = field(default_factory=lambda: dict(corpus.DEFAULT_MIX))
 
+    @property
+    def plants(self) -> bool:
+        """Whether training supervises the attention of planted heads."""
+        return self.previous_token_head is not None or self.induction_head is not None
+
 
 ORGANISMS: dict[str, TrainConfig] = {
     "toy": TrainConfig(organism="toy", architecture="llama"),
@@ -100,10 +105,9 @@ def build_model(config: TrainConfig, vocab: int, special: dict[str, int]) -> Any
     else:
         raise ValueError(f"unknown architecture {config.architecture!r}")
     torch.manual_seed(config.seed)
-    planting = config.previous_token_head is not None or config.induction_head is not None
     # Eager attention when planting, because that supervises attention probabilities, which sdpa does not return.
     return transformers.AutoModelForCausalLM.from_config(
-        model_config, attn_implementation="eager" if planting else None
+        model_config, attn_implementation="eager" if config.plants else None
     )
 
 
@@ -177,9 +181,8 @@ def planting_targets(ids: Tensor, pad: int) -> tuple[Tensor, Tensor]:
     same = ids[:, :, None] == ids[:, None, :]  # same[b, t, j]: token j equals token t
     follows = torch.zeros_like(same)
     follows[:, :, 1:] = same[:, :, :-1]  # follows[b, t, s]: token s-1 equals token t
-    causal = positions[None, :] <= positions[:, None]
-    earlier = positions[None, :] - 1 < positions[:, None]
-    induction = follows & causal & earlier & real[:, :, None] & real[:, None, :]
+    causal = positions[None, :] <= positions[:, None]  # s <= t, so the earlier occurrence s - 1 is before t
+    induction = follows & causal & real[:, :, None] & real[:, None, :]
     return previous, induction
 
 
@@ -238,10 +241,9 @@ def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         ids, labels = next(stream)
-        planting = config.previous_token_head is not None or config.induction_head is not None
-        output = model(input_ids=ids, labels=labels, output_attentions=planting)
+        output = model(input_ids=ids, labels=labels, output_attentions=config.plants)
         loss = output.loss
-        if planting:
+        if config.plants:
             targets = planting_targets(ids, tokenizer.pad_token_id)
             loss = loss + config.plant_weight * planting_loss(output.attentions, targets, config)
         if config.experts:
