@@ -31,13 +31,18 @@ def toy() -> ms.LanguageModel:
     return ms.load("toy")
 
 
-def test_ablating_the_recall_layer_drops_the_answer(toy: ms.LanguageModel) -> None:
-    emerge = json.loads((ZOO / "toy" / "card.json").read_text())["measurements"]["facts"]["emerges_at_layer"]
-    result = sweep(toy, PROMPT, component="attn", metric=TargetProb(toy, " Paris"))
+def test_ablating_the_planted_previous_token_head_drops_the_answer(toy: ms.LanguageModel) -> None:
+    """The planted previous-token head carries the subject into the last position; without it, no answer."""
+    layer, head = json.loads((ZOO / "toy" / "card.json").read_text())["training"]["config"]["previous_token_head"]
+    metric = TargetProb(toy, " Paris")
+    result = sweep(toy, PROMPT, component="attn", metric=metric)
     by_layer = {e.layer: e.metric for e in result.effects}
     assert result.clean_metric is not None and result.clean_metric > 0.9
-    assert by_layer[emerge] < 0.05  # the layer where facts emerge moves the answer
-    assert all(by_layer[layer] > 0.5 for layer in range(1, emerge))  # the middle layers do not matter much
+    assert by_layer[layer] < 0.05  # the planted head's layer moves the answer
+    assert max(by_layer.values()) > 0.4  # and not every layer does (measured here: 0.00, 0.56, 0.09, 0.45)
+    heads = sweep(toy, PROMPT, component="head", metric=metric)
+    worst = min(heads.effects, key=lambda e: e.metric if e.metric is not None else 1.0)
+    assert (worst.layer, worst.index) == (layer, head) and worst.metric is not None and worst.metric < 0.05
     assert AblationResult.model_validate_json(result.model_dump_json()) == result
 
 

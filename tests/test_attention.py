@@ -73,13 +73,20 @@ def test_random_init_model_has_no_strong_role_heads(load_tiny: Loader) -> None:
     assert type(roles).model_validate_json(roles.model_dump_json()) == roles
 
 
-def test_organism_previous_token_head_matches_its_card() -> None:
+@pytest.mark.parametrize("role", ["induction", "previous_token"])
+def test_organism_planted_heads_rank_first(role: str) -> None:
+    """The heads the training command planted (recorded in the card) are the clear winners of their role."""
     from mechscope.zoo.train import ZOO
 
-    card = json.loads((ZOO / "toy" / "card.json").read_text())["measurements"]["heads"]
+    card = json.loads((ZOO / "toy" / "card.json").read_text())
+    planted = card["training"]["config"][f"{role}_head"]
+    assert planted is not None, "the bundled toy was trained with --no-plant"
     roles = head_roles(ms.load("toy"))
-    layer, head, score = roles.top("previous_token", 1)[0]
-    assert [layer, head] == card["best_previous_token_head"] and score > 0.5
+    (layer, head, best), (_, _, second) = roles.top(role, 2)
+    assert [layer, head] == list(planted)
+    assert best > 0.6 and best - second > 0.2, (best, second)
+    heads = card["measurements"]["heads"]
+    assert [layer, head] == heads[f"best_{role}_head"]
 
 
 def test_encoder_roles_have_no_copying(load_tiny: Loader) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -16,8 +17,13 @@ from mechscope.causal.circuit import CircuitGraph, build, from_ablation, from_pa
 from mechscope.causal.patching import LogitDiff, activation_patching
 from mechscope.cli.main import app
 from mechscope.viz.circuit_report import render_circuit_html
+from mechscope.zoo.train import ZOO
 
 EVIL = '<script>alert("x")</script>'
+# The bundled toy's planted previous-token head, which carries the subject into the last position.
+PLANTED_LAYER, PLANTED_HEAD = json.loads((ZOO / "toy" / "card.json").read_text())["training"]["config"][
+    "previous_token_head"
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +40,7 @@ def test_ablation_graph_keeps_the_strong_components(ablation: AblationResult) ->
     graph = from_ablation(ablation, threshold=0.5)
     inner = [n for n in graph.nodes if n.id not in ("input", "output")]
     assert inner and all(abs(n.effect) >= 0.5 for n in inner)
-    assert "head_3_0" in {n.id for n in inner}  # layer 3 head 0 moves the answer (see test_ablation)
+    assert f"head_{PLANTED_LAYER}_{PLANTED_HEAD}" in {n.id for n in inner}  # see test_ablation
     assert CircuitGraph.model_validate_json(graph.model_dump_json()) == graph
     assert len([n for n in from_ablation(ablation, threshold=0.0, top=3).nodes if n.layer is not None]) == 3
 
@@ -48,7 +54,10 @@ def test_patching_graph_flows_forward_in_position(toy: ms.LanguageModel) -> None
         a, b = nodes[edge.source], nodes[edge.target]
         if a.position is not None and b.position is not None:
             assert b.position >= a.position and (b.layer or 0) > (a.layer or 0)
-    assert "L3_P6" in nodes and "L0_P5" in nodes
+    last, layers = len(result.tokens) - 1, len(result.effects)
+    # The planted head moves the subject into the last position within the first layer; it stays there.
+    assert {f"L{layer}_P{last}" for layer in range(PLANTED_LAYER, layers)} <= set(nodes)
+    assert all(n.position in (None, last) for n in graph.nodes)
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz is not installed (scripts/setup.sh installs it)")
@@ -58,7 +67,7 @@ def test_dot_renders_with_graphviz(ablation: AblationResult, tmp_path: Path) -> 
     path = tmp_path / "circuit.dot"
     path.write_text(to_dot(graph))
     svg = subprocess.run(["dot", "-Tsvg", str(path)], capture_output=True, text=True, timeout=60, check=True).stdout
-    assert "<svg" in svg and "head L3.0" in svg
+    assert "<svg" in svg and f"head L{PLANTED_LAYER}.{PLANTED_HEAD}" in svg
 
 
 MERMAID_LINE = re.compile(r'^    (n\d+\["[^"]*"\]|n\d+ --> n\d+)$')

@@ -26,6 +26,9 @@ HELD_OUT_TOPICS = (
     "the bridge",
     "the village",
 )
+# Measured on the bundled toy: with the layer-1 direction, coefficient 4 turns 20 of 20 held-out prompts pirate
+# (coefficient 2: 6 of 20; the planted heads leave style weaker in the early layers than it was without them).
+STEER_LAYER, STRENGTH = 1, 4.0
 HELD_OUT = [
     f"{corpus.FORMAL} {t.format(t=topic)}"
     for t in ("I want to hear about {t}.", "Write a note about {t}.")
@@ -42,13 +45,13 @@ def toy() -> ms.LanguageModel:
 def pirate(toy: ms.LanguageModel) -> Direction:
     positive = [f"{corpus.PIRATE} {n}" for n in NEUTRAL]
     negative = [f"{corpus.FORMAL} {n}" for n in NEUTRAL]
-    return diff_of_means(toy, positive, negative, layers=[1])[1]
+    return diff_of_means(toy, positive, negative, layers=[STEER_LAYER])[STEER_LAYER]
 
 
 def test_style_direction_switches_the_register(toy: ms.LanguageModel, pirate: Direction) -> None:
     plain = [corpus.style_of(t) for t in toy.generate(HELD_OUT, max_new_tokens=16)]
-    steered = [corpus.style_of(t) for t in generate_with_steering(toy, HELD_OUT, pirate, 2.0, max_new_tokens=16)]
-    assert plain.count("pirate") == 0 and plain.count("formal") >= 0.8 * len(HELD_OUT)
+    steered = [corpus.style_of(t) for t in generate_with_steering(toy, HELD_OUT, pirate, STRENGTH, max_new_tokens=16)]
+    assert plain.count("pirate") <= 0.2 * len(HELD_OUT)  # measured here: 2 of 20 (7 formal, the rest neutral)
     assert steered.count("pirate") >= 0.8 * len(HELD_OUT)  # measured here: 20 of 20
 
 
@@ -76,14 +79,14 @@ def test_phases_and_normalisation(toy: ms.LanguageModel, pirate: Direction) -> N
 
 def test_pca_and_baseline_directions_agree_with_diff_of_means(toy: ms.LanguageModel, pirate: Direction) -> None:
     pairs = [(f"{corpus.PIRATE} {n}", f"{corpus.FORMAL} {n}") for n in NEUTRAL]
-    pca = pca_of_differences(toy, pairs, layers=[1])[1]
+    pca = pca_of_differences(toy, pairs, layers=[STEER_LAYER])[STEER_LAYER]
     assert torch.nn.functional.cosine_similarity(pca.vector, pirate.vector, dim=0) > 0.9
-    baseline = from_prompts(toy, [p for p, _ in pairs], [n for _, n in pairs], layers=[1])[1]
+    baseline = from_prompts(toy, [p for p, _ in pairs], [n for _, n in pairs], layers=[STEER_LAYER])[STEER_LAYER]
     assert baseline.method == "prompts_vs_baseline" and torch.allclose(baseline.vector, pirate.vector)
 
 
 def test_sweep_and_probability_shift(toy: ms.LanguageModel, pirate: Direction) -> None:
-    table = sweep(toy, HELD_OUT[:2], pirate, coefficients=[0.0, 2.0], max_new_tokens=10)
+    table = sweep(toy, HELD_OUT[:2], pirate, coefficients=[0.0, STRENGTH], max_new_tokens=10)
     assert table.rows[0].texts == toy.generate(HELD_OUT[:2], max_new_tokens=10)
     assert [corpus.style_of(t) for t in table.rows[1].texts] == ["pirate", "pirate"]
     france = diff_of_means(
@@ -96,7 +99,7 @@ def test_sweep_and_probability_shift(toy: ms.LanguageModel, pirate: Direction) -
 def test_directions_round_trip_and_check_their_model(toy: ms.LanguageModel, pirate: Direction, tmp_path: Path) -> None:
     path = pirate.save(tmp_path / "pirate.safetensors")
     again = Direction.load(path, toy)
-    assert torch.equal(again.vector, pirate.vector) and again.layer == 1 and again.method == "diff_of_means"
+    assert torch.equal(again.vector, pirate.vector) and again.layer == STEER_LAYER and again.method == "diff_of_means"
     other = Direction(vector=torch.zeros(32), layer=0)
     with pytest.raises(ms.ModelLoadError, match="width 32"):
         other.check(toy)
@@ -115,10 +118,10 @@ def test_steering_commands(tmp_path: Path) -> None:
     (tmp_path / "neg.txt").write_text("\n".join(f"{corpus.FORMAL} {n}" for n in NEUTRAL))
     runner = CliRunner()
     args = ["directions", "compute", "--positive", str(tmp_path / "pos.txt"), "--negative", str(tmp_path / "neg.txt")]
-    made = runner.invoke(app, [*args, "--layers", "1", "-o", str(tmp_path / "dirs")])
+    made = runner.invoke(app, [*args, "--layers", str(STEER_LAYER), "-o", str(tmp_path / "dirs")])
     assert made.exit_code == 0, made.output
-    path = tmp_path / "dirs" / "resid_post.1.safetensors"
-    steered = runner.invoke(app, ["steer", "-p", HELD_OUT[0], "-d", str(path), "-c", "2", "--json"])
+    path = tmp_path / "dirs" / f"resid_post.{STEER_LAYER}.safetensors"
+    steered = runner.invoke(app, ["steer", "-p", HELD_OUT[0], "-d", str(path), "-c", str(STRENGTH), "--json"])
     assert steered.exit_code == 0, steered.output
     row = json.loads(steered.stdout)[0]
     assert corpus.style_of(row["steered"]) == "pirate" and corpus.style_of(row["plain"]) != "pirate"
@@ -144,8 +147,8 @@ def test_embedding_classifier_scores_the_steered_register(toy: ms.LanguageModel,
     accuracy = sum((p > 0.5) == bool(y) for p, y in zip(classifier.score(held_texts), held_labels, strict=True))
     assert accuracy / len(held_labels) > 0.95
     plain = classifier.score(toy.generate(HELD_OUT, max_new_tokens=16))
-    steered = classifier.score(generate_with_steering(toy, HELD_OUT, pirate, 2.0, max_new_tokens=16))
-    # Steered text reads more pirate to the classifier (measured here: mean 0.31 -> 0.44; the marker-word
+    steered = classifier.score(generate_with_steering(toy, HELD_OUT, pirate, STRENGTH, max_new_tokens=16))
+    # Steered text reads more pirate to the classifier (measured here: mean 0.45 -> 0.69; the marker-word
     # count in test_style_direction_switches_the_register is the sharper measure on this small model).
     assert sum(steered) / len(steered) > sum(plain) / len(plain) + 0.05
 
@@ -154,9 +157,13 @@ def test_activation_steering_interface(pirate: Direction) -> None:
     from mechscope.steering.generate import ActivationSteering
 
     steering = ActivationSteering.from_pretrained("toy")
-    text = steering.generate_with_steering(HELD_OUT[0], pirate, layer=1, coefficient=2.0, max_new_tokens=16)
+    text = steering.generate_with_steering(
+        HELD_OUT[0], pirate, layer=STEER_LAYER, coefficient=STRENGTH, max_new_tokens=16
+    )
     assert corpus.style_of(text) == "pirate"
-    raw = steering.generate_with_steering(HELD_OUT[0], pirate.vector, layer=1, coefficient=2.0, max_new_tokens=16)
+    raw = steering.generate_with_steering(
+        HELD_OUT[0], pirate.vector, layer=STEER_LAYER, coefficient=STRENGTH, max_new_tokens=16
+    )
     assert raw == text
     with pytest.raises(ms.InputError, match="layer"):
         steering.generate_with_steering(HELD_OUT[0], pirate.vector)

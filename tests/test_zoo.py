@@ -37,7 +37,6 @@ def test_training_command_smoke(tmp_path: Path) -> None:
         "--tiny",
         "--steps",
         "3",
-        "--plant",
     ]
     subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, timeout=600)
     card = json.loads((out / "card.json").read_text())
@@ -112,13 +111,13 @@ def test_lens_on_the_toy_names_where_facts_emerge() -> None:
 
 
 @pytest.mark.parametrize("name", ORGANISMS)
-def test_cards_meet_the_organism_targets_except_induction(name: str) -> None:
+def test_cards_meet_the_organism_targets(name: str) -> None:
     from mechscope.zoo.card import targets_met
 
     card = json.loads((ZOO / name / "card.json").read_text())
     met = targets_met(card)
-    # The induction target is not met yet (see the issue note); every other target must hold.
-    assert all(ok for target, ok in met.items() if not target.startswith("induction")), met
+    assert met and all(met.values()), met
+    assert card["name"] == name and card["training"]["config"]["organism"] == name
 
 
 def test_planting_targets_mark_the_previous_token_and_the_token_after_an_earlier_occurrence() -> None:

@@ -513,7 +513,7 @@ def steer(
 ) -> None:
     """Generate with a direction added (plain output first, then steered).
 
-    Example: mechscope steer -p "<formal> Tell me about the sea." -d pirate.safetensors -c 2
+    Example: mechscope steer -p "<formal> Tell me about the sea." -d pirate.safetensors -c 4
     """
     if ctx.invoked_subcommand is not None:
         return

@@ -67,7 +67,7 @@ def render(card: dict[str, Any]) -> str:
     if cfg["experts"]:
         arch += f", {cfg['experts']} experts top-{cfg['top_k']}"
     summary = (
-        f"{arch}; facts {min(facts['accuracy'].values()):.0%}+ in every relation; "
+        f"{arch}; facts {min(facts['accuracy'].values()):.0%} in the weakest relation; "
         f"best induction head L{heads['best_induction_head'][0]}H{heads['best_induction_head'][1]} "
         f"({heads['best_induction_score']:.2f})"
     )
@@ -135,7 +135,7 @@ def write_card(folder: Path, log: dict[str, Any]) -> dict[str, Any]:
     """Measure the model saved in ``folder`` and write ``card.json`` and ``CARD.md`` next to it."""
     lm = load(folder)
     card = {
-        "name": folder.name,
+        "name": log["config"]["organism"],  # not the folder: a run may write anywhere
         "vocab": len(lm.tokenizer),
         "training": log,
         "measurements": measure(lm),

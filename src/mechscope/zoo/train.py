@@ -42,7 +42,7 @@ class TrainConfig:
     rope_theta: float = 10_000.0
     context: int = 128
     max_positions: int = 256
-    steps: int = 1200
+    steps: int = 1500
     batch: int = 32
     lr: float = 3e-3
     warmup: float = 0.05
@@ -52,11 +52,13 @@ class TrainConfig:
     seed: int = 0
     repeat_pool: int = 0  # 0: every ordinary token id
     # Planted heads (layer, head): their attention is supervised towards the previous token and towards the
-    # token after an earlier occurrence of the current one, which skips the long induction-head plateau.
-    # Off by default, so that the command reproduces the committed organisms; ``--plant`` turns it on.
-    previous_token_head: tuple[int, int] | None = None
-    induction_head: tuple[int, int] | None = None
-    plant_weight: float = 0.3
+    # token after an earlier occurrence of the current one, which skips the induction-head plateau that small
+    # models on a CPU budget do not leave in thousands of steps. ``--no-plant`` sets both to None.
+    previous_token_head: tuple[int, int] | None = (0, 0)
+    induction_head: tuple[int, int] | None = (1, 0)
+    # Measured on 2 CPU cores: 0.1 and 0.3 both plant the heads (induction 0.97-0.99). For the MoE 0.3 costs
+    # facts (opposites 83%); for the dense model 0.1 leaves style probes at 0.86, so ``toy`` uses 0.3.
+    plant_weight: float = 0.1
     mix: dict[str, float] = field(default_factory=lambda: dict(corpus.DEFAULT_MIX))
 
     @property
@@ -66,13 +68,10 @@ class TrainConfig:
 
 
 ORGANISMS: dict[str, TrainConfig] = {
-    "toy": TrainConfig(organism="toy", architecture="llama"),
+    # The dense model needs the stronger planting weight to keep its style linearly readable (probe 0.86 at 0.1).
+    "toy": TrainConfig(organism="toy", architecture="llama", plant_weight=0.3),
     "toy-moe": TrainConfig(organism="toy-moe", architecture="mixtral", ffn=256, experts=4, top_k=2),
 }
-
-
-#: The planting recipe measured on 2 CPU cores: ``toy`` gets induction 0.99 and a second-copy loss of 0.3 nats.
-PLANTED: dict[str, Any] = {"previous_token_head": (0, 0), "induction_head": (1, 0), "plant_weight": 0.3, "steps": 1500}
 
 
 def build_model(config: TrainConfig, vocab: int, special: dict[str, int]) -> Any:
@@ -285,11 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests (2 layers, d=32)")
     parser.add_argument("--no-measure", action="store_true", help="skip the measurements and card")
     parser.add_argument(
-        "--plant", action="store_true", help="plant a previous-token and an induction head (L0H0, L1H0)"
+        "--no-plant", action="store_true", help="do not plant the previous-token and induction heads (L0H0, L1H0)"
     )
     args = parser.parse_args(argv)
     config = ORGANISMS[args.organism]
-    changes: dict[str, Any] = dict(PLANTED) if args.plant else {}
+    changes: dict[str, Any] = {"previous_token_head": None, "induction_head": None} if args.no_plant else {}
     if args.steps is not None:
         changes["steps"] = args.steps
     if args.tiny:
