@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from mechscope.causal.ablation import (
     sweep,
 )
 from mechscope.cli.main import app
-from mechscope.zoo.train import ZOO
+from mechscope.zoo.card import read_card
 
 PROMPT = "The capital of France is"
 
@@ -33,7 +32,7 @@ def toy() -> ms.LanguageModel:
 
 def test_ablating_the_planted_previous_token_head_drops_the_answer(toy: ms.LanguageModel) -> None:
     """The planted previous-token head carries the subject into the last position; without it, no answer."""
-    layer, head = json.loads((ZOO / "toy" / "card.json").read_text())["training"]["config"]["previous_token_head"]
+    layer, head = read_card("toy")["training"]["config"]["previous_token_head"]
     metric = TargetProb(toy, " Paris")
     result = sweep(toy, PROMPT, component="attn", metric=metric)
     by_layer = {e.layer: e.metric for e in result.effects}

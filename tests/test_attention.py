@@ -76,9 +76,9 @@ def test_random_init_model_has_no_strong_role_heads(load_tiny: Loader) -> None:
 @pytest.mark.parametrize("role", ["induction", "previous_token"])
 def test_organism_planted_heads_rank_first(role: str) -> None:
     """The heads the training command planted (recorded in the card) are the clear winners of their role."""
-    from mechscope.zoo.train import ZOO
+    from mechscope.zoo.card import read_card
 
-    card = json.loads((ZOO / "toy" / "card.json").read_text())
+    card = read_card("toy")
     planted = card["training"]["config"][f"{role}_head"]
     assert planted is not None, "the bundled toy was trained with --no-plant"
     roles = head_roles(ms.load("toy"))

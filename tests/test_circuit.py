@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -17,13 +16,11 @@ from mechscope.causal.circuit import CircuitGraph, build, from_ablation, from_pa
 from mechscope.causal.patching import LogitDiff, activation_patching
 from mechscope.cli.main import app
 from mechscope.viz.circuit_report import render_circuit_html
-from mechscope.zoo.train import ZOO
+from mechscope.zoo.card import read_card
 
 EVIL = '<script>alert("x")</script>'
 # The bundled toy's planted previous-token head, which carries the subject into the last position.
-PLANTED_LAYER, PLANTED_HEAD = json.loads((ZOO / "toy" / "card.json").read_text())["training"]["config"][
-    "previous_token_head"
-]
+PLANTED_LAYER, PLANTED_HEAD = read_card("toy")["training"]["config"]["previous_token_head"]
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 import mechscope as ms
 from mechscope.causal.patching import LogitDiff, PatchingResult, activation_patching
 from mechscope.cli.main import app
-from mechscope.zoo.train import ZOO
+from mechscope.zoo.card import read_card
 
 CLEAN, CORRUPTED = "The capital of France is", "The capital of Japan is"
 # The bundled toy's planted previous-token head reads the subject's last token from the final position.
-PLANTED_LAYER = json.loads((ZOO / "toy" / "card.json").read_text())["training"]["config"]["previous_token_head"][0]
+PLANTED_LAYER = read_card("toy")["training"]["config"]["previous_token_head"][0]
 
 
 @pytest.fixture(scope="module")

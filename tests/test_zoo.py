@@ -13,6 +13,7 @@ import torch
 
 import mechscope as ms
 from mechscope.zoo import corpus, measure
+from mechscope.zoo.card import read_card, targets_met
 from mechscope.zoo.train import ORGANISMS as CONFIGS
 from mechscope.zoo.train import ZOO
 from mechscope.zoo.world import RELATIONS
@@ -54,7 +55,7 @@ def organism(request: pytest.FixtureRequest) -> tuple[ms.LanguageModel, dict]:
     name = request.param
     if not (ZOO / name / "model.safetensors").is_file():
         pytest.fail(f"organism {name} is not committed; run python -m mechscope.zoo.train --organism {name}")
-    return ms.load(name), json.loads((ZOO / name / "card.json").read_text())
+    return ms.load(name), read_card(name)
 
 
 def test_committed_weights_reproduce_the_card(organism: tuple[ms.LanguageModel, dict]) -> None:
@@ -102,7 +103,7 @@ def test_lens_on_the_toy_names_where_facts_emerge() -> None:
     from mechscope.lens.logit import LogitLens
 
     lm = ms.load("toy")
-    card = json.loads((ZOO / "toy" / "card.json").read_text())
+    card = read_card("toy")
     prompts = [(p, a) for relation in RELATIONS for _, p, a in corpus.fact_prompts(relation)[::8]]
     results = LogitLens(lm).run([p for p, _ in prompts], track=[])
     stacked, _ = LogitLens(lm).layer_logits([p for p, _ in prompts[:8]])
@@ -114,9 +115,8 @@ def test_lens_on_the_toy_names_where_facts_emerge() -> None:
 
 @pytest.mark.parametrize("name", ORGANISMS)
 def test_cards_meet_the_organism_targets(name: str) -> None:
-    from mechscope.zoo.card import targets_met
 
-    card = json.loads((ZOO / name / "card.json").read_text())
+    card = read_card(name)
     met = targets_met(card)
     assert met and all(met.values()), met
     assert card["name"] == name

@@ -11,9 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.core.lm import load
+from mechscope.models.registry import organism_path
 from mechscope.zoo.measure import measure
 
 TARGETS = {"facts": 0.95, "induction": 0.6, "copy_drop": 2.0, "probe": 0.95}
+
+
+def read_card(name: str) -> dict[str, Any]:
+    """The card of organism ``name`` (bundled or registered), as ``write_card`` wrote it."""
+    card: dict[str, Any] = json.loads((organism_path(name) / "card.json").read_text(encoding="utf-8"))
+    return card
 
 
 def targets_met(card: dict[str, Any]) -> dict[str, bool]:

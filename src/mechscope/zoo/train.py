@@ -68,7 +68,6 @@ class TrainConfig:
 
 
 ORGANISMS: dict[str, TrainConfig] = {
-    # The dense model needs the stronger planting weight to keep its style linearly readable (probe 0.86 at 0.1).
     "toy": TrainConfig(organism="toy", architecture="llama", plant_weight=0.3),
     "toy-moe": TrainConfig(organism="toy-moe", architecture="mixtral", ffn=256, experts=4, top_k=2),
 }
