@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import mechscope as ms
-from mechscope.causal.ablation import (
+from mechscope.causal import (
     AblationResult,
     TargetProb,
     contains,
@@ -136,8 +136,7 @@ def test_ablate_command(tmp_path: Path) -> None:
 
 
 def test_kl_to_clean_metric_and_grid(toy: ms.LanguageModel) -> None:
-    from mechscope.causal.ablation import grid
-    from mechscope.causal.patching import KLToClean
+    from mechscope.causal import KLToClean, grid
 
     result = sweep(toy, PROMPT, component="attn", metric=KLToClean())
     assert result.clean_metric == pytest.approx(0.0, abs=1e-6)  # the clean run is at distance 0 from itself

@@ -91,9 +91,8 @@ def test_sink_streams_every_pass_and_keeps_nothing(load_tiny: Loader) -> None:
     prompts = [f"The cat number {i} is" for i in range(7)]
     seen: list[torch.Tensor] = []
     with lm.capture(["resid_post.1"], positions="last", sink=lambda v, info: seen.append(v["resid_post.1"])) as c:
-        for _ in lm.forward_batches(prompts, batch_size=3):
-            pass
-    assert [t.shape[0] for t in seen] == [3, 3, 1]
+        assert lm.forward_batches(prompts, batch_size=3) == 3
+    assert sum(t.shape[0] for t in seen) == 7
     assert len(c) == 0
     with lm.capture(["resid_post.1"], positions="last") as whole:
         lm.forward(prompts)

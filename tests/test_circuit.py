@@ -11,9 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 import mechscope as ms
-from mechscope.causal.ablation import AblationEffect, AblationResult, TargetProb, sweep
+from mechscope.causal import AblationEffect, AblationResult, LogitDiff, TargetProb, activation_patching, sweep
 from mechscope.causal.circuit import CircuitGraph, build, from_ablation, from_patching, to_dot, to_mermaid
-from mechscope.causal.patching import LogitDiff, activation_patching
 from mechscope.cli.main import app
 from mechscope.viz.circuit_report import render_circuit_html
 from mechscope.zoo.card import read_card

@@ -1,13 +1,21 @@
-"""The command line: models listing, doctor, one-line errors."""
+"""The command line: models listing, doctor, one-line errors, the model option group, output files."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
+import typer.main
 from typer.testing import CliRunner
 
+import mechscope as ms
 from mechscope.cli.main import app
 
 runner = CliRunner()
@@ -34,3 +42,119 @@ def test_doctor_bad_model_is_one_line_exit_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["doctor", "-m", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0 and "no model folder" in result.stderr
+
+
+# Every command that loads a model takes the whole model option group (see mechscope.cli.options).
+MODEL_COMMANDS = [
+    ["doctor"],
+    ["analyze"],
+    ["attention"],
+    ["heads"],
+    ["patch"],
+    ["ablate"],
+    ["steer"],
+    ["steer", "sweep"],
+    ["directions", "compute"],
+    ["tuned-lens"],
+]
+GROUP = ("--dtype", "--device", "--device-map", "--attn", "--revision", "--trust-remote-code")
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS, ids=" ".join)
+def test_every_model_command_takes_the_model_option_group(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    options = set(re.findall(r"--[a-z][a-z0-9-]*", result.stdout))
+    assert {"--model", *GROUP} <= options
+
+
+def test_compare_takes_one_model_option_group_per_model() -> None:
+    result = runner.invoke(app, ["compare", "--help"])
+    assert result.exit_code == 0, result.output
+    options = set(re.findall(r"--[a-z][a-z0-9-]*", result.stdout))
+    for prefix in ("--model1", "--model2"):
+        assert {prefix, *(prefix + option[1:] for option in GROUP)} <= options
+    assert "--model" not in options and "--dtype" not in options
+
+
+def test_top_level_commands_keep_their_names() -> None:
+    names = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert names == {
+        *("models", "doctor", "analyze", "compare", "tuned-lens", "attention", "heads", "patch", "ablate"),
+        *("weights", "circuit", "steer", "directions"),
+    }
+
+
+def test_patch_loads_the_model_in_the_dtype_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import mechscope.core.lm
+
+    loaded: list[ms.LanguageModel] = []
+    real_load = mechscope.core.lm.load
+
+    def spy(*args: Any, **kwargs: Any) -> ms.LanguageModel:
+        loaded.append(real_load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(mechscope.core.lm, "load", spy)
+    args = ["patch", "--clean", "The capital of France is", "--corrupted", "The capital of Japan is"]
+    result = runner.invoke(app, [*args, "--correct", " Paris", "--wrong", " Tokyo", "--dtype", "bfloat16", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(loaded) == 1 and next(loaded[0].model.parameters()).dtype == torch.bfloat16
+    data = json.loads(result.stdout)
+    assert len(data["effects"]) == 4 and data["clean_metric"] > data["corrupted_metric"]
+
+
+def test_an_output_path_that_is_a_folder_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("untouched")
+    result = runner.invoke(app, ["analyze", "-p", "hi", "--html", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and "is a folder" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # no temporary file left (hidden or not)
+
+
+def test_write_text_output_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    from mechscope.cli.output import write_text_output
+
+    target = tmp_path / "report.html"
+    assert write_text_output(target, "<p>hi</p>") == target and target.read_text() == "<p>hi</p>"
+    with pytest.raises(ms.InputError, match="does not exist"):
+        write_text_output(tmp_path / "missing" / "report.html", "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_visible_shows_whitespace_and_escapes_markup() -> None:
+    from mechscope.cli.output import visible
+
+    assert visible(" a\tb\n") == "␣a⇥b⏎"
+    assert visible("[red]x[/red]") == "\\[red]x\\[/red]"
+
+
+def test_importing_the_cli_imports_neither_torch_nor_transformers() -> None:
+    code = (
+        "import sys\n"
+        "import mechscope.cli.main\n"
+        "from typer.testing import CliRunner\n"
+        "for args in (['--help'], ['weights', '--help'], ['circuit', 'export', '--help'], ['analyze', '--help']):\n"
+        "    assert CliRunner().invoke(mechscope.cli.main.app, args).exit_code == 0, args\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_weights_command_modules_do_not_import_the_weights_app() -> None:
+    """The package registers its commands explicitly; no command module imports it back (no cycle)."""
+    import mechscope.cli.weights as package
+
+    folder = Path(package.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "mechscope.cli.weights" not in imported, path.name
+    names = {command.name for command in package.app.registered_commands}
+    assert names == {"analyze", "diff", "download", "verify", "directions"}

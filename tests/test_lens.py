@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import mechscope as ms
 from mechscope.cli.main import app
+from mechscope.core.layers import LayerStrategy, parse_layers, select_layers
 from mechscope.lens.logit import LogitLens
 from mechscope.lens.results import LensResult
-from mechscope.lens.strategy import LayerStrategy, parse_layers, select_layers
 from tests.conftest import PROMPTS
 
 Loader = Callable[..., ms.LanguageModel]
@@ -148,8 +148,8 @@ def test_compare_models(tiny_dir: Callable[[str], Path], tmp_path: Path) -> None
 
 def test_every_result_model_round_trips_through_json(load_tiny: Loader, tiny_dir: Callable[[str], Path]) -> None:
     from mechscope.checks.doctor import run_doctor
-    from mechscope.lens.compare import Comparison, compare
-    from mechscope.lens.results import LensGrid
+    from mechscope.lens.compare import compare
+    from mechscope.lens.results import Comparison, LensGrid
 
     lm = load_tiny("llama")
     lens = LogitLens(lm)

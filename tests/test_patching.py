@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import mechscope as ms
-from mechscope.causal.patching import LogitDiff, PatchingResult, activation_patching
+from mechscope.causal import LogitDiff, PatchingResult, activation_patching
 from mechscope.cli.main import app
 from mechscope.zoo.card import read_card
 

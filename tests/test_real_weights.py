@@ -39,6 +39,7 @@ def test_mean_pooled_capture_equals_sentence_transformers(minilm: ms.LanguageMod
 
 def test_minilm_patterns_entropy_and_report(minilm: ms.LanguageModel, tmp_path: Path) -> None:
     from mechscope.attention.patterns import entropy, patterns
+    from mechscope.attention.summary import layer_attention
     from mechscope.viz.attention_report import render_attention_html
 
     found = patterns(minilm, SENTENCES)
@@ -47,13 +48,9 @@ def test_minilm_patterns_entropy_and_report(minilm: ms.LanguageModel, tmp_path: 
         rows = pattern.sum(-1)[mask.unsqueeze(1).expand(-1, pattern.shape[1], -1)]
         torch.testing.assert_close(rows, torch.ones_like(rows))  # row-stochastic on real tokens
         assert torch.isfinite(entropy(pattern)).all()
+    report = layer_attention(minilm, SENTENCES[0], 0, head=0, with_roles=False)
     tokens = minilm.tokenizer.convert_ids_to_tokens(minilm.tokenize(SENTENCES[:1])["input_ids"][0])
-    html = render_attention_html(
-        title="MiniLM",
-        prompt=SENTENCES[0],
-        tokens=tokens,
-        weights=found[0][0, 0][: len(tokens), : len(tokens)].tolist(),
-        caption="layer 0 head 0",
-        overviews={"entropy": [entropy(p[:1]).mean(-1)[0].tolist() for p in found.values()]},
-    )
+    alone = torch.tensor(report.patterns[0])  # the sentence on its own vs in the padded batch
+    torch.testing.assert_close(alone, found[0][0, 0][: len(tokens), : len(tokens)], rtol=1e-5, atol=1e-6)
+    html = render_attention_html(report, title="MiniLM")
     assert html.count('class="w"') == len(tokens) ** 2

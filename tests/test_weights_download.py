@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from mechscope.cli.main import app
 from mechscope.errors import ModelLoadError, WeightFileError
+from mechscope.storage.atomic import atomic_write_text
 from mechscope.weights.download import (
     MANIFEST_NAME,
     ChecksumMismatchError,
@@ -26,7 +27,6 @@ from mechscope.weights.download import (
     Manifest,
     _check_against_hub,
     _selected,
-    _write_atomically,
     download,
     git_blob_sha1,
     read_manifest,
@@ -183,8 +183,8 @@ def test_hub_metadata_check_uses_sha256_for_lfs_and_blob_ids_for_git(downloaded:
 
 def test_manifest_write_is_atomic(tmp_path: Path) -> None:
     target = tmp_path / MANIFEST_NAME
-    _write_atomically(target, "old")
-    _write_atomically(target, "new")
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new")
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == [MANIFEST_NAME]
 
 

@@ -1,18 +1,21 @@
 """mechscope: look inside any Hugging Face language model and change it.
 
-The public API, curated here:
+The public API, curated here. Names load on first use, so ``import mechscope`` stays fast and imports
+neither torch nor transformers until a model is needed.
 
 >>> import mechscope as ms
->>> lm = ms.load("toy")  # doctest: +SKIP
->>> with lm.capture(["resid_post.*"], positions="last") as cache:  # doctest: +SKIP
-...     lm.forward("The capital of France is")
+>>> lm = ms.load("toy")
+>>> with lm.capture(["resid_post.*"], positions="last") as cache:
+...     _ = lm.forward("The capital of France is")
+>>> cache["resid_post.0"].shape == (1, lm.arch.d_model)
+True
 """
 
-from mechscope.core import ops
-from mechscope.core.cache import Cache
-from mechscope.core.lm import LanguageModel, load
-from mechscope.core.positions import PassInfo
-from mechscope.core.sites import SITE_KINDS, Site
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from mechscope.errors import (
     ArchitectureError,
     HookNotFiredError,
@@ -23,19 +26,49 @@ from mechscope.errors import (
     PositionError,
     SiteError,
 )
-from mechscope.lens.analyzer import AnalysisConfig, ModelAnalyzer
-from mechscope.lens.logit import LogitLens
-from mechscope.lens.results import LensResult
-from mechscope.lens.strategy import LayerStrategy
-from mechscope.models.archmap import ModelMap
-from mechscope.models.registry import list_organisms, register_organism
+
+if TYPE_CHECKING:
+    from mechscope.api.analyzer import Analyzer, AsyncAnalyzer
+    from mechscope.api.model_analyzer import AnalysisConfig, ModelAnalyzer
+    from mechscope.core import ops
+    from mechscope.core.cache import Cache
+    from mechscope.core.layers import LayerStrategy
+    from mechscope.core.lm import LanguageModel, load
+    from mechscope.core.positions import PassInfo
+    from mechscope.core.sites import SITE_KINDS, Site
+    from mechscope.lens.logit import LogitLens
+    from mechscope.lens.results import LensResult
+    from mechscope.models.archmap import ModelMap
+    from mechscope.models.registry import list_organisms, register_organism
 
 __version__ = "0.1.0.dev0"
+
+#: public name -> the module that defines it (imported on first access).
+_LAZY = {
+    "Analyzer": "mechscope.api.analyzer",
+    "AsyncAnalyzer": "mechscope.api.analyzer",
+    "AnalysisConfig": "mechscope.api.model_analyzer",
+    "ModelAnalyzer": "mechscope.api.model_analyzer",
+    "Cache": "mechscope.core.cache",
+    "LayerStrategy": "mechscope.core.layers",
+    "LanguageModel": "mechscope.core.lm",
+    "load": "mechscope.core.lm",
+    "PassInfo": "mechscope.core.positions",
+    "SITE_KINDS": "mechscope.core.sites",
+    "Site": "mechscope.core.sites",
+    "LogitLens": "mechscope.lens.logit",
+    "LensResult": "mechscope.lens.results",
+    "ModelMap": "mechscope.models.archmap",
+    "list_organisms": "mechscope.models.registry",
+    "register_organism": "mechscope.models.registry",
+}
 
 __all__ = [
     "SITE_KINDS",
     "AnalysisConfig",
+    "Analyzer",
     "ArchitectureError",
+    "AsyncAnalyzer",
     "Cache",
     "HookNotFiredError",
     "InputError",
@@ -58,3 +91,18 @@ __all__ = [
     "ops",
     "register_organism",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ops":
+        return importlib.import_module("mechscope.core.ops")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mechscope' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from enum import StrEnum
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor
 
+from mechscope.attention.results import FocusEdge
+from mechscope.core.layers import resolve_layer, resolve_layers
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError, SiteError
 
@@ -31,18 +32,11 @@ def patterns(
     lm: LanguageModel, prompts: str | Sequence[str] | Tensor, layers: Sequence[int] | None = None
 ) -> dict[int, Tensor]:
     """``{layer: [batch, head, query, key]}`` attention probabilities for prompts (padded as a batch) or ids."""
-    chosen = list(range(lm.arch.n_layers)) if layers is None else [_layer(lm, layer) for layer in layers]
+    chosen = resolve_layers(layers, lm.arch.n_layers)
     inputs: str | list[str] | Tensor = prompts if isinstance(prompts, str | Tensor) else list(prompts)
     with torch.no_grad(), lm.capture([f"attn_pattern.{i}" for i in chosen]) as cache:
         lm.forward(inputs)
     return {i: cache[f"attn_pattern.{i}"] for i in chosen}
-
-
-def _layer(lm: LanguageModel, layer: int) -> int:
-    n = lm.arch.n_layers
-    if not -n <= layer < n:
-        raise SiteError(f"layer {layer} is out of range: the model has {n} layers (0..{n - 1})")
-    return layer % n
 
 
 def aggregate(pattern: Tensor, how: Aggregation | str = Aggregation.PER_HEAD) -> Tensor:
@@ -83,32 +77,26 @@ def sink_mass(pattern: Tensor, mask: Tensor | None = None) -> Tensor:
     return (to_first * weights).sum(-1) / weights.sum(-1).clamp(min=1)
 
 
-class FocusEdge(BaseModel):
-    """A query token that pays more than the threshold to a key token, in one head."""
-
-    layer: int
-    head: int
-    query: int
-    key: int
-    weight: float
-    query_token: str
-    key_token: str
-
-
 def focus(
     lm: LanguageModel, prompt: str, layer: int, *, threshold: float = 0.3, head: int | None = None
 ) -> list[FocusEdge]:
     """Every (head, query, key) of one prompt at ``layer`` whose attention weight exceeds ``threshold``."""
+    layer = resolve_layer(layer, lm.arch.n_layers)
+    pattern = patterns(lm, prompt, [layer])[layer][0]  # [head, query, key]
+    tokens = lm.token_texts(lm.tokenize([prompt])["input_ids"][0])
+    return focus_edges(pattern, tokens, layer, threshold=threshold, head=head)
+
+
+def focus_edges(
+    pattern: Tensor, tokens: Sequence[str], layer: int, *, threshold: float = 0.3, head: int | None = None
+) -> list[FocusEdge]:
+    """The edges of one prompt's ``[head, query, key]`` pattern above ``threshold`` (only ``head``'s if given)."""
     if not 0.0 < threshold <= 1.0:
         raise InputError(f"threshold must be in (0, 1], got {threshold}")
-    layer = _layer(lm, layer)
-    pattern = patterns(lm, prompt, [layer])[layer][0]  # [head, query, key]
     if head is not None:
-        if not 0 <= head < lm.arch.n_heads:
-            raise SiteError(f"head {head} is out of range: the model has {lm.arch.n_heads} heads")
+        if not 0 <= head < pattern.shape[0]:
+            raise SiteError(f"head {head} is out of range: the model has {pattern.shape[0]} heads")
         pattern = pattern[head : head + 1]
-    ids = lm.tokenize([prompt])["input_ids"][0].tolist()
-    tokens = [str(lm.tokenizer.decode([i])) for i in ids]
     edges = []
     for h, q, k in (pattern > threshold).nonzero().tolist():
         edges.append(

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor
 
-from mechscope.causal.patching import KLToClean, Metric
+from mechscope.causal.metrics import Metric, prepare
+from mechscope.causal.results import AblationEffect, AblationResult
+from mechscope.core.layers import resolve_layers
 from mechscope.core.lm import LanguageModel
 from mechscope.core.ops import OpContext
 from mechscope.core.positions import Positions
@@ -108,50 +109,6 @@ def parse_criterion(spec: str) -> Callable[[str], bool]:
     raise InputError(f"unknown criterion '{spec}'; use contains:<text>, regex:<pattern> or function_call")
 
 
-class TargetProb:
-    """Metric: the probability of ``target`` at the last position."""
-
-    def __init__(self, lm: LanguageModel, target: str) -> None:
-        ids = lm.tokenizer(target, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise InputError(f"{target!r} is {len(ids)} tokens; the target must be a single token")
-        self.target = int(ids[0])
-
-    def __call__(self, logits: Tensor) -> Tensor:
-        return logits[:, -1].float().softmax(-1)[:, self.target]
-
-
-class AblationEffect(BaseModel):
-    """One ablation: which component, the metric with it knocked out, and the change from the clean run."""
-
-    component: str
-    layer: int
-    index: int | None = None
-    metric: float | None = None
-    delta: float | None = None
-    text: str | None = None
-    criterion: bool | None = None
-
-
-class AblationResult(BaseModel):
-    """A sweep: the clean run's metric / text and one effect per ablated component."""
-
-    prompt: str
-    component: str
-    method: str
-    clean_metric: float | None = None
-    clean_text: str | None = None
-    clean_criterion: bool | None = None
-    effects: list[AblationEffect]
-    partial: bool = False
-
-    def summary(self, k: int = 5) -> list[AblationEffect]:
-        """The ``k`` ablations that change the metric most (or flip the criterion)."""
-        if self.clean_metric is not None:
-            return sorted(self.effects, key=lambda e: e.delta or 0.0)[:k]
-        return [e for e in self.effects if e.criterion != self.clean_criterion][:k]
-
-
 def _replacements(
     lm: LanguageModel,
     sites: list[str],
@@ -203,14 +160,13 @@ def sweep(
         raise InputError(f"{lm.arch.family} has no experts to ablate")
     chosen = list(lm.arch.moe_layers if component is Component.EXPERT else range(lm.arch.n_layers))
     if layers is not None:
-        chosen = [layer % lm.arch.n_layers for layer in layers]
+        chosen = resolve_layers(layers, lm.arch.n_layers)
     prompt_ids = lm.tokenize([prompt])["input_ids"]
     result = AblationResult(prompt=prompt, component=component.value, method=method.value, effects=[])
     if metric is not None:
         with torch.no_grad():
             clean_logits = lm.forward(prompt_ids)
-            if isinstance(metric, KLToClean):
-                metric.fit(clean_logits)
+            metric = prepare(metric, clean_logits)
             result.clean_metric = float(metric(clean_logits)[0])
     else:
         assert criterion is not None

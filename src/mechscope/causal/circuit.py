@@ -13,37 +13,7 @@ from __future__ import annotations
 
 import itertools
 
-from pydantic import BaseModel
-
-from mechscope.causal.ablation import AblationResult
-from mechscope.causal.patching import PatchingResult
-
-
-class Node(BaseModel):
-    """A component (or the input / output) with its effect size."""
-
-    id: str
-    label: str
-    layer: int | None = None
-    position: int | None = None
-    effect: float = 0.0
-
-
-class Edge(BaseModel):
-    """Information flow from one node to another; ``weight`` is the smaller effect of the two ends."""
-
-    source: str
-    target: str
-    weight: float
-
-
-class CircuitGraph(BaseModel):
-    """The canonical circuit graph."""
-
-    title: str
-    origin: str  # "ablation" or "patching"
-    nodes: list[Node]
-    edges: list[Edge]
+from mechscope.causal.results import AblationResult, CircuitGraph, Edge, Node, PatchingResult
 
 
 def _keep(candidates: list[Node], threshold: float, top: int | None) -> list[Node]:

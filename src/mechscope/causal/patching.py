@@ -12,81 +12,22 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor
 
+from mechscope.causal.metrics import Metric, prepare
+from mechscope.causal.results import AttributionResult, PatchingResult
 from mechscope.core import ops
+from mechscope.core.layers import resolve_layers
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError, SiteError
 
-#: A metric maps logits ``[batch, pos, vocab]`` to one number per row, ``[batch]``.
-Metric = Callable[[Tensor], Tensor]
+__all__ = ["activation_patching", "attribution_patching", "correlation"]
 
 PATCHABLE = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head_out")
 ATTRIBUTABLE = ("resid_pre", "resid_post", "attn_out", "mlp_out")
-
-
-class LogitDiff:
-    """``logit(correct) - logit(wrong)`` at the last position: the standard patching metric."""
-
-    def __init__(self, lm: LanguageModel, *, correct: str, wrong: str) -> None:
-        self.correct = _single_token(lm, correct)
-        self.wrong = _single_token(lm, wrong)
-
-    def __call__(self, logits: Tensor) -> Tensor:
-        last = logits[:, -1].float()
-        return last[:, self.correct] - last[:, self.wrong]
-
-
-def _single_token(lm: LanguageModel, text: str) -> int:
-    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise InputError(f"{text!r} is {len(ids)} tokens; a logit-difference metric needs single tokens")
-    return int(ids[0])
-
-
-class KLToClean:
-    """Metric: minus the KL divergence from the clean run's next-token distribution (higher is closer).
-
-    Call `fit` with the clean logits first (the sweeps do when given this metric).
-    """
-
-    def __init__(self) -> None:
-        self.reference: Tensor | None = None
-
-    def fit(self, clean_logits: Tensor) -> KLToClean:
-        """Remember the clean run's last-position distribution."""
-        self.reference = clean_logits[:, -1].float().log_softmax(-1)
-        return self
-
-    def __call__(self, logits: Tensor) -> Tensor:
-        if self.reference is None:
-            raise InputError("KLToClean needs the clean logits first: call .fit(clean_logits)")
-        log_p = self.reference[:1].expand(logits.shape[0], -1)
-        log_q = logits[:, -1].float().log_softmax(-1)
-        return -(log_p.exp() * (log_p - log_q)).sum(-1)
-
-
-class PatchingResult(BaseModel):
-    """Normalised patching effects ``effects[i][p]`` for layer ``layers[i]`` and position ``p``."""
-
-    site: str
-    clean_prompt: str
-    corrupted_prompt: str
-    tokens: list[str]
-    layers: list[int]
-    clean_metric: float
-    corrupted_metric: float
-    effects: list[list[float]]
-    partial: bool = False  # the sweep was interrupted: ``effects`` covers the first layers only
-
-    def top(self, k: int = 5) -> list[tuple[int, int, float]]:
-        """The ``k`` largest ``(layer, position, effect)``."""
-        flat = [(layer, p, e) for layer, row in zip(self.layers, self.effects, strict=True) for p, e in enumerate(row)]
-        return sorted(flat, key=lambda item: -item[2])[:k]
 
 
 def _prompt_pair(lm: LanguageModel, clean: str, corrupted: str) -> tuple[Tensor, Tensor]:
@@ -122,11 +63,13 @@ def activation_patching(
     if site not in PATCHABLE:
         raise SiteError(f"cannot patch '{site}' by layer and position; use one of {', '.join(PATCHABLE)}")
     clean_ids, corrupted_ids = _prompt_pair(lm, clean, corrupted)
-    chosen = list(range(lm.arch.n_layers)) if layers is None else [i % lm.arch.n_layers for i in layers]
+    chosen = resolve_layers(layers, lm.arch.n_layers)
     names = [f"{site}.{i}" for i in chosen]
     with torch.no_grad():
         with lm.capture(names) as clean_cache:
-            clean_metric = float(metric(lm.forward(clean_ids))[0])
+            clean_logits = lm.forward(clean_ids)
+        metric = prepare(metric, clean_logits)
+        clean_metric = float(metric(clean_logits)[0])
         with lm.capture(names) as corrupted_cache:
             corrupted_metric = float(metric(lm.forward(corrupted_ids))[0])
         if clean_metric == corrupted_metric:
@@ -146,7 +89,7 @@ def activation_patching(
             )
         except KeyboardInterrupt:
             partial = True
-    tokens = [str(lm.tokenizer.decode([i])) for i in clean_ids[0].tolist()]
+    tokens = lm.token_texts(clean_ids[0])
     return PatchingResult(
         site=site,
         clean_prompt=clean,
@@ -184,17 +127,6 @@ def _patch_layers(
             effects.append(((patched - corrupted_metric) / (clean_metric - corrupted_metric)).tolist())
 
 
-class AttributionResult(BaseModel):
-    """Attribution-patching estimates ``effects[i][p]`` (normalised like `PatchingResult`)."""
-
-    site: str
-    tokens: list[str]
-    layers: list[int]
-    clean_metric: float
-    corrupted_metric: float
-    effects: list[list[float]]
-
-
 def attribution_patching(
     lm: LanguageModel,
     clean: str,
@@ -214,10 +146,12 @@ def attribution_patching(
     if site not in ATTRIBUTABLE:
         raise SiteError(f"attribution patching supports {', '.join(ATTRIBUTABLE)}; got '{site}'")
     clean_ids, corrupted_ids = _prompt_pair(lm, clean, corrupted)
-    chosen = list(range(lm.arch.n_layers)) if layers is None else [i % lm.arch.n_layers for i in layers]
+    chosen = resolve_layers(layers, lm.arch.n_layers)
     names = [f"{site}.{i}" for i in chosen]
     with torch.no_grad(), lm.capture(names) as clean_cache:
-        clean_metric = float(metric(lm.forward(clean_ids))[0])
+        clean_logits = lm.forward(clean_ids)
+    metric = prepare(metric, clean_logits)
+    clean_metric = float(metric(clean_logits)[0])
     with lm.capture(names, keep_grad=True) as live:
         value = metric(lm.forward(corrupted_ids, grad=True))[0]
     grads = torch.autograd.grad(value, [live[name] for name in names])
@@ -231,7 +165,7 @@ def attribution_patching(
     ]
     return AttributionResult(
         site=site,
-        tokens=[str(lm.tokenizer.decode([i])) for i in clean_ids[0].tolist()],
+        tokens=lm.token_texts(clean_ids[0]),
         layers=chosen,
         clean_metric=clean_metric,
         corrupted_metric=corrupted_metric,

@@ -1,15 +1,26 @@
-"""Option groups shared by CLI commands, defined once."""
+"""Option groups shared by CLI commands, defined once: the model group, output options, error handling.
+
+`model_options` adds the whole model group (``--model``, ``--dtype``, ``--device``, ``--device-map``,
+``--attn``, ``--revision``, ``--trust-remote-code``) to a command and hands the command one `ModelOptions`;
+``options.load()`` loads the model. Every command that loads a model uses it, so every one of them can run
+in bfloat16 on a GPU.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from collections.abc import Callable
-from functools import wraps
-from typing import Annotated, Any, TypeVar
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints, overload
 
 import typer
 
 from mechscope.errors import MechscopeError
+
+if TYPE_CHECKING:
+    from mechscope.core.lm import LanguageModel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -17,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def one_line_errors(fn: F) -> F:
     """Turn a `MechscopeError` into one line on stderr and exit status 2."""
 
-    @wraps(fn)
+    @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
@@ -40,3 +51,106 @@ RemoteCodeOpt = Annotated[
 ]
 AttnOpt = Annotated[str | None, typer.Option("--attn", help="Attention implementation: eager, sdpa ...")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model to load and how: the CLI's model option group (see `mechscope.load`)."""
+
+    model: str = "toy"
+    dtype: str = "float32"
+    device: str | None = None
+    device_map: str | None = None
+    attn: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def load(self) -> LanguageModel:
+        """Load the model these options name."""
+        from mechscope.core.lm import load
+
+        return load(
+            self.model,
+            dtype=self.dtype,
+            device=self.device,
+            device_map=self.device_map,
+            revision=self.revision,
+            trust_remote_code=self.trust_remote_code,
+            attn_implementation=self.attn,
+        )
+
+
+_GROUP: dict[str, Any] = {
+    "model": ModelOpt,
+    "dtype": DtypeOpt,
+    "device": DeviceOpt,
+    "device_map": DeviceMapOpt,
+    "attn": AttnOpt,
+    "revision": RevisionOpt,
+    "trust_remote_code": RemoteCodeOpt,
+}
+_DEFAULTS = {field.name: field.default for field in fields(ModelOptions)}
+
+
+@overload
+def model_options(fn: Callable[..., Any], *, default: str | None = ..., prefix: str = ...) -> Callable[..., Any]: ...
+
+
+@overload
+def model_options(
+    fn: None = None, *, default: str | None = ..., prefix: str = ...
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+
+
+def model_options(fn: Callable[..., Any] | None = None, *, default: str | None = "toy", prefix: str = "") -> Any:
+    """Give a command the model option group, as one parameter named ``model`` of type `ModelOptions`.
+
+    Args:
+        default: the ``--model`` default (``None``: the option is required).
+        prefix: for commands that load two models: ``prefix="base"`` reads ``--base``,
+            ``--base-dtype`` ... into the parameter ``base``.
+
+    Example:
+        >>> @model_options
+        ... def lens(prompt: str, model: ModelOptions) -> None: ...
+    """
+    if fn is None:
+        return functools.partial(model_options, default=default, prefix=prefix)
+    target = prefix or "model"
+    signature = inspect.signature(fn)
+    hints = get_type_hints(fn, include_extras=True)
+    if target not in signature.parameters:
+        raise TypeError(f"{fn.__name__} needs a parameter '{target}: ModelOptions' to receive the model options")
+    names = {field: f"{prefix}_{field}" if prefix else field for field in _GROUP}
+    added = []
+    for field, annotation in _GROUP.items():
+        if prefix:
+            option = f"--{prefix}-{field.replace('_', '-')}" if field != "model" else f"--{prefix}"
+            info = typer.Option(option, help=annotation.__metadata__[0].help)
+            annotation = Annotated[annotation.__origin__, info]
+        value = default if field == "model" else _DEFAULTS[field]
+        parameter_default = inspect.Parameter.empty if field == "model" and value is None else value
+        added.append(
+            inspect.Parameter(
+                names[field], inspect.Parameter.KEYWORD_ONLY, default=parameter_default, annotation=annotation
+            )
+        )
+    # The group takes the target's place, so --help lists it where the command declares it. Every parameter
+    # becomes keyword-only (typer passes them by name), so required and defaulted ones may come in any order.
+    merged: list[inspect.Parameter] = []
+    for p in signature.parameters.values():
+        if p.name == target:
+            merged.extend(added)
+        else:
+            merged.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation)))
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        chosen = {field: kwargs.pop(names[field]) for field in _GROUP}
+        kwargs[target] = ModelOptions(**chosen)
+        return fn(**kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=merged)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in merged}
+    del wrapper.__wrapped__  # typer must read the new signature, not the wrapped one
+    return wrapper

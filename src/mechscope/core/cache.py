@@ -7,19 +7,19 @@ axis, separate forward calls along the batch axis. `Cache.passes` gives the raw 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mechscope.errors import SiteError
+from mechscope.storage.tensors import load_tensors, save_tensors
 
 SCHEMA_VERSION = 1
+KIND = "activation_cache"
 
 
 @dataclass
@@ -104,32 +104,22 @@ class Cache(Mapping[str, Tensor]):
         return len(self.sites) if self._passes else 0
 
     def save(self, path: str | Path) -> Path:
-        """Write every site (joined as by ``cache[site]``) to safetensors plus a JSON sidecar.
-
-        The write is atomic: a temporary file is renamed into place only when complete.
-        """
-        path = Path(path)
-        tensors = {site: self[site].contiguous().cpu() for site in self.sites}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION)})
-        tmp.replace(path)
-        sidecar = {"schema_version": SCHEMA_VERSION, "sites": self.sites, "positions": self.positions, **self.meta}
-        _sidecar(path).write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
-        return path
+        """Write every site (joined as by ``cache[site]``) and the metadata to one safetensors file, atomically."""
+        tensors = {site: self[site] for site in self.sites}
+        meta = {"sites": self.sites, "positions": self.positions, **self.meta}
+        return save_tensors(path, tensors, kind=KIND, meta=meta, schema_version=SCHEMA_VERSION)
 
     @classmethod
     def load(cls, path: str | Path) -> Cache:
-        """Read a cache written by `save` (one pass holding every site)."""
-        path = Path(path)
-        tensors = load_file(str(path))
-        sidecar = json.loads(_sidecar(path).read_text(encoding="utf-8")) if _sidecar(path).exists() else {}
-        sites = sidecar.pop("sites", list(tensors))
-        positions = sidecar.pop("positions", "all")
-        sidecar.pop("schema_version", None)
-        cache = cls(sites=sites, positions=positions, meta=sidecar)
-        cache.add_pass(tensors, 0)
+        """Read a cache written by `save` (one pass holding every site).
+
+        Raises:
+            StoredFileError: the file is missing, not safetensors, or not a cache.
+        """
+        stored = load_tensors(path, kind=KIND, what="activation cache")
+        meta = dict(stored.meta)
+        sites = meta.pop("sites", list(stored.tensors))
+        positions = meta.pop("positions", "all")
+        cache = cls(sites=sites, positions=positions, meta=meta)
+        cache.add_pass(stored.tensors, 0)
         return cache
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_suffix(".json")

@@ -121,6 +121,11 @@ class Capture:
         self._pass_generation = -1  # the lm.generate call the open pass belongs to (untracked mode)
         self._last_generation = -1  # ... and the one the pass before it belonged to
         self._restore_attn: str | None = None
+        #: One row per prompt whatever the padding (pooled or single positions, no pattern's key axis), so
+        #: rows of passes padded differently can be reordered: `LanguageModel.forward_batches` buckets
+        #: prompts by length only when every open capture has this.
+        self.rows_align = _one_row_per_prompt(positions) and not plan.patterns
+        self._window: list[tuple[dict[str, Tensor], Tensor]] | None = None
         if not self._tracked:
             self.cache._flush = self._flush
 
@@ -131,6 +136,7 @@ class Capture:
                 self._register(group)
             if self._tracked:
                 self.tracker.attach(self)
+            self.tracker.captures.append(self)
         except BaseException:
             self._close()
             raise
@@ -147,6 +153,9 @@ class Capture:
 
     def _close(self) -> None:
         self._hooks.close()
+        if self in self.tracker.captures:
+            self.tracker.captures.remove(self)
+        self._window = None
         self.cache._flush = None
         if self._tracked:
             self.tracker.detach(self)
@@ -257,10 +266,41 @@ class Capture:
                 f"{self.arch.family}; the architecture map names a module the model did not call "
                 "(run `mechscope doctor`)"
             )
-        if self.sink is not None:
+        if self._window is not None:
+            rows = self.tracker.rows
+            if rows is None:
+                raise RuntimeError("a reordering window is open but the pass has no row indices")
+            self._window.append((values, rows))
+        elif self.sink is not None:
             self.sink(values, self.tracker.info)
         else:
             self.cache.add_pass(values, offset)
+
+    def begin_window(self) -> None:
+        """Hold the passes that follow until `end_window` (prompts run out of the caller's order)."""
+        if not self.rows_align:
+            raise RuntimeError("this capture keeps a position axis; its passes cannot be reordered")
+        self._window = []
+
+    def end_window(self) -> None:
+        """Hand the held passes on as one, with rows back in the caller's order."""
+        held, self._window = self._window or [], None
+        if not held:
+            return
+        rows = torch.cat([r for _, r in held])
+        order = rows.argsort()
+        values = {key: torch.cat([v[key] for v, _ in held])[order.to(held[0][0][key].device)] for key in held[0][0]}
+        if self.sink is not None:
+            mask = torch.ones(len(rows), 1, dtype=torch.long)
+            self.sink(values, PassInfo(mask=mask, length=1, rows=rows[order]))
+        else:
+            self.cache.add_pass(values, 0)
+
+
+def _one_row_per_prompt(positions: Positions) -> bool:
+    if isinstance(positions, str):
+        return positions in ("last", "mean")
+    return isinstance(positions, int)
 
 
 def _describe(positions: Positions) -> str:

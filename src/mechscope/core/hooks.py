@@ -70,6 +70,10 @@ class PassTracker:
         #: top-level hook can still tell a generation step from a new forward call.
         self.generation = -1
         self._generations = 0
+        #: The caller's prompt index of each row of the next passes (set by ``lm.forward_batches``).
+        self.rows: Any = None
+        #: Every capture open on this model, tracked or not (``forward_batches`` checks them).
+        self.captures: list[Any] = []
 
     def begin_generation(self) -> None:
         """Mark that the model's passes, until `end_generation`, belong to one ``generate`` call."""
@@ -89,6 +93,7 @@ class PassTracker:
             self._info = PassInfo.from_forward(
                 self._call[1], self._call[0], past=self._past, prompt_mask=self.prompt_mask
             )
+            self._info.rows = self.rows
         return self._info
 
     @property

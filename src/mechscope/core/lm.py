@@ -12,7 +12,8 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, overload
 
 import torch
@@ -84,6 +85,33 @@ class LanguageModel:
 
     # ----------------------------------------------------------------- inputs
 
+    def token_id(self, text: str, *, first: bool = False) -> int:
+        """The id of the single token ``text`` (with its leading space, e.g. ``" Paris"``).
+
+        Args:
+            first: accept a text of several tokens and use its first token, with a warning (tracking a
+                word in the lens); by default several tokens are an error.
+
+        Raises:
+            InputError: ``text`` tokenizes to nothing, or to several tokens without ``first``.
+        """
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InputError(f"{text!r} tokenizes to nothing; give a token such as ' Paris'")
+        if len(ids) > 1:
+            pieces = self.tokenizer.convert_ids_to_tokens(ids)
+            if not first:
+                raise InputError(
+                    f"{text!r} is {len(ids)} tokens {pieces}; this needs single tokens (often with a leading space)"
+                )
+            warnings.warn(f"{text!r} is {len(ids)} tokens; using its first token {pieces[0]!r}", stacklevel=2)
+        return int(ids[0])
+
+    def token_texts(self, ids: Tensor | Sequence[int]) -> list[str]:
+        """The text of each token id (for tables and reports; whitespace kept as is)."""
+        values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        return [str(self.tokenizer.decode([int(i)])) for i in values]
+
     def tokenize(self, prompts: str | Sequence[str]) -> dict[str, Tensor]:
         """Tokenize and pad a batch (left for decoders, right for encoders), on the model's device.
 
@@ -112,8 +140,9 @@ class LanguageModel:
     def encode(self, inputs: Inputs) -> dict[str, Tensor]:
         """The keyword arguments `forward` passes to the model for ``inputs``.
 
-        Prompts are tokenized and padded; a left-padded decoder batch also gets ``position_ids`` that
-        count from each prompt's first real token, so padding never changes a prompt's result.
+        Prompts are tokenized and padded; a left-padded decoder batch (prompts, or a tokenizer output
+        without ``position_ids``) also gets ``position_ids`` that count from each prompt's first real
+        token, so padding never changes a prompt's result.
         """
         if isinstance(inputs, Tensor):
             ids = inputs.unsqueeze(0) if inputs.dim() == 1 else inputs
@@ -122,10 +151,11 @@ class LanguageModel:
             return {"input_ids": ids.to(self.device)}
         if isinstance(inputs, Mapping):
             keep = ("input_ids", "attention_mask", "position_ids")
-            return {k: v.to(self.device) for k, v in inputs.items() if k in keep}
-        encoded = self.tokenize(inputs)
-        mask = encoded["attention_mask"]
-        if self.arch.kind == "decoder" and not bool(mask.all()):
+            encoded = {k: v.to(self.device) for k, v in inputs.items() if k in keep}
+        else:
+            encoded = self.tokenize(inputs)
+        mask = encoded.get("attention_mask")
+        if self.arch.kind == "decoder" and mask is not None and "position_ids" not in encoded and not bool(mask.all()):
             # Left padding must not shift positions: each prompt counts from its first real token.
             encoded["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
         return encoded
@@ -147,21 +177,37 @@ class LanguageModel:
         return result
 
     def forward_batches(
-        self, prompts: Sequence[str], *, batch_size: int = 32, progress: bool = False
-    ) -> Iterator[Tensor]:
-        """Run prompts in batches (each padded on its own) and yield each batch's logits.
+        self,
+        prompts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        max_tokens: int | None = None,
+        progress: bool = False,
+    ) -> int:
+        """Run every prompt through the model in batches; returns the number of batches.
 
-        Combine with a capture ``sink`` to stream activations of many prompts without holding them.
+        This is the bulk path behind a capture ``sink``: it streams the activations of any number of
+        prompts in bounded memory. Prompts are bucketed by length (sorted within windows of
+        ``16 * batch_size`` prompts) and packed into batches of at most ``batch_size`` prompts and at
+        most ``max_tokens`` padded tokens, whenever every open capture yields one row per prompt
+        (``positions`` ``"last"``, ``"mean"`` or an int, no attention pattern): such a capture then
+        receives each window's rows back in the caller's order, ``info.rows`` naming the prompts.
+        Captures that keep a position axis make the batches run in the caller's order instead. Logits
+        are not returned (nothing of a finished batch is kept); use `forward` to get them.
+
+        Example:
+            >>> import mechscope as ms
+            >>> lm = ms.load("toy")
+            >>> rows = []
+            >>> with lm.capture(["resid_post.1"], positions="mean", sink=lambda v, info: rows.append(info.rows)):
+            ...     lm.forward_batches(["a b c", "a", "a b"], batch_size=2)
+            2
+            >>> rows[0].tolist()
+            [0, 1, 2]
         """
-        if batch_size < 1:
-            raise InputError("batch_size must be at least 1")
-        starts = range(0, len(prompts), batch_size)
-        if progress:
-            from rich.progress import track
+        from mechscope.core.bulk import forward_batches
 
-            starts = track(starts, description="forward", total=len(starts))  # type: ignore[assignment]
-        for start in starts:
-            yield self.forward(prompts[start : start + batch_size])
+        return forward_batches(self, prompts, batch_size=batch_size, max_tokens=max_tokens, progress=progress)
 
     @overload
     def generate(self, prompts: str, *, max_new_tokens: int = ..., **kwargs: Any) -> str: ...

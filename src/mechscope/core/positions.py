@@ -53,6 +53,8 @@ class PassInfo:
 
     mask: Tensor  # [batch, offset + length], 1 for real tokens
     length: int
+    #: The caller's index of each row, when `LanguageModel.forward_batches` runs the pass (else None).
+    rows: Tensor | None = None
     _memo: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod

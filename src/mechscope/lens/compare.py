@@ -9,36 +9,10 @@ each model's own top tokens.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel
 
 from mechscope.core.lm import LanguageModel
 from mechscope.lens.logit import LogitLens
-from mechscope.lens.results import TokenScore
-
-
-class LayerComparison(BaseModel):
-    """One aligned pair of layers: each model's top token, whether they agree, and KL(a || b)."""
-
-    layer_a: int
-    layer_b: int
-    top_a: TokenScore
-    top_b: TokenScore
-    same_top: bool
-    kl_a_to_b: float | None = None
-
-
-class Comparison(BaseModel):
-    """The result of `compare`."""
-
-    prompt: str
-    model_a: str
-    model_b: str
-    token_level: bool
-    reason: str | None = None
-    predicted_a: str
-    predicted_b: str
-    layers: list[LayerComparison]
-    first_divergence: int | None  # layer of model a where the top tokens first differ
+from mechscope.lens.results import Comparison, LayerComparison
 
 
 def token_level_reason(a: LanguageModel, b: LanguageModel, prompt: str) -> str | None:

@@ -11,14 +11,14 @@ Example:
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from mechscope.core.layers import resolve_layers
 from mechscope.core.lm import LanguageModel
-from mechscope.errors import InputError, SiteError
+from mechscope.errors import InputError
 from mechscope.lens.results import (
     GridCell,
     LayerPrediction,
@@ -51,26 +51,8 @@ class LogitLens:
             return self.tuned.readout(self.lm, layer, resid)
         return self.lm.arch.logits(resid)
 
-    def token_id(self, token: str) -> int:
-        """The id of ``token``; a string of several tokens is tracked by its first token (with a warning)."""
-        ids = self.lm.tokenizer(token, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise InputError(f"cannot track {token!r}: it tokenizes to nothing")
-        if len(ids) > 1:
-            first = self.lm.tokenizer.convert_ids_to_tokens(ids[0])
-            warnings.warn(f"{token!r} is {len(ids)} tokens; tracking its first token {first!r}", stacklevel=3)
-        return int(ids[0])
-
     def _layers(self, layers: Sequence[int] | None) -> list[int]:
-        n = self.lm.arch.n_layers
-        if layers is None:
-            return list(range(n))
-        chosen = []
-        for layer in layers:
-            if not -n <= layer < n:
-                raise SiteError(f"layer {layer} is out of range: the model has {n} layers (0..{n - 1})")
-            chosen.append(layer % n)
-        return sorted(set(chosen))
+        return sorted(resolve_layers(layers, self.lm.arch.n_layers))
 
     def layer_logits(
         self, prompts: Sequence[str] | Tensor, layers: Sequence[int] | None = None, position: int = -1
@@ -124,7 +106,7 @@ class LogitLens:
             raise InputError("top_k must be at least 1")
         chosen = self._layers(layers)
         lens, final = self.layer_logits(prompts, chosen, position)
-        tracked_ids = [self.token_id(t) for t in track]
+        tracked_ids = [self.lm.token_id(t, first=True) for t in track]  # a word is tracked by its first token
         results = []
         for row, prompt in enumerate(prompts):
             results.append(self._result(prompt, position, chosen, lens[:, row], final[row], top_k, tracked_ids))

@@ -110,3 +110,28 @@ class LensGrid(BaseModel):
         if len(self.cells) != len(self.layers) or any(len(row) != len(self.tokens) for row in self.cells):
             raise ValueError("cells must be layers x positions")
         return self
+
+
+class LayerComparison(BaseModel):
+    """One aligned pair of layers: each model's top token, whether they agree, and KL(a || b)."""
+
+    layer_a: int
+    layer_b: int
+    top_a: TokenScore
+    top_b: TokenScore
+    same_top: bool
+    kl_a_to_b: float | None = None
+
+
+class Comparison(BaseModel):
+    """The result of `compare`."""
+
+    prompt: str
+    model_a: str
+    model_b: str
+    token_level: bool
+    reason: str | None = None
+    predicted_a: str
+    predicted_b: str
+    layers: list[LayerComparison]
+    first_divergence: int | None  # layer of model a where the top tokens first differ

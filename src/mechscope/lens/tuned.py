@@ -12,19 +12,19 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError, ModelLoadError
+from mechscope.storage.tensors import load_tensors, save_tensors
 
 SCHEMA_VERSION = 1
+KIND = "tuned_lens"
 
 
 class TunedLens(nn.Module):
@@ -89,15 +89,10 @@ class TunedLens(nn.Module):
         return lens
 
     def save(self, path: str | Path, *, model: str = "") -> Path:
-        """Write the translators as safetensors with a JSON sidecar (atomically)."""
-        path = Path(path)
-        tensors = {name: value.detach().cpu().contiguous() for name, value in self.state_dict().items()}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION)})
-        tmp.replace(path)
-        meta = {"schema_version": SCHEMA_VERSION, "n_layers": self.n_layers, "d_model": self.d_model, "model": model}
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        return path
+        """Write the translators and their shape (and the model they were fit on) to one file, atomically."""
+        tensors = dict(self.state_dict())
+        meta = {"n_layers": self.n_layers, "d_model": self.d_model, "model": model}
+        return save_tensors(path, tensors, kind=KIND, meta=meta, schema_version=SCHEMA_VERSION)
 
     @classmethod
     def load(cls, path: str | Path, lm: LanguageModel) -> TunedLens:
@@ -105,11 +100,12 @@ class TunedLens(nn.Module):
 
         Raises:
             ModelLoadError: the file is missing or was trained for a model of another shape.
+            StoredFileError: the file is not a safetensors tuned lens.
         """
         path = Path(path)
         if not path.is_file():
-            raise ModelLoadError(f"no tuned lens at '{path}'; train one with `mechscope lens train`")
-        tensors = load_file(str(path))
+            raise ModelLoadError(f"no tuned lens at '{path}'; train one with `mechscope tuned-lens -m MODEL`")
+        tensors = load_tensors(path, kind=KIND, what="tuned lens").tensors
         n_layers = len(tensors) // 2 + 1
         d_model = int(tensors["translators.0.weight"].shape[0]) if "translators.0.weight" in tensors else 0
         if (n_layers, d_model) != (lm.arch.n_layers, lm.arch.d_model):

@@ -1,6 +1,7 @@
 """Models: loading and the architecture map (the only place that knows model families)."""
 
-from mechscope.models.archmap import FAMILIES, FamilySpec, ModelMap, build_map
+from mechscope.models.archmap import ModelMap, build_map
+from mechscope.models.families import FAMILIES, FamilySpec
 from mechscope.models.loading import LoadedModel, load_model
 from mechscope.models.registry import list_organisms, register_organism
 

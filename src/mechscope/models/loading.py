@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from mechscope.errors import ModelLoadError
-from mechscope.models.archmap import FAMILIES, ModelMap, build_map
+from mechscope.models.archmap import ModelMap, build_map
+from mechscope.models.families import FAMILIES
 from mechscope.models.registry import find_organism
 
 DTYPES: dict[str, torch.dtype] = {

@@ -7,21 +7,22 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mechscope.core.layers import resolve_layers
 from mechscope.core.lm import LanguageModel
 from mechscope.core.positions import Positions
 from mechscope.errors import InputError, ModelLoadError
+from mechscope.storage.tensors import load_tensors, save_tensors
 
 SCHEMA_VERSION = 1
+KIND = "direction"
 
 
 @dataclass
@@ -55,13 +56,8 @@ class Direction:
         return unit
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (safetensors) and a JSON sidecar next to it, atomically."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file({"vector": self.vector.detach().cpu().contiguous()}, str(tmp))
-        tmp.replace(path)
+        """Write the vector and its provenance to ``path`` (one safetensors file), atomically."""
         config = {
-            "schema_version": SCHEMA_VERSION,
             "layer": self.layer,
             "site": self.site,
             "model": self.model,
@@ -69,8 +65,7 @@ class Direction:
             "d_model": int(self.vector.shape[-1]),
             "meta": self.meta,
         }
-        path.with_suffix(".json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        return path
+        return save_tensors(path, {"vector": self.vector}, kind=KIND, meta=config, schema_version=SCHEMA_VERSION)
 
     @classmethod
     def load(cls, path: str | Path, lm: LanguageModel | None = None) -> Direction:
@@ -78,15 +73,17 @@ class Direction:
 
         Raises:
             ModelLoadError: the file is missing, or the direction's width or layer does not fit ``lm``.
+            StoredFileError: the file is not a safetensors direction.
         """
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"no direction file at '{path}'")
-        vector = load_file(str(path))["vector"]
-        sidecar = path.with_suffix(".json")
-        config = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+        stored = load_tensors(path, kind=KIND, what="direction")
+        if "vector" not in stored.tensors:
+            raise ModelLoadError(f"'{path}' holds no 'vector' tensor; it is not a direction file")
+        config = stored.meta
         direction = cls(
-            vector=vector,
+            vector=stored.tensors["vector"],
             layer=int(config.get("layer", 0)),
             site=str(config.get("site", "resid_post")),
             model=str(config.get("model", "")),
@@ -121,7 +118,7 @@ def _activations(
 
 
 def _layers(lm: LanguageModel, layers: Sequence[int] | None) -> list[int]:
-    return list(range(lm.arch.n_layers)) if layers is None else [layer % lm.arch.n_layers for layer in layers]
+    return resolve_layers(layers, lm.arch.n_layers)
 
 
 def diff_of_means(

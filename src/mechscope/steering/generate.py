@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
+from mechscope.core.layers import resolve_layer
 from mechscope.core.lm import LanguageModel
 from mechscope.core.ops import OpContext
 from mechscope.errors import InputError
@@ -125,12 +126,7 @@ def probability_shift(
     normalize: bool = False,
 ) -> dict[str, float]:
     """Mean change in the next-token probability of each target token when steering (last position)."""
-    ids = {}
-    for target in targets:
-        tokens = lm.tokenizer(target, add_special_tokens=False)["input_ids"]
-        if len(tokens) != 1:
-            raise InputError(f"{target!r} is {len(tokens)} tokens; targets must be single tokens")
-        ids[target] = int(tokens[0])
+    ids = {target: lm.token_id(target) for target in targets}
     with torch.no_grad():
         plain = lm.forward(list(prompts))[:, -1].float().softmax(-1)
         with lm.intervene(steering_ops(lm, direction, coefficient, normalize=normalize)):  # type: ignore[arg-type]
@@ -169,7 +165,8 @@ class ActivationSteering:
         if isinstance(direction, Tensor):
             if layer is None:
                 raise InputError("give the layer to add a raw vector at")
-            direction = Direction(vector=direction, layer=layer % self.lm.arch.n_layers)
+            direction = Direction(vector=direction, layer=resolve_layer(layer, self.lm.arch.n_layers))
         elif layer is not None:
-            direction = Direction(direction.vector, layer % self.lm.arch.n_layers, direction.site, direction.model)
+            layer = resolve_layer(layer, self.lm.arch.n_layers)
+            direction = Direction(direction.vector, layer, direction.site, direction.model)
         return generate_with_steering(self.lm, prompt, direction, coefficient, **options)[0]  # type: ignore[arg-type]

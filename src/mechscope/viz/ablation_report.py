@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from mechscope.causal.ablation import AblationResult
+from mechscope.causal.results import AblationResult
 
 
 def _shade(change: float) -> str:

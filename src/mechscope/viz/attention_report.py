@@ -1,6 +1,6 @@
 """A self-contained HTML attention report: a query x key heatmap and a layers x heads overview.
 
-Built from plain values (token strings, nested lists of floats), never from a model. Every token string is
+Built from a `LayerAttention` result (token strings, nested lists of floats), never from a model. Every token string is
 escaped, in text and in attributes.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from html import escape
 
+from mechscope.attention.results import LayerAttention
 from mechscope.viz.lens_report import visible
 
 _STYLE = """
@@ -57,22 +58,17 @@ def overview(name: str, scores: list[list[float]]) -> str:
     return f'<table class="overview" data-score="{attribute}"><tr><th>{escape(name)}</th>{head}</tr>{rows}</table>'
 
 
-def render_attention_html(
-    *,
-    title: str,
-    prompt: str,
-    tokens: list[str],
-    weights: list[list[float]],
-    caption: str,
-    overviews: dict[str, list[list[float]]],
-) -> str:
-    """The report as one HTML document."""
+def render_attention_html(result: LayerAttention, *, title: str) -> str:
+    """The report of one `LayerAttention` as one HTML document."""
+    caption = f"layer {result.layer}, " + (f"head {result.head}" if result.head is not None else "mean over heads")
+    overviews = {"entropy (nats)": result.entropy, "sink mass": result.sink_mass}
+    overviews.update({f"{name} score": scores for name, scores in result.roles.items()})
     tables = "".join(f"<h3>{escape(name)}</h3>{overview(name, scores)}" for name, scores in overviews.items())
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title><style>{_STYLE}</style>'
         f"</head><body><h1>{escape(title)}</h1>"
-        f'<p>Prompt: <span class="tok">{escape(prompt)}</span></p>'
-        f"<h2>{escape(caption)}</h2>{heatmap(tokens, weights)}"
+        f'<p>Prompt: <span class="tok">{escape(result.prompt)}</span></p>'
+        f"<h2>{escape(caption)}</h2>{heatmap(result.tokens, result.shown())}"
         f"<h2>Layers x heads</h2>{tables}</body></html>\n"
     )

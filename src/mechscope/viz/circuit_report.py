@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from mechscope.causal.circuit import CircuitGraph, Node
+from mechscope.causal.results import CircuitGraph, Node
 
 
 def _columns(graph: CircuitGraph) -> list[list[Node]]:

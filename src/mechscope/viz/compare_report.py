@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from mechscope.lens.compare import Comparison
+from mechscope.lens.results import Comparison
 from mechscope.viz.lens_report import visible
 
 

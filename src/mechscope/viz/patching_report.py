@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from mechscope.causal.patching import PatchingResult
+from mechscope.causal.results import PatchingResult
 from mechscope.viz.lens_report import visible
 
 

@@ -4,13 +4,8 @@
 checkpoint, writes the table (CSV / JSONL / Parquet) and ``run_meta.json`` next to it, and checks the
 written table (`mechscope.weights.export.validate_table`).
 
-How the work is scheduled: tensors of the same shape are stacked into batches of at most ``batch_bytes``
-(default: twice the largest tensor as float32, capped at 256 MiB on the CPU where batching only saves
-per-call overhead; uncapped on a GPU where batched SVDs pay off) and each batch gets one ``svdvals`` call.
-With ``workers > 1``, batches run on a thread pool (torch releases the GIL in its kernels) with at most
-``workers`` batches in flight, so peak memory is about ``workers x (2 x batch_bytes + largest tensor)``;
-on the CPU, torch's intra-op threads are set to 1 for the duration of the call (and restored), because the
-workers already use the cores.
+How the work is scheduled (batches by shape, worker threads) is `mechscope.weights.schedule`; what
+``run_meta.json`` records is `mechscope.weights.run_meta`.
 
 Example:
     >>> run = analyze("path/to/model", out=Path("params.csv"))  # doctest: +SKIP
@@ -20,37 +15,22 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import torch
 from pydantic import BaseModel
 
-from mechscope.errors import MechscopeError
+from mechscope.storage.atomic import atomic_write
 from mechscope.weights.blocks import classify
-from mechscope.weights.export import ParamRow, atomic_write, format_from_path, sort_rows, validate_table, write_table
+from mechscope.weights.export import ParamRow, format_from_path, sort_rows, validate_table, write_table
 from mechscope.weights.reader import Checkpoint, open_checkpoint
-from mechscope.weights.stats import FLOAT64_SVD_MAX_ELEMENTS, StatsOptions, TensorStats, batch_stats
+from mechscope.weights.run_meta import RUN_META_NAME, build_run_meta, write_run_meta
+from mechscope.weights.schedule import ProgressCallback, compute_stats, resolve_device
+from mechscope.weights.stats import StatsOptions, TensorStats
 
-logger = logging.getLogger(__name__)
-
-#: The name of the provenance file written next to the table.
-RUN_META_NAME = "run_meta.json"
-_CPU_BATCH_CAP = 256 * 1024 * 1024
-_HASH_BLOCK = 1 << 23
-
-ProgressCallback = Callable[[int, int], None]
-"""Called with ``(elements_done, tensors_done)`` after each batch."""
+__all__ = ["RUN_META_NAME", "AnalysisRun", "analyze", "analyze_checkpoint", "default_identity"]
 
 
 class AnalysisRun(BaseModel):
@@ -66,112 +46,6 @@ class AnalysisRun(BaseModel):
     revision: str
     device: str
     seconds: float
-
-
-def resolve_device(device: str | None) -> str:
-    """``None``/``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; a CUDA device must exist."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    assert device is not None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MechscopeError(f"--device {device} was asked for but torch sees no CUDA device; use --device cpu")
-    return device
-
-
-def plan_batches(checkpoint: Checkpoint, batch_bytes: int) -> list[list[str]]:
-    """Group tensor names by shape into batches of at most ``batch_bytes`` (as float32), checkpoint order."""
-    groups: dict[tuple[int, ...], list[str]] = {}
-    for name in checkpoint.names():
-        groups.setdefault(checkpoint.shape(name), []).append(name)
-    batches: list[list[str]] = []
-    for shape, names in groups.items():
-        size = max(1, _numel(shape) * 4)
-        per_batch = max(1, batch_bytes // size)
-        batches.extend(names[i : i + per_batch] for i in range(0, len(names), per_batch))
-    position = {name: i for i, name in enumerate(checkpoint.names())}
-    return sorted(batches, key=lambda batch: position[batch[0]])
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for dim in shape:
-        total *= dim
-    return total
-
-
-def default_batch_bytes(checkpoint: Checkpoint, device: str) -> int:
-    """Twice the largest tensor as float32; capped at 256 MiB on the CPU (see the module docstring)."""
-    largest = max((_numel(checkpoint.shape(name)) * 4 for name in checkpoint.names()), default=0)
-    budget = 2 * largest
-    return budget if device.startswith("cuda") else max(largest, min(budget, _CPU_BATCH_CAP))
-
-
-def _run_batch(checkpoint: Checkpoint, names: list[str], options: StatsOptions) -> list[TensorStats]:
-    shape = checkpoint.shape(names[0])
-    if len(names) == 1:
-        stack = checkpoint.read(names[0]).to(options.device).unsqueeze(0)
-    else:
-        stack = torch.empty((len(names), *shape), dtype=torch.float32, device=options.device)
-        for slot, name in zip(stack, names, strict=True):
-            slot.copy_(checkpoint.read(name))
-    return batch_stats(stack, options)
-
-
-def compute_stats(
-    checkpoint: Checkpoint,
-    options: StatsOptions,
-    *,
-    workers: int = 1,
-    batch_bytes: int | None = None,
-    on_progress: ProgressCallback | None = None,
-) -> dict[str, TensorStats]:
-    """`TensorStats` for every tensor of ``checkpoint``, batched by shape, on ``workers`` threads."""
-    if workers < 1:
-        raise MechscopeError(f"--workers must be at least 1, got {workers}")
-    batches = plan_batches(checkpoint, batch_bytes or default_batch_bytes(checkpoint, options.device))
-    results: dict[str, TensorStats] = {}
-    done_elements = 0
-
-    def collect(names: list[str], stats: list[TensorStats]) -> None:
-        nonlocal done_elements
-        results.update(zip(names, stats, strict=True))
-        done_elements += sum(_numel(checkpoint.shape(name)) for name in names)
-        if on_progress is not None:
-            on_progress(done_elements, len(results))
-
-    if workers == 1:
-        for names in batches:
-            collect(names, _run_batch(checkpoint, names, options))
-        return results
-    # Parallelism comes from the workers; torch's own intra-op threads on top would oversubscribe the
-    # cores (OpenMP threads spin while they wait, which can slow small SVDs down a hundredfold).
-    threads = torch.get_num_threads()
-    if not options.device.startswith("cuda"):
-        torch.set_num_threads(1)
-    try:
-        _run_pool(checkpoint, batches, options, workers, collect)
-    finally:
-        torch.set_num_threads(threads)
-    return results
-
-
-def _run_pool(
-    checkpoint: Checkpoint,
-    batches: list[list[str]],
-    options: StatsOptions,
-    workers: int,
-    collect: Callable[[list[str], list[TensorStats]], None],
-) -> None:
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mechscope-weights") as pool:
-        pending: dict[Future[list[TensorStats]], list[str]] = {}
-        for names in batches:
-            if len(pending) >= workers:  # bounded in flight: memory stays at `workers` batches
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    collect(pending.pop(future), future.result())
-            pending[pool.submit(_run_batch, checkpoint, names, options)] = names
-        for future in list(pending):
-            collect(pending.pop(future), future.result())
 
 
 def _rows(
@@ -235,7 +109,7 @@ def analyze_checkpoint(
         model_id: The ``model_id`` column (default: see `default_identity`).
         revision: The ``revision`` column (default: see `default_identity`).
         workers: Threads computing batches in parallel.
-        batch_bytes: The most float32 bytes stacked into one batch (default: see the module docstring).
+        batch_bytes: The most float32 bytes stacked into one batch (default: see `mechscope.weights.schedule`).
         created_at: The ``created_at`` column (default: now, UTC, ISO 8601).
         on_progress: Called after each batch with ``(elements_done, tensors_done)``.
 
@@ -257,91 +131,6 @@ def analyze_checkpoint(
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file, read in 8 MiB blocks (never the whole file in memory)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _code_commit() -> str | None:
-    """The git commit of the mechscope source tree, when it runs from a checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
-def build_run_meta(
-    checkpoint: Checkpoint,
-    *,
-    model_id: str,
-    revision: str,
-    created_at: str,
-    options: StatsOptions,
-    workers: int,
-    output: Path,
-    fmt: str,
-    rows: int,
-    seconds: float,
-    cli_args: Sequence[str] | None,
-    hash_files: bool,
-) -> dict[str, Any]:
-    """The provenance record written as ``run_meta.json`` (versions, options, inputs and their hashes)."""
-    import numpy
-    import transformers
-
-    import mechscope
-
-    files = []
-    for file in checkpoint.files:
-        record: dict[str, Any] = {"path": str(file), "bytes": file.stat().st_size}
-        record["sha256"] = sha256_file(file) if hash_files else None
-        files.append(record)
-    return {
-        "schema_version": 1,
-        "model_id": model_id,
-        "revision": revision,
-        "model_path": str(checkpoint.root),
-        "framework": checkpoint.format,
-        "code_version": mechscope.__version__,
-        "code_commit": _code_commit(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "timestamp": created_at,
-        "duration_s": round(seconds, 3),
-        "cli_args": list(cli_args) if cli_args is not None else list(sys.argv),
-        "device": options.device,
-        "precision": {
-            "read": "float32 (stored dtypes upcast per tensor; GGUF dequantized)",
-            "moments": "float64 accumulation",
-            "svd": f"float64 for matrices of <= {FLOAT64_SVD_MAX_ELEMENTS} elements, float32 above",
-        },
-        "options": {
-            "sparsity_threshold": options.sparsity_threshold,
-            "rank_rtol": options.rank_rtol,
-            "rank_tolerance": "sigma_max * (rank_rtol or max(rows, cols) * eps(float32))",
-            "spectral": options.spectral,
-            "workers": workers,
-        },
-        "output": {"path": str(output), "format": fmt, "rows": rows},
-        "files": files,
-    }
 
 
 def analyze(
@@ -366,7 +155,8 @@ def analyze(
     Args:
         source: Anything `open_checkpoint` accepts (file, folder, HF cache folder, hub id).
         out: The table file.
-        fmt: ``"csv"``, ``"jsonl"`` or ``"parquet"`` (None: from ``out``'s suffix, CSV by default).
+        fmt: ``"csv"``, ``"jsonl"`` or ``"parquet"`` (None: from ``out``'s suffix; any suffix other than
+            ``.csv``, ``.jsonl``, ``.parquet`` / ``.pq`` is then refused). Overrides the suffix when given.
         spectral: Add the spectral columns.
         rank_rtol: Relative rank tolerance (None: numpy's default for float32).
         sparsity_threshold: ``abs(x) <=`` this counts as zero.
@@ -374,7 +164,7 @@ def analyze(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or None/``"auto"`` (CUDA when available).
         revision: Hub revision (for hub ids and HF cache folders) and the ``revision`` column.
         model_id: The ``model_id`` column (default: the hub id, or the folder name).
-        batch_bytes: The most float32 bytes per SVD batch (default: see the module docstring).
+        batch_bytes: The most float32 bytes per SVD batch (default: see `mechscope.weights.schedule`).
         hash_files: Record the sha256 of each weight file in ``run_meta.json`` (reads every file once more).
         cli_args: The command line to record (default: ``sys.argv``).
         on_progress: Given the open checkpoint, returns the progress callback (used by the CLI's bar).
@@ -383,8 +173,9 @@ def analyze(
         An `AnalysisRun` summary.
 
     Raises:
+        InputError: ``out`` has an unknown suffix (and no ``fmt`` is given), or names a folder.
         WeightFileError: the checkpoint cannot be read (the message names the file).
-        ExportValidationError: the written table failed its checks.
+        ExportValidationError: the written table failed its checks (nothing is left at ``out``).
     """
     started = time.perf_counter()
     fmt = format_from_path(out, fmt)
@@ -406,14 +197,7 @@ def analyze(
             created_at=created_at,
             on_progress=on_progress(checkpoint) if on_progress is not None else None,
         )
-        # Validate before the table takes its final name, so a table that fails never sits at ``out``.
-        unvalidated = out.with_name(f".{out.name}.unvalidated")
-        try:
-            write_table(rows, unvalidated, fmt, spectral=spectral)
-            count = validate_table(unvalidated, fmt, expected_names=checkpoint.names(), spectral=spectral)
-            os.replace(unvalidated, out)
-        finally:
-            unvalidated.unlink(missing_ok=True)
+        count = _write_validated(rows, out, fmt, expected_names=checkpoint.names(), spectral=spectral)
         seconds = time.perf_counter() - started
         meta = build_run_meta(
             checkpoint,
@@ -429,8 +213,7 @@ def analyze(
             cli_args=cli_args,
             hash_files=hash_files,
         )
-        meta_path = out.parent / RUN_META_NAME
-        _write_json(meta_path, meta)
+        meta_path = write_run_meta(out.parent, meta)
         return AnalysisRun(
             output=out,
             run_meta=meta_path,
@@ -445,7 +228,17 @@ def analyze(
         )
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    import json
+def _write_validated(
+    rows: Sequence[ParamRow], out: Path, fmt: str, *, expected_names: Sequence[str], spectral: bool
+) -> int:
+    """Write the table and validate it before it takes its final name: a table that fails never sits at
+    ``out``, and no temporary file is left behind (`mechscope.storage.atomic.atomic_write`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    counted: list[int] = []
 
-    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(payload, indent=2) + "\n"))
+    def write(temporary: Path) -> None:
+        write_table(rows, temporary, fmt, spectral=spectral)
+        counted.append(validate_table(temporary, fmt, expected_names=expected_names, spectral=spectral))
+
+    atomic_write(out, write)
+    return counted[0]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from mechscope.models.archmap import PARAM_BLOCK_RULES, PARAM_LAYER_PATTERN
+from mechscope.models.param_names import PARAM_BLOCK_RULES, PARAM_LAYER_PATTERN
 
 #: Every block type a tensor can have (``qkv`` is a fused query/key/value projection; ``expert`` is any
 #: MoE expert tensor, stacked or per expert; ``other`` is anything else, e.g. buffers or a pooler).

@@ -5,13 +5,14 @@ of the largest tensor. For each pair (A = base, B = fine-tuned):
 
 - relative change ``||B - A||_F / ||A||_F``, cosine similarity of the flattened tensors, ``||B - A||_F``
   (sums accumulate in float64, chunk by chunk, so a cosine of 0.9999999 is still resolved);
-- numerical rank, effective rank and top-k singular values of ``B - A`` (singular values only, in float32).
+- numerical rank, effective rank and top-k singular values of ``B - A``.
 
-Matrix view (the same as `mechscope.weights.stats`): a 2-D tensor is used as is. A tensor with more than
-two axes (stacked MoE experts ``[experts, out, in]``) is a stack of ``shape[-2] x shape[-1]`` matrices: its
-rank is the largest rank in the stack, its effective rank the mean, and its top singular values the largest
-over the whole stack. 0-D and 1-D tensors (biases,
-norm weights) get no SVD: their rank is 1 if they changed at all, else 0, and they list no singular values.
+Matrix view, rank tolerance and SVD precision are those of `mechscope.weights.linalg`, shared with
+`mechscope.weights.stats`: a 2-D tensor is used as is; a tensor with more than two axes (stacked MoE experts
+``[experts, out, in]``) is a stack of ``shape[-2] x shape[-1]`` matrices: its rank is the largest rank in the
+stack, its effective rank the mean, and its top singular values the largest over the whole stack. 0-D and
+1-D tensors (biases, norm weights; a 1-D tensor is an n x 1 column) get no SVD: their rank and effective
+rank are 1 if they changed at all, else 0, and they list no singular values.
 
 Rank tolerance: a singular value counts when it exceeds ``rtol * s_max``; by default ``rtol =
 max(rows, cols) * eps(float32)``, numpy ``matrix_rank``'s rule. Differences of bf16/fp16 checkpoints carry
@@ -35,7 +36,15 @@ import torch
 from torch import Tensor
 
 from mechscope.errors import InputError, WeightFileError
-from mechscope.weights.diff_results import ParamDiff, WeightDiff, _matrix_shape, _ratio
+from mechscope.weights.diff_results import ParamDiff, WeightDiff, _ratio
+from mechscope.weights.linalg import (
+    as_matrices,
+    effective_rank,
+    exact_rank,
+    matrix_dims,
+    singular_values,
+    vector_rank,
+)
 
 _CHUNK = 1 << 22
 """Elements per float64 chunk when accumulating norms: bounds the extra memory at 32 MiB per operand."""
@@ -93,7 +102,7 @@ def tensor_diff(
         cosine = 0.0  # undefined against a zero tensor; 0 says "no shared direction"
     else:
         cosine = max(-1.0, min(1.0, ab / math.sqrt(aa * bb)))
-    rank, effective_rank, top = _spectrum(b - a, tuple(base.shape), top_k, rank_rtol, changed=dd > 0.0)
+    rank, effective, top = _spectrum(b - a, tuple(base.shape), top_k, rank_rtol, changed=dd > 0.0)
     return ParamDiff(
         param_name=name,
         layer_index=layer_index,
@@ -107,7 +116,7 @@ def tensor_diff(
         relative_change=_ratio(diff_norm, base_norm),
         cosine=cosine,
         rank=rank,
-        effective_rank=effective_rank,
+        effective_rank=effective,
         top_singular_values=top,
     )
 
@@ -213,27 +222,17 @@ def _spectrum(
 ) -> tuple[int, float, list[float]]:
     """Rank, effective rank and top-k singular values of the difference (see the module docstring)."""
     if len(shape) <= 1:
-        return int(changed), float(changed), []
-    rows, cols = _matrix_shape(shape)
+        rank = vector_rank(diff)
+        return rank, float(rank), []
+    rows, cols = matrix_dims(shape)
     if not changed:
         return 0, 0.0, [0.0] * min(top_k, rows, cols)
     # A stack of matrices (experts) is decomposed matrix by matrix, as in `mechscope.weights.stats`.
-    singular = torch.linalg.svdvals(diff.reshape(-1, rows, cols)).double()
-    rtol = rank_rtol if rank_rtol is not None else max(rows, cols) * torch.finfo(torch.float32).eps
-    largest = singular[:, :1]
-    rank = int(((singular > largest * rtol) & (largest > 0.0)).sum(-1).max())
-    effective = sum(_effective_rank(s) for s in singular) / singular.shape[0]
+    singular = singular_values(as_matrices(diff.reshape(shape)))
+    rank = int(exact_rank(singular, rows, cols, rank_rtol).max())
+    effective = sum(effective_rank(s) for s in singular) / singular.shape[0]
     top = singular.flatten().sort(descending=True).values[:top_k]
     return rank, effective, [float(s) for s in top]
-
-
-def _effective_rank(singular: Tensor) -> float:
-    """``exp(-sum p log p)`` with ``p = s / sum(s)`` (Roy & Vetterli, 2007); 0 for an all-zero spectrum."""
-    total = float(singular.sum())
-    if total <= 0.0:
-        return 0.0
-    p = singular[singular > 0] / total
-    return math.exp(float(-(p * p.log()).sum()))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -1,66 +1,42 @@
 """Write a `WeightDiff`'s per-tensor rows as CSV, JSONL or Parquet, chosen by the file's suffix.
 
 Rows come from `WeightDiff.rows` (sorted by layer index, non-layer tensors last; columns
-`mechscope.weights.diff_results.ROW_COLUMNS`). In CSV a missing layer index is an empty cell and the top
-singular values are a JSON list; in JSONL an infinite relative change is the string ``"Infinity"``, as in
-the result's own JSON; Parquet keeps the list as a list column and the infinity as a float.
+`mechscope.weights.diff_results.ROW_COLUMNS`) and are written by `mechscope.storage.tables`. In CSV a
+missing layer index is an empty cell and the top singular values are a JSON list; in JSONL an infinite
+relative change is the string ``"Infinity"``, as in the result's own JSON; Parquet keeps the list as a list
+column and the infinity as a float. Any suffix other than ``.csv``, ``.jsonl`` or ``.parquet`` (``.pq``) is
+refused with an `InputError`.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib
-import json
-import math
 from pathlib import Path
-from typing import Any
 
-from mechscope.errors import InputError
+from mechscope.storage.tables import ArrowType, table_format, write_table
 from mechscope.weights.diff_results import ROW_COLUMNS, WeightDiff
-from mechscope.weights.export import atomic_write
 
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+__all__ = ["table_format", "write_diff_table"]
 
-
-def table_format(path: Path) -> str:
-    """``"csv"``, ``"jsonl"`` or ``"parquet"`` from the suffix of ``path``; raises `InputError` otherwise."""
-    fmt = FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:
-        raise InputError(f"cannot write a table to {path}: use a .csv, .jsonl or .parquet file name")
-    return fmt
+#: Parquet column types of the diff table.
+_TYPES: dict[str, ArrowType] = {
+    "layer_index": "int",
+    "rows": "int",
+    "cols": "int",
+    "rank": "int",
+    "base_norm": "float",
+    "finetuned_norm": "float",
+    "diff_norm": "float",
+    "relative_change": "float",
+    "cosine": "float",
+    "effective_rank": "float",
+    "top_singular_values": "float_list",
+}
 
 
 def write_diff_table(result: WeightDiff, path: Path) -> Path:
     """Write one row per tensor to ``path`` (atomically: a temporary file renamed at the end)."""
     path = Path(path)
-    fmt = table_format(path)
-    rows = result.rows()
-    writer = {"csv": _write_csv, "jsonl": _write_jsonl, "parquet": _write_parquet}[fmt]
-    atomic_write(path, lambda temporary: writer(rows, temporary))
+    table_format(path)  # a bad suffix fails before any folder is created
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_table(path, result.rows(), ROW_COLUMNS, types=_TYPES)
     return path
-
-
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(ROW_COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "top_singular_values": json.dumps(row["top_singular_values"])})
-
-
-def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            clean = {key: "Infinity" if isinstance(v, float) and math.isinf(v) else v for key, v in row.items()}
-            handle.write(json.dumps(clean, allow_nan=False) + "\n")
-
-
-def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
-    try:
-        # Imported by name: pyarrow is optional and untyped, and this keeps mypy's view of it to Any.
-        parquet = importlib.import_module("pyarrow.parquet")
-        arrow = importlib.import_module("pyarrow")
-    except ImportError:
-        raise InputError("writing Parquet needs pyarrow; pip install pyarrow, or write .csv / .jsonl") from None
-    columns = {column: [row[column] for row in rows] for column in ROW_COLUMNS}
-    parquet.write_table(arrow.table(columns), path)

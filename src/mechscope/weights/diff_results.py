@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+from mechscope.weights.linalg import matrix_dims
 
 _RESULT_CONFIG = ConfigDict(ser_json_inf_nan="strings")
 
@@ -64,7 +65,7 @@ class ParamDiff(BaseModel):
     def _consistent(self) -> ParamDiff:
         if self.diff_norm == 0.0 and self.rank != 0:
             raise ValueError(f"{self.param_name}: an unchanged tensor must have rank 0")
-        if self.rank > min(_matrix_shape(self.shape)):
+        if self.rank > min(matrix_dims(self.shape)):
             raise ValueError(f"{self.param_name}: rank {self.rank} exceeds the matrix shape {self.shape}")
         return self
 
@@ -236,7 +237,7 @@ ROW_COLUMNS: tuple[str, ...] = (
 
 
 def _row(result: WeightDiff, param: ParamDiff) -> dict[str, Any]:
-    rows, cols = _matrix_shape(param.shape)
+    rows, cols = matrix_dims(param.shape)
     values = param.model_dump()
     values.update(
         base=result.base,
@@ -246,14 +247,6 @@ def _row(result: WeightDiff, param: ParamDiff) -> dict[str, Any]:
         cols=cols,
     )
     return {column: values[column] for column in ROW_COLUMNS}
-
-
-def _matrix_shape(shape: Iterable[int]) -> tuple[int, int]:
-    """The (rows, cols) of the matrices a tensor is seen as for rank and SVD (a stack for > 2 axes)."""
-    dims = tuple(shape)
-    if len(dims) <= 1:
-        return 1, (dims[0] if dims else 1)
-    return dims[-2], dims[-1]
 
 
 def _ratio(numerator: float, denominator: float) -> float:

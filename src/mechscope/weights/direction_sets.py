@@ -2,8 +2,10 @@
 
 Three kinds of file are accepted (and several files are concatenated into one set):
 
-* a `mechscope.steering.directions.Direction` (safetensors holding ``vector`` plus its JSON sidecar): one
-  direction, named after the file, whose ``layer`` becomes a default layer to analyse;
+* a steering direction: a file of kind ``direction`` written by `mechscope.storage.tensors.save_tensors`
+  (a ``vector`` tensor, with ``layer`` and ``meta`` in the safetensors header), or a file of the earlier
+  layout (a lone ``vector`` tensor with a JSON sidecar beside it): one direction, named ``meta["name"]`` or
+  after the file, whose ``layer`` becomes a default layer to analyse;
 * a plain safetensors file of ``[k, d_model]`` (or ``[d_model]``) tensors: the rows of every tensor, in
   key order, named ``key[i]`` (or ``key`` for a vector), used at every layer;
 * a plain safetensors file with one tensor per layer, keyed by the layer number (``10``, ``layer.10``,
@@ -20,14 +22,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from mechscope.errors import InputError
+from mechscope.storage.tensors import read_header
 
 _LAYER_KEY = re.compile(r"^(?:layers?[._-]?|l)?(\d+)$", re.IGNORECASE)
+#: The kind `mechscope.steering.directions.Direction` files are saved with.
+DIRECTION_KIND = "direction"
 
 
 @dataclass(frozen=True)
@@ -99,8 +105,7 @@ def load_directions(paths: Sequence[str | Path]) -> DirectionSet:
 
 
 def _load_one(path: Path) -> DirectionSet:
-    if not path.is_file():
-        raise InputError(f"no directions file at '{path}'")
+    kind, _, meta = read_header(path, what="directions file")
     try:
         with safe_open(str(path), "pt") as handle:
             keys = list(handle.keys())
@@ -113,9 +118,9 @@ def _load_one(path: Path) -> DirectionSet:
     for key, tensor in tensors.items():
         if tensor.dim() not in (1, 2):
             raise InputError(f"tensor '{key}' in '{path}' has shape {tuple(tensor.shape)}; expected [k, d_model]")
-    sidecar = path.with_suffix(".json")
-    if keys == ["vector"] and sidecar.is_file():
-        return _from_direction(path, tensors["vector"], sidecar)
+    legacy_direction = kind == "" and keys == ["vector"] and path.with_suffix(".json").is_file()
+    if kind == DIRECTION_KIND or legacy_direction:
+        return _from_direction(path, tensors, meta)
     layer_keys = {key: _LAYER_KEY.match(key) for key in keys}
     if all(layer_keys.values()) and len({t.reshape(-1, t.shape[-1]).shape[0] for t in tensors.values()}) == 1:
         per_layer = {
@@ -143,14 +148,16 @@ def _load_one(path: Path) -> DirectionSet:
     return DirectionSet(names=_names(metadata, matrix.shape[0], path) or tuple(names_list), shared=matrix)
 
 
-def _from_direction(path: Path, vector: Tensor, sidecar: Path) -> DirectionSet:
+def _from_direction(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> DirectionSet:
+    if "vector" not in tensors:
+        raise InputError(f"'{path}' is a direction file without a 'vector' tensor; save the direction again")
     try:
-        config = json.loads(sidecar.read_text(encoding="utf-8"))
-        layer = int(config.get("layer", 0))
-    except (OSError, ValueError, TypeError, AttributeError) as error:
-        raise InputError(f"'{sidecar}' is not a direction sidecar ({type(error).__name__})") from None
-    name = str(config.get("meta", {}).get("name") or path.stem) if isinstance(config.get("meta"), dict) else path.stem
-    return DirectionSet(names=(name,), shared=vector.reshape(1, -1), layers=(layer,))
+        layer = int(meta.get("layer", 0))
+    except (TypeError, ValueError):
+        raise InputError(f"the direction in '{path}' has no valid layer ({meta.get('layer')!r})") from None
+    extra = meta.get("meta")
+    name = str((extra.get("name") if isinstance(extra, dict) else None) or path.stem)
+    return DirectionSet(names=(name,), shared=tensors["vector"].reshape(1, -1), layers=(layer,))
 
 
 def _names(metadata: dict[str, str], k: int, path: Path) -> tuple[str, ...] | None:

@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +56,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mechscope.core import layers as core_layers
 from mechscope.errors import InputError
-from mechscope.lens.strategy import parse_layers
 from mechscope.weights.direction_sets import DirectionSet, load_directions
 from mechscope.weights.directions_results import (
     Baseline,
@@ -71,62 +70,16 @@ from mechscope.weights.directions_results import (
 )
 from mechscope.weights.layer_weights import LayerWeights, Skeleton, build_skeleton, read_layer
 from mechscope.weights.reader import Checkpoint, open_checkpoint
+from mechscope.weights.readout import Readout, readout
 
-_RANGE = re.compile(r"^(\d+)-(\d+)$")
-
-
-@dataclass(frozen=True)
-class Readout:
-    """What a layer does with ``n`` input directions, before projecting on targets.
-
-    Attributes:
-        qk: ``[head, n, n]`` scaled query-key scores (query i, key j).
-        ov: ``[head, n, d_model]`` what each head writes when attending fully to direction i.
-        mlp: ``[n, d_model]`` the MLP's output, or None when it could not be computed.
-    """
-
-    qk: Tensor
-    ov: Tensor
-    mlp: Tensor | None
-
-    def __sub__(self, other: Readout) -> Readout:
-        mlp = self.mlp - other.mlp if self.mlp is not None and other.mlp is not None else None
-        return Readout(qk=self.qk - other.qk, ov=self.ov - other.ov, mlp=mlp)
-
-
-def readout(weights: LayerWeights, x: Tensor) -> Readout:
-    """Push ``x`` (``[n, d_model]``) through one layer's weights (see the module docstring).
-
-    Batched over heads and directions: a handful of ``einsum`` calls per layer.
-    """
-    attn = weights.attention
-    n = x.shape[0]
-    heads, kv_heads = attn.w_q.shape[0], attn.w_k.shape[0]
-    with torch.no_grad():
-        h = weights.attn_norm(x)
-        q = torch.einsum("hed,nd->nhe", attn.w_q, h)
-        k = torch.einsum("ged,nd->nge", attn.w_k, h)
-        v = torch.einsum("ged,nd->nge", attn.w_v, h)
-        if attn.b_q is not None:
-            q = q + attn.b_q
-        if attn.b_k is not None:
-            k = k + attn.b_k
-        if attn.b_v is not None:
-            v = v + attn.b_v
-        if attn.q_norm is not None and attn.k_norm is not None:
-            if attn.qk_norm_per_head:
-                q = attn.q_norm(q.reshape(n * heads, -1)).reshape(q.shape)
-                k = attn.k_norm(k.reshape(n * kv_heads, -1)).reshape(k.shape)
-            else:
-                q = attn.q_norm(q.reshape(n, -1)).reshape(q.shape)
-                k = attn.k_norm(k.reshape(n, -1)).reshape(k.shape)
-        group = heads // kv_heads
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
-        qk = torch.einsum("nhe,mhe->hnm", q, k) * attn.scaling
-        ov = torch.einsum("hde,nhe->hnd", attn.w_o, v)
-        mlp = weights.mlp(weights.mlp_norm(x)) if weights.mlp is not None else None
-    return Readout(qk=qk, ov=ov, mlp=mlp)
+__all__ = [
+    "analyze_layer",
+    "directions_through_weights",
+    "random_directions",
+    "readout",
+    "resolve_layers",
+    "top_interactions",
+]
 
 
 def _unit(x: Tensor) -> Tensor:
@@ -242,28 +195,20 @@ def top_interactions(layers: Sequence[LayerDirections], names: Sequence[str], n:
 
 
 def resolve_layers(layers: Sequence[int] | str | None, n_layers: int, default: Sequence[int] = ()) -> list[int]:
-    """Layer indices from ``layers``: a list, or text such as ``all``, ``10-20``, ``0,3,-1``, ``every:4``.
+    """Sorted layer indices from ``layers``: a list, or text such as ``all``, ``10-20``, ``0,3,-1``, ``every:4``.
 
     ``None`` means ``default`` (the layers the directions file names) or, when that is empty, all layers.
+    Text is parsed by `mechscope.core.layers.parse_layers`; a list is resolved by
+    `mechscope.core.layers.resolve_layers` (negative layers count from the end), then sorted.
 
     Raises:
-        SiteError: a layer is out of range or the text is malformed.
+        SiteError: a layer is out of range or the text is malformed (a backwards range such as ``5-2`` too).
     """
     if layers is None:
         layers = list(default) if default else "all"
     if isinstance(layers, str):
-        parts: list[str] = []
-        for part in layers.split(","):
-            match = _RANGE.match(part.strip())
-            if match:
-                lo, hi = int(match.group(1)), int(match.group(2))
-                if lo > hi:
-                    raise InputError(f"bad layer range '{part.strip()}': the start is after the end")
-                parts.extend(str(i) for i in range(lo, hi + 1))
-            else:
-                parts.append(part)
-        return parse_layers(",".join(parts), n_layers)
-    return parse_layers(",".join(str(int(layer)) for layer in layers), n_layers)
+        return core_layers.parse_layers(layers, n_layers)
+    return sorted(core_layers.resolve_layers([int(layer) for layer in layers], n_layers))
 
 
 def random_directions(n: int, d_model: int, seed: int, scale: float = 1.0) -> Tensor:

@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from mechscope.storage.atomic import atomic_write_text
+
 Matrix = list[list[float]]
 Kind = Literal["qk", "ov", "mlp"]
 
@@ -160,10 +162,8 @@ class DirectionsResult(BaseModel):
         raise KeyError(f"layer {index} was not analysed (analysed: {[e.layer for e in self.layers]})")
 
     def save(self, path: str | Path) -> Path:
-        """Write the result as JSON."""
-        path = Path(path)
-        path.write_text(self.model_dump_json(indent=1), encoding="utf-8")
-        return path
+        """Write the result as JSON, atomically."""
+        return atomic_write_text(path, self.model_dump_json(indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> DirectionsResult:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from mechscope.errors import ModelLoadError, WeightFileError
+from mechscope.storage.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def download(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         files=records,
     )
-    _write_atomically(folder / MANIFEST_NAME, manifest.model_dump_json(indent=2))
+    atomic_write_text(folder / MANIFEST_NAME, manifest.model_dump_json(indent=2))
     logger.info("downloaded and verified %d files of %s at %s", len(records), model_id, info.sha)
     return folder
 
@@ -343,19 +343,3 @@ def _folder_files(folder: Path) -> list[str]:
         if path.is_file() and relative.parts[0] not in _SKIPPED_DIRS and relative.as_posix() != MANIFEST_NAME:
             names.append(relative.as_posix())
     return names
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, flushed to disk, then rename over ``path``."""
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed before the rename
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise

@@ -7,24 +7,23 @@ norm, unembedding) come last; ties keep checkpoint order.
 Missing values: ``layer_index`` is empty for tensors outside the layer stack, and a spectral measure that
 is undefined (e.g. ``alpha`` with too few eigenvalues) is empty. A tensor holding NaN or inf has
 ``rank = -1`` and empty ``mean`` / ``std`` / ``var``. "Empty" is an empty field in CSV and ``null`` in JSONL
-and Parquet; every other column always has a value. Files are written atomically (a temporary file in the
-same folder, then a rename), so a reader never sees half a table.
+and Parquet; every other column always has a value. Tables are written by `mechscope.storage.tables`
+(atomically: a temporary file in the same folder, then a rename), so a reader never sees half a table; the
+format comes from the suffix (``.csv``, ``.jsonl``, ``.parquet``), and any other suffix is refused unless a
+format is named.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from mechscope.errors import ExportValidationError, WeightFileError
+from mechscope.errors import ExportValidationError
+from mechscope.storage import tables
 from mechscope.weights.blocks import BLOCK_TYPES
 from mechscope.weights.stats import SPECTRAL_COLUMNS
 
@@ -47,9 +46,6 @@ COLUMNS: tuple[str, ...] = (
     "dtype",
     "created_at",
 )
-#: Table formats, by name.
-TABLE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
-
 _INT_COLUMNS = frozenset({"layer_index", "rows", "cols", "rank"})
 _FLOAT_COLUMNS = frozenset({"mean", "std", "var", "sparsity", *SPECTRAL_COLUMNS})
 # Columns that may be empty; mean/std/var only on rows with rank -1 (non-finite tensors).
@@ -105,11 +101,12 @@ def columns(spectral: bool) -> tuple[str, ...]:
 
 
 def format_from_path(path: Path, fmt: str | None = None) -> str:
-    """``fmt`` if given, else the format that ``path``'s suffix names (CSV by default)."""
-    chosen = fmt or {".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}.get(path.suffix.lower(), "csv")
-    if chosen not in TABLE_FORMATS:
-        raise WeightFileError(f"unknown table format '{chosen}'; use one of {', '.join(TABLE_FORMATS)}")
-    return chosen
+    """``fmt`` if given, else the format that ``path``'s suffix names.
+
+    Raises:
+        InputError: an unknown format, or a suffix other than ``.csv``, ``.jsonl``, ``.parquet`` / ``.pq``.
+    """
+    return tables.table_format(path, fmt)
 
 
 def sort_rows(rows: Iterable[ParamRow]) -> list[ParamRow]:
@@ -117,100 +114,40 @@ def sort_rows(rows: Iterable[ParamRow]) -> list[ParamRow]:
     return sorted(rows, key=lambda row: (row.layer_index is None, row.layer_index or 0))
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(temporary_path)`` and rename the result onto ``path``; nothing is left on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _records(rows: Sequence[ParamRow], names: tuple[str, ...]) -> list[dict[str, Any]]:
-    return [row.model_dump(include=set(names)) for row in rows]
-
-
-def write_table(rows: Sequence[ParamRow], path: Path, fmt: str, *, spectral: bool = False) -> Path:
-    """Write ``rows`` (already sorted) to ``path`` in ``fmt``, atomically.
+def write_table(rows: Sequence[ParamRow], path: Path, fmt: str | None = None, *, spectral: bool = False) -> Path:
+    """Write ``rows`` (already sorted) to ``path``, atomically.
 
     Args:
         rows: The table rows, in the order they should appear.
         path: Destination file; its folder is created.
-        fmt: ``"csv"``, ``"jsonl"`` or ``"parquet"``.
+        fmt: ``"csv"``, ``"jsonl"`` or ``"parquet"`` (None: from the suffix).
         spectral: Include the spectral columns.
 
     Returns:
         ``path``.
     """
     names = columns(spectral)
-    records = _records(rows, names)
-    if fmt == "csv":
-
-        def write(temporary: Path) -> None:
-            with temporary.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=names)
-                writer.writeheader()
-                for record in records:
-                    writer.writerow({key: "" if value is None else value for key, value in record.items()})
-
-    elif fmt == "jsonl":
-
-        def write(temporary: Path) -> None:
-            with temporary.open("w", encoding="utf-8") as handle:
-                for record in records:
-                    handle.write(json.dumps({key: record[key] for key in names}, allow_nan=False) + "\n")
-
-    elif fmt == "parquet":
-        pa, pq = _pyarrow()
-        schema = pa.schema([(name, _arrow_type(pa, name)) for name in names])
-        table = pa.Table.from_pylist(records, schema=schema)
-
-        def write(temporary: Path) -> None:
-            pq.write_table(table, temporary)
-
-    else:
-        raise WeightFileError(f"unknown table format '{fmt}'; use one of {', '.join(TABLE_FORMATS)}")
-    atomic_write(path, write)
-    return path
+    chosen = format_from_path(path, fmt)
+    records = [row.model_dump(include=set(names)) for row in rows]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return tables.write_table(path, records, names, fmt=chosen, types={name: _arrow_type(name) for name in names})
 
 
-def _pyarrow() -> tuple[Any, Any]:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise WeightFileError("Parquet output needs pyarrow: pip install 'mechscope[weights]'") from None
-    return pa, pq
-
-
-def _arrow_type(pa: Any, name: str) -> Any:
+def _arrow_type(name: str) -> tables.ArrowType:
     if name in _INT_COLUMNS:
-        return pa.int64()
+        return "int"
     if name in _FLOAT_COLUMNS:
-        return pa.float64()
-    return pa.string()
+        return "float"
+    return "string"
 
 
 def read_table(path: Path, fmt: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     """Read a weight table back: its column names and its rows, typed, with None for missing values."""
-    fmt = format_from_path(path, fmt)
-    if fmt == "parquet":
-        _, pq = _pyarrow()
-        table = pq.read_table(path)
-        return list(table.column_names), table.to_pylist()
-    if fmt == "jsonl":
-        with path.open(encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
-        header = list(rows[0]) if rows else []
-        return header, rows
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = list(reader.fieldnames or [])
-        return header, [{key: _parse_csv(key, value) for key, value in row.items()} for row in reader]
+    chosen = format_from_path(path, fmt)
+    header, rows = tables.read_table(path, chosen)
+    if chosen == "csv":
+        rows = [{key: _parse_csv(key, value) for key, value in row.items()} for row in rows]
+    return header, rows
 
 
 def _parse_csv(name: str | None, value: str | None) -> Any:

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import ArchitectureError, ModelLoadError, WeightFileError
-from mechscope.models.archmap import BlockWeights, ModelMap, block_weights, build_map
+from mechscope.models.archmap import ModelMap, build_map
+from mechscope.models.block_weights import BlockWeights, block_weights
 from mechscope.weights.reader import Checkpoint
 
 VectorFn = Callable[[Tensor], Tensor]

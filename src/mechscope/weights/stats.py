@@ -5,24 +5,19 @@ Definitions (what every column of the weight table means):
 * ``mean``, ``var``, ``std``: population moments (``ddof=0``, numpy's default), accumulated in float64 over
   chunks of the float32 values in one pass (Chan et al.'s pairwise combination of chunk moments).
 * ``sparsity``: the fraction of elements with ``abs(x) <= threshold`` (default ``1e-8``).
-* ``rows`` / ``cols``: a 2-D tensor's ``shape``; a 1-D tensor of length n is an n x 1 column (rows = n,
-  cols = 1); a scalar is 1 x 1; a tensor with more dims, such as stacked experts ``[E, a, b]``, is a stack
-  of ``a x b`` matrices (rows = a, cols = b).
-* ``rank``: the number of singular values above ``tol = sigma_max * max(rows, cols) * eps(float32)``,
-  which is what ``numpy.linalg.matrix_rank`` does for a float32 matrix (the values reach us as float32, so
-  float32 rounding is the noise floor even when the SVD runs in float64). With ``rank_rtol`` given,
-  ``tol = sigma_max * rank_rtol``. Singular values only (``torch.linalg.svdvals``); the SVD runs in float64
-  for matrices of up to 2**20 elements (accurate small singular values for the spectral measures, at
-  little cost) and in float32 above that, as numpy does for float32 input (about half the time; the
-  tolerance above is set by float32 anyway). A stack of matrices has the largest rank of its members.
-  A 1-D tensor or scalar has rank 1 if any element is non-zero, else 0 (numpy's rule). A tensor holding
-  NaN or inf has rank -1 and no spectral measures.
+* ``rows`` / ``cols`` and ``rank``: the matrix view, rank tolerance and SVD precision of
+  `mechscope.weights.linalg`: a 2-D tensor is its own matrix, a 1-D tensor of length n is an n x 1 column
+  (rank 1 if any element is non-zero, else 0), a scalar is 1 x 1, and a tensor with more dims, such as
+  stacked experts ``[E, a, b]``, is a stack of ``a x b`` matrices whose rank is the largest of its members.
+  ``rank`` counts the singular values above ``sigma_max * max(rows, cols) * eps(float32)`` (numpy
+  ``matrix_rank``'s rule for float32 input), or above ``sigma_max * rank_rtol``. A tensor holding NaN or
+  inf has rank -1 and no spectral measures.
 
 Spectral measures (``spectral=True``), from the same singular values ``s`` (descending):
 
 * ``top_singular_value`` = s[0]; ``frobenius_norm`` = sqrt(sum s**2).
-* ``stable_rank`` = ||W||_F**2 / s[0]**2.
-* ``effective_rank`` = exp(entropy of s / sum(s)) (Roy & Vetterli, 2007).
+* ``stable_rank`` = ||W||_F**2 / s[0]**2 (`mechscope.weights.linalg.stable_rank`).
+* ``effective_rank`` = exp(entropy of s / sum(s)) (Roy & Vetterli, 2007; `mechscope.weights.linalg.effective_rank`).
 * ``condition_number`` = s[0] / the smallest singular value above the rank tolerance.
 * ``alpha``: the exponent of a power law fitted to the tail of the eigenvalues lambda = s**2, as
   weightwatcher does: the continuous maximum-likelihood estimate ``1 + n / sum(ln(lambda / lambda_min))``
@@ -43,6 +38,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mechscope.weights.linalg import (
+    above_tolerance,
+    effective_rank,
+    matrix_dims,
+    singular_values,
+    stable_rank,
+    vector_rank,
+)
+
 #: Spectral columns, in table order.
 SPECTRAL_COLUMNS: tuple[str, ...] = (
     "top_singular_value",
@@ -54,10 +58,6 @@ SPECTRAL_COLUMNS: tuple[str, ...] = (
 )
 #: Fewest non-zero eigenvalues for which a power law is fitted.
 MIN_EIGENVALUES = 10
-#: Matrices with at most this many elements get their SVD in float64.
-FLOAT64_SVD_MAX_ELEMENTS = 1 << 20
-
-_FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 # Elements per chunk of the moment pass: bounds the float64 temporaries at 32 MB.
 _CHUNK = 1 << 22
 # Candidate lambda_min values evaluated together in the power-law fit (bounds its memory).
@@ -107,15 +107,6 @@ class StatsOptions:
     device: str = "cpu"
 
 
-def matrix_dims(shape: tuple[int, ...]) -> tuple[int, int]:
-    """``(rows, cols)`` of a tensor of ``shape`` under the conventions of the module docstring."""
-    if len(shape) == 0:
-        return 1, 1
-    if len(shape) == 1:
-        return shape[0], 1
-    return shape[-2], shape[-1]
-
-
 def moments(values: torch.Tensor, sparsity_threshold: float = 1e-8) -> tuple[float, float, float]:
     """``(mean, population variance, sparsity)`` of ``values`` in one chunked float64 pass."""
     flat = values.reshape(-1)
@@ -138,21 +129,6 @@ def moments(values: torch.Tensor, sparsity_threshold: float = 1e-8) -> tuple[flo
         count = combined
         near_zero += int((chunk.abs() <= sparsity_threshold).sum())
     return mean, m2 / total, near_zero / total
-
-
-def singular_values(matrices: torch.Tensor) -> torch.Tensor:
-    """Singular values (descending, float64) of each matrix in a ``[..., rows, cols]`` stack."""
-    rows, cols = matrices.shape[-2], matrices.shape[-1]
-    dtype = torch.float64 if rows * cols <= FLOAT64_SVD_MAX_ELEMENTS else torch.float32
-    # LAPACK's path through torch is several times faster on tall matrices; the values are the same.
-    oriented = matrices.mT if rows < cols else matrices
-    values: torch.Tensor = torch.linalg.svdvals(oriented.to(dtype))
-    return values.to(torch.float64)
-
-
-def rank_tolerance(sigma_max: torch.Tensor, rows: int, cols: int, rtol: float | None) -> torch.Tensor:
-    """``sigma_max * rtol``, with numpy's float32 default ``rtol = max(rows, cols) * eps(float32)``."""
-    return sigma_max * (rtol if rtol is not None else max(rows, cols) * _FLOAT32_EPS)
 
 
 def power_law_alpha(eigenvalues: np.ndarray) -> float:
@@ -203,16 +179,15 @@ def _spectral(s: torch.Tensor, kept: torch.Tensor) -> SpectralStats:
     effective = []
     condition = []
     alphas = []
-    for row, keep, top, e in zip(s, kept, sigma_max.tolist(), energy.tolist(), strict=True):
+    for row, keep, top in zip(s, kept, sigma_max.tolist(), strict=True):
         if top <= 0:
             stable.append(math.nan)
             effective.append(math.nan)
             condition.append(math.nan)
             alphas.append(math.nan)
             continue
-        stable.append(e / top**2)
-        p = row[row > 0] / row.sum()
-        effective.append(math.exp(float(-(p * p.log()).sum())))
+        stable.append(stable_rank(row))
+        effective.append(effective_rank(row))
         nonzero = row[keep]
         condition.append(top / float(nonzero.min()))
         alphas.append(power_law_alpha((nonzero**2).cpu().numpy()))
@@ -262,14 +237,13 @@ def batch_stats(batch: torch.Tensor, options: StatsOptions) -> list[TensorStats]
     if len(shape) < 2:
         for i, tensor in enumerate(batch):
             if finite[i]:
-                ranks[i] = int(bool((tensor != 0).any()))
+                ranks[i] = vector_rank(tensor)
                 spectra[i] = _vector_spectral(tensor) if options.spectral else None
     elif any(finite) and rows * cols > 0:
         good = [i for i, ok in enumerate(finite) if ok]
         subset = batch if len(good) == len(first) else batch[good]
         s = singular_values(subset.reshape(len(good), -1, rows, cols))  # [B, stack, k]
-        tol = rank_tolerance(s[..., 0], rows, cols, options.rank_rtol)
-        kept = s > tol.unsqueeze(-1)
+        kept = above_tolerance(s, rows, cols, options.rank_rtol)
         per_matrix = kept.sum(dim=-1)  # [B, stack]
         for j, i in enumerate(good):
             ranks[i] = int(per_matrix[j].max())

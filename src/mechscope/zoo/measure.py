@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.attention.roles import repeat_scores, repeated_sequences
 from mechscope.core.lm import LanguageModel
+from mechscope.core.repeats import repeat_scores, repeated_sequences
 from mechscope.zoo import corpus
 from mechscope.zoo.world import RELATIONS
 
@@ -26,8 +26,7 @@ def _batched(items: list[Any], size: int = BATCH) -> list[list[Any]]:
 
 
 def _answer_id(lm: LanguageModel, answer: str) -> int:
-    ids = lm.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    return int(ids[0])
+    return lm.token_id(answer)  # every answer of the toy world is one token of the organisms' vocabulary
 
 
 def _unembed(lm: LanguageModel, resid: Tensor) -> Tensor:
@@ -67,7 +66,7 @@ def facts(lm: LanguageModel) -> dict[str, Any]:
 def heads(lm: LanguageModel, lengths: tuple[int, ...] = (20, 40), count: int = 32) -> dict[str, Any]:
     """Induction (prefix-matching) and previous-token scores per head, and the copy loss, on repeats.
 
-    The scores are `mechscope.attention.roles.repeat_scores` on ``<bos> r r`` sequences of random tokens, at
+    The scores are `mechscope.core.repeats.repeat_scores` on ``<bos> r r`` sequences of random tokens, at
     each of ``lengths``; a head's score is its minimum over the lengths (a head that looks back a fixed
     distance scores at one length only). The copy loss is the next-token loss on the second copy: an induction
     circuit makes it far lower than on the first copy.

@@ -1,19 +1,22 @@
-"""``mechscope weights directions``."""
+"""``mechscope weights directions``: how directions pass through a checkpoint's weights (no model is loaded)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.table import Column
 
 from mechscope.cli.options import JsonOpt, ModelOpt, RevisionOpt, one_line_errors
-from mechscope.cli.weights import weights_app
+from mechscope.cli.output import console, print_json, print_table
+
+if TYPE_CHECKING:
+    from mechscope.weights.directions_results import DirectionsResult
 
 
-@weights_app.command("directions")
 @one_line_errors
-def directions(
+def directions_command(
     model: ModelOpt,
     directions: Annotated[
         list[Path],
@@ -37,9 +40,6 @@ def directions(
 
     Example: mechscope weights directions -m org/model -d dirs.safetensors --layers 10-20 --out qk_vo.json
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from mechscope.weights.directions import directions_through_weights
 
     result = directions_through_weights(
@@ -56,19 +56,30 @@ def directions(
     if out is not None:
         result.save(out)
     if as_json:
-        print(result.model_dump_json(indent=1))
+        print_json(result, indent=1)
         return
-    what = f"{result.family} minus base" if base else result.family
-    table = Table(title=f"Strongest interactions ({what}; z against {n_random} random directions)")
-    for column in ("layer", "head", "kind", "source", "target", "value", "z"):
-        table.add_column(column, justify="right" if column in ("layer", "head", "value", "z") else "left")
-    for row in result.top:
-        head = "-" if row.head is None else str(row.head)
-        table.add_row(str(row.layer), head, row.kind, row.source, row.target, f"{row.value:.4g}", f"{row.z:+.2f}")
-    console = Console()
-    console.print(table)
+    _print_directions(result, f"{result.family} minus base" if base else result.family, n_random)
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+def _print_directions(result: DirectionsResult, what: str, n_random: int) -> None:
+    """The strongest interactions, and the first note on layers whose MLP could not be read."""
+    names = ("layer", "head", "kind", "source", "target", "value", "z")
+    columns = [Column(n, justify="right" if n in ("layer", "head", "value", "z") else "left") for n in names]
+    rows = [
+        [
+            str(r.layer),
+            "-" if r.head is None else str(r.head),
+            r.kind,
+            r.source,
+            r.target,
+            f"{r.value:.4g}",
+            f"{r.z:+.2f}",
+        ]
+        for r in result.top
+    ]
+    print_table(f"Strongest interactions ({what}; z against {n_random} random directions)", columns, rows)
     notes = [entry.mlp_note for entry in result.layers if entry.mlp_note]
     if notes:
         console.print(f"note: {notes[0]}" + (f" (and {len(notes) - 1} more layers)" if len(notes) > 1 else ""))
-    if out is not None:
-        console.print(f"wrote {out}")

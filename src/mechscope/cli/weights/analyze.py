@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,10 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from mechscope.cli.options import JsonOpt, RevisionOpt, one_line_errors
-from mechscope.cli.weights import weights_app
+from mechscope.cli.output import err_console, print_json, print_table
 
 
-@weights_app.command("analyze")
 @one_line_errors
 def analyze_command(
     source: Annotated[str, typer.Argument(help="Checkpoint file or folder, HF cache folder, or hub id org/name.")],
@@ -43,13 +41,9 @@ def analyze_command(
 
     Example: mechscope weights analyze data/models/org/name --out data/outputs/params.parquet
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from mechscope.weights.analyze import analyze
 
-    stderr = Console(stderr=True)
-    with _progress_bar(stderr, enabled=not as_json) as on_progress:
+    with _progress_bar(err_console, enabled=not as_json) as on_progress:
         run = analyze(
             source,
             out=out,
@@ -67,12 +61,12 @@ def analyze_command(
         )
     summary = run.model_dump(mode="json")
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
         return
-    table = Table(title=f"weights analyze: {run.model_id}", show_header=False)
-    for key in ("rows", "files", "format", "device", "seconds", "output", "run_meta"):
-        table.add_row(key, str(summary[key]))
-    Console().print(table)
+    keys = ("rows", "files", "format", "device", "seconds", "output", "run_meta")
+    print_table(
+        f"weights analyze: {run.model_id}", ("key", "value"), [[k, str(summary[k])] for k in keys], show_header=False
+    )
 
 
 def _progress_bar(console: Any, *, enabled: bool) -> Any:

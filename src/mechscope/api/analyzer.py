@@ -1,0 +1,141 @@
+"""`Analyzer`: every analysis on one loaded model, from sync code or (through ``.aio``) from async code.
+
+The model, its hooks and its caches are shared state, so calls on one analyzer are serialised by a lock;
+the async front runs each call in a worker thread, so an event loop stays responsive while the model
+computes. Each method is one function of `mechscope.api.tasks` with the model bound, returning that
+function's result (pydantic models: JSON-ready).
+
+Example:
+    >>> import asyncio, mechscope as ms
+    >>> analyzer = ms.Analyzer.from_pretrained("toy")
+    >>> analyzer.lens("The capital of France is", top_k=1)[0].predicted_token
+    ' Paris'
+    >>> asyncio.run(analyzer.aio.heads()).top("induction", 1)[0][:2]
+    (1, 0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from mechscope.api import tasks
+from mechscope.core.lm import LanguageModel, load
+from mechscope.errors import MechscopeError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _sync(task: Callable[Concatenate[LanguageModel, P], R]) -> Callable[Concatenate[Analyzer, P], R]:
+    def method(self: Analyzer, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.run(task, *args, **kwargs)
+
+    method.__name__, method.__doc__ = task.__name__, task.__doc__
+    return method
+
+
+def _async(
+    task: Callable[Concatenate[LanguageModel, P], R],
+) -> Callable[Concatenate[AsyncAnalyzer, P], Coroutine[Any, Any, R]]:
+    async def method(self: AsyncAnalyzer, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.run(task, *args, **kwargs)
+
+    method.__name__, method.__doc__ = task.__name__, task.__doc__
+    return method
+
+
+class Analyzer:
+    """One model (loaded on first use) and every analysis on it; thread-safe, one call at a time.
+
+    Args:
+        lm: an already loaded model, or None to load ``name`` with ``load_kwargs`` on first use.
+    """
+
+    def __init__(self, lm: LanguageModel | None = None, *, name: str | None = None, **load_kwargs: Any) -> None:
+        if lm is None and name is None:
+            raise MechscopeError("give the analyzer a loaded model or a name to load")
+        self._lm = lm
+        self._name = name
+        self._load_kwargs = load_kwargs
+        self._lock = threading.RLock()  # re-entrant: a task may call another analyzer method
+        self.aio = AsyncAnalyzer(self)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **load_kwargs: Any) -> Analyzer:
+        """An analyzer that loads ``name`` (organism, folder or hub id) when first used."""
+        return cls(name=name, **load_kwargs)
+
+    @property
+    def lm(self) -> LanguageModel:
+        """The model (loaded on first use)."""
+        with self._lock:
+            if self._lm is None:
+                assert self._name is not None
+                self._lm = load(self._name, **self._load_kwargs)
+            return self._lm
+
+    def run(self, task: Callable[Concatenate[LanguageModel, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``task(model, *args, **kwargs)`` while holding the model (any function of a model works)."""
+        with self._lock:
+            return task(self.lm, *args, **kwargs)
+
+    def __enter__(self) -> Analyzer:
+        _ = self.lm
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    lens = _sync(tasks.lens)
+    lens_grid = _sync(tasks.lens_grid)
+    compare = _sync(tasks.compare)
+    attention = _sync(tasks.attention)
+    heads = _sync(tasks.heads)
+    patch = _sync(tasks.patch)
+    attribution = _sync(tasks.attribution)
+    ablate = _sync(tasks.ablate)
+    generate = _sync(tasks.generate)
+    steer = _sync(tasks.steer)
+    directions = _sync(tasks.directions)
+    doctor = _sync(tasks.doctor)
+
+
+class AsyncAnalyzer:
+    """The async twin of an `Analyzer` (its ``.aio``): the same methods, awaited, run in a worker thread."""
+
+    def __init__(self, sync: Analyzer) -> None:
+        self.sync = sync
+
+    async def run(self, task: Callable[Concatenate[LanguageModel, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """``await`` `Analyzer.run` in a worker thread."""
+        call: Callable[[], R] = functools.partial(self.sync.run, task, *args, **kwargs)
+        return await asyncio.to_thread(call)
+
+    async def __aenter__(self) -> AsyncAnalyzer:
+        await asyncio.to_thread(lambda: self.sync.lm)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    lens = _async(tasks.lens)
+    lens_grid = _async(tasks.lens_grid)
+    compare = _async(tasks.compare)
+    attention = _async(tasks.attention)
+    heads = _async(tasks.heads)
+    patch = _async(tasks.patch)
+    attribution = _async(tasks.attribution)
+    ablate = _async(tasks.ablate)
+    generate = _async(tasks.generate)
+    steer = _async(tasks.steer)
+    directions = _async(tasks.directions)
+    doctor = _async(tasks.doctor)

@@ -1,0 +1,53 @@
+"""``mechscope circuit ...``: circuit graphs from ablation or patching results (no model is loaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mechscope.cli.options import one_line_errors
+from mechscope.cli.output import console, write_text_output
+
+app = typer.Typer(help="Circuit graphs from ablation or patching results.", no_args_is_help=True)
+
+
+@app.command("export")
+@one_line_errors
+def export(
+    source: Annotated[Path, typer.Option("--input", "-i", help="Result JSON from ablate --out or patch --json.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the graph.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json, dot, mermaid or html.")] = "json",
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Keep components with |effect| at least this.")
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", help="Keep at most this many components.")] = None,
+) -> None:
+    """Build a circuit graph (components with their effect sizes) and export it.
+
+    Example: mechscope circuit export -i ablation.json -o circuit.html -f html
+    """
+    from mechscope.causal.circuit import build, load_results, to_dot, to_mermaid
+    from mechscope.errors import InputError
+
+    if not source.is_file():
+        raise InputError(f"no result file at '{source}'; write one with mechscope ablate --out or patch --json")
+    try:
+        graph = build(load_results(source.read_text(encoding="utf-8")), threshold=threshold, top=top)
+    except ValueError as error:
+        raise InputError(f"'{source}' is not an ablation or patching result: {str(error).splitlines()[0]}") from None
+    if fmt == "json":
+        text = graph.model_dump_json(indent=2)
+    elif fmt == "dot":
+        text = to_dot(graph)
+    elif fmt == "mermaid":
+        text = to_mermaid(graph)
+    elif fmt == "html":
+        from mechscope.viz.circuit_report import render_circuit_html
+
+        text = render_circuit_html(graph)
+    else:
+        raise InputError(f"unknown format '{fmt}'; use json, dot, mermaid or html")
+    write_text_output(out, text)
+    console.print(f"{len(graph.nodes) - 2} components, {len(graph.edges)} edges -> {out}")

@@ -1,0 +1,119 @@
+"""The family rows: where each model family keeps the parts mechscope hooks.
+
+A `FamilySpec` is one declarative row: dotted module paths (the layer list from the model root, the rest
+relative to one layer) for the parts our sites hook. `mechscope.models.archmap.ModelMap` binds a row to a
+loaded model. Adding a family means adding one row to `FAMILIES` (and one to
+`mechscope.models.block_weights.BLOCK_WEIGHTS` for weight-based analyses) and one test parameter.
+
+Conventions shared by every row:
+
+* ``attn_out`` / ``mlp_out`` name the module whose output is what the block adds to the residual stream
+  (for post-norm families such as Gemma-2/3 and OLMo-2 that is the norm after the block). Granite-MoE
+  scales that output by ``config.residual_multiplier`` before adding it.
+* ``o_proj`` is the attention output projection; its input is the concatenation of the per-head outputs,
+  which is what the ``head_out`` site reads.
+* ``attn`` is the module returning ``(output, weights)``; ``weights`` is what ``attn_pattern`` reads.
+* ``router`` returns ``(router_logits, top_k_weights, top_k_index)``, as every transformers 5 MoE router
+  does; ``experts`` is the packed-experts module called as ``experts(hidden, top_k_index, top_k_weights)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Kind = Literal["decoder", "encoder"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Module paths of one model family (see the module docstring for what each names)."""
+
+    layers: str
+    embed: str
+    attn: str
+    o_proj: str
+    attn_out: str
+    mlp_out: str
+    final_norm: str | None = None
+    unembed: str | None = None
+    router: str | None = None
+    experts: str | None = None
+    kind: Kind = "decoder"
+    note: str = ""
+
+
+_LLAMA_LIKE = FamilySpec(
+    layers="model.layers",
+    embed="model.embed_tokens",
+    attn="self_attn",
+    o_proj="self_attn.o_proj",
+    attn_out="self_attn",
+    mlp_out="mlp",
+    final_norm="model.norm",
+    unembed="lm_head",
+)
+_POST_NORM = replace(_LLAMA_LIKE, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm")
+_MOE_GATE = replace(_LLAMA_LIKE, router="mlp.gate", experts="mlp.experts")
+
+#: One row per transformers ``model_type``.
+FAMILIES: dict[str, FamilySpec] = {
+    "gpt2": FamilySpec(
+        layers="transformer.h",
+        embed="transformer.wte",
+        attn="attn",
+        o_proj="attn.c_proj",
+        attn_out="attn",
+        mlp_out="mlp",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        note="learned positions are added after `embed`, so resid_pre.0 = embed + position embedding",
+    ),
+    "gpt_neox": FamilySpec(
+        layers="gpt_neox.layers",
+        embed="gpt_neox.embed_in",
+        attn="attention",
+        o_proj="attention.dense",
+        attn_out="attention",
+        mlp_out="mlp",
+        final_norm="gpt_neox.final_layer_norm",
+        unembed="lm_head",
+        note="parallel residual: attention and MLP both read resid_pre",
+    ),
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "gemma": replace(_LLAMA_LIKE, note="embedding is scaled by sqrt(d_model) inside `embed`"),
+    "gemma2": replace(_POST_NORM, note="attn_out/mlp_out are the post-block norms; logits soft-capped"),
+    "gemma3_text": replace(_POST_NORM, note="attn_out/mlp_out are the post-block norms"),
+    "olmo2": replace(_POST_NORM, note="attn_out/mlp_out are the post-block norms"),
+    "mixtral": _MOE_GATE,
+    "qwen2_moe": replace(_MOE_GATE, note="mlp_out includes the gated shared expert"),
+    "qwen3_moe": _MOE_GATE,
+    "olmoe": _MOE_GATE,
+    "gpt_oss": replace(_LLAMA_LIKE, router="mlp.router", experts="mlp.experts"),
+    "granitemoe": replace(
+        _LLAMA_LIKE,
+        mlp_out="block_sparse_moe",
+        router="block_sparse_moe.router",
+        experts="block_sparse_moe.experts",
+        note="the residual adds attn_out/mlp_out x residual_multiplier; embeddings x embedding_multiplier",
+    ),
+    "bert": FamilySpec(
+        layers="encoder.layer",
+        embed="embeddings.word_embeddings",
+        attn="attention.self",
+        o_proj="attention.output.dense",
+        attn_out="attention.output.dense",
+        mlp_out="output.dense",
+        kind="encoder",
+        note="encoder: attn_out/mlp_out are the dense projections before each post-LayerNorm; no lens",
+    ),
+}
+
+
+def supported_families() -> dict[str, FamilySpec]:
+    """The families with an explicit row, keyed by ``model_type``."""
+    return dict(FAMILIES)

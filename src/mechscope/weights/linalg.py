@@ -1,0 +1,123 @@
+"""The linear algebra of the weight tools: matrix view, SVD precision, rank, effective and stable rank.
+
+One implementation, used by the per-tensor statistics (`mechscope.weights.stats`) and the checkpoint diff
+(`mechscope.weights.diff`), so that both read a tensor the same way.
+
+Matrix view of a tensor of ``shape``:
+
+* 2-D: the matrix itself, ``rows x cols = shape``.
+* more than two axes (stacked MoE experts ``[E, a, b]``): a stack of ``a x b`` matrices; its rank is the
+  largest rank in the stack.
+* 1-D of length n: an **n x 1 column** (rows = n, cols = 1), the convention of the weight table and the
+  README; it gets no SVD (its one singular value is its norm): its rank is 1 if any element is non-zero,
+  else 0, numpy ``matrix_rank``'s rule for vectors.
+* 0-D (a scalar): 1 x 1, rank 1 if non-zero, else 0.
+
+Rank tolerance: a singular value counts when it exceeds ``tol = sigma_max * rtol``; by default ``rtol =
+max(rows, cols) * eps(float32)``, what ``numpy.linalg.matrix_rank`` does for a float32 matrix (every tensor
+reaches the analysis as float32, so float32 rounding is the noise floor even when the SVD runs in float64).
+
+SVD precision: singular values only (``torch.linalg.svdvals``), in float64 for matrices of up to
+`FLOAT64_SVD_MAX_ELEMENTS` elements (accurate small singular values, for the spectral measures and the
+rank of small differences, at little cost) and in float32 above that, as numpy does for float32 input
+(about half the time; the tolerance is set by float32 anyway). Wide matrices are transposed first (same
+values, and LAPACK's path through torch is several times faster on tall ones). Values come back as float64.
+
+Effective rank: ``exp(entropy of s / sum(s))`` (Roy & Vetterli, 2007), 0 for an all-zero spectrum. Stable
+rank: ``sum(s**2) / s[0]**2``, NaN for an all-zero spectrum.
+
+Example:
+    >>> matrix_dims((5,)), matrix_dims((4, 3, 2))
+    ((5, 1), (3, 2))
+    >>> s = singular_values(torch.eye(3)[None])
+    >>> int(exact_rank(s, 3, 3)[0]), round(effective_rank(s[0]), 9), stable_rank(s[0])
+    (3, 3.0, 3.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+#: Matrices with at most this many elements get their SVD in float64.
+FLOAT64_SVD_MAX_ELEMENTS = 1 << 20
+#: The SVD precision policy in words (recorded in ``run_meta.json``).
+SVD_PRECISION = f"float64 for matrices of <= {FLOAT64_SVD_MAX_ELEMENTS} elements, float32 above"
+#: The rank tolerance rule in words.
+RANK_TOLERANCE_RULE = "sigma_max * (rank_rtol or max(rows, cols) * eps(float32))"
+
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+
+
+def matrix_dims(shape: Sequence[int]) -> tuple[int, int]:
+    """``(rows, cols)`` of the matrices a tensor of ``shape`` is seen as (see the module docstring)."""
+    dims = tuple(shape)
+    if len(dims) == 0:
+        return 1, 1
+    if len(dims) == 1:
+        return dims[0], 1
+    return dims[-2], dims[-1]
+
+
+def as_matrices(values: Tensor) -> Tensor:
+    """``values`` as a ``[stack, rows, cols]`` stack of matrices under the matrix view."""
+    rows, cols = matrix_dims(tuple(values.shape))
+    return values.reshape(-1, rows, cols)
+
+
+def svd_dtype(rows: int, cols: int) -> torch.dtype:
+    """The dtype the SVD of a ``rows x cols`` matrix runs in (see the module docstring)."""
+    return torch.float64 if rows * cols <= FLOAT64_SVD_MAX_ELEMENTS else torch.float32
+
+
+def singular_values(matrices: Tensor) -> Tensor:
+    """Singular values (descending, float64) of each matrix in a ``[..., rows, cols]`` stack."""
+    rows, cols = matrices.shape[-2], matrices.shape[-1]
+    oriented = matrices.mT if rows < cols else matrices
+    values: Tensor = torch.linalg.svdvals(oriented.to(svd_dtype(rows, cols)))
+    return values.to(torch.float64)
+
+
+def default_rtol(rows: int, cols: int) -> float:
+    """numpy ``matrix_rank``'s relative tolerance for a float32 ``rows x cols`` matrix."""
+    return max(rows, cols) * FLOAT32_EPS
+
+
+def rank_tolerance(sigma_max: Tensor, rows: int, cols: int, rtol: float | None = None) -> Tensor:
+    """``sigma_max * rtol``, with `default_rtol` when ``rtol`` is None."""
+    return sigma_max * (rtol if rtol is not None else default_rtol(rows, cols))
+
+
+def above_tolerance(s: Tensor, rows: int, cols: int, rtol: float | None = None) -> Tensor:
+    """Which singular values count towards the rank; ``s`` is ``[..., k]``, descending along the last axis."""
+    return s > rank_tolerance(s[..., :1], rows, cols, rtol)
+
+
+def exact_rank(s: Tensor, rows: int, cols: int, rtol: float | None = None) -> Tensor:
+    """The numerical rank of each matrix whose singular values are the rows of ``s`` (``[..., k]``)."""
+    return above_tolerance(s, rows, cols, rtol).sum(dim=-1)
+
+
+def vector_rank(values: Tensor) -> int:
+    """The rank of a 1-D tensor or scalar: 1 if any element is non-zero, else 0."""
+    return int(bool((values != 0).any()))
+
+
+def effective_rank(s: Tensor) -> float:
+    """``exp(-sum p log p)`` with ``p = s / sum(s)`` over one matrix's singular values; 0 if all are zero."""
+    total = float(s.sum())
+    if total <= 0.0:
+        return 0.0
+    p = s[s > 0] / total
+    return math.exp(float(-(p * p.log()).sum()))
+
+
+def stable_rank(s: Tensor) -> float:
+    """``sum(s**2) / s_max**2`` over one matrix's singular values; NaN if all are zero."""
+    top = float(s.max()) if s.numel() else 0.0
+    if top <= 0.0:
+        return math.nan
+    return float((s.double() ** 2).sum()) / top**2
