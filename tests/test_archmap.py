@@ -1,8 +1,7 @@
-"""The architecture map: rows resolve on every family, discovery works, layering holds."""
+"""The architecture map: rows resolve on every family, discovery works."""
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import mechscope as ms
 from mechscope.checks.doctor import run_doctor
 from mechscope.models import archmap
 from mechscope.testing.tiny_models import FAMILIES
-
-SRC = Path(__file__).resolve().parent.parent / "src" / "mechscope"
 
 
 def test_every_supported_family_has_a_tiny_model() -> None:
@@ -48,32 +45,3 @@ def test_bare_base_model_maps_without_the_head(tiny_dir: Callable[[str], Path]) 
     base = AutoModel.from_pretrained(tiny_dir("llama"))
     arch = archmap.build_map(base)
     assert arch.spec.layers == "layers" and arch.unembed() is None
-
-
-LAYERS = {
-    "models": 0,
-    "core": 1,
-    **dict.fromkeys(("checks", "testing", "zoo", "lens", "attention", "causal", "viz"), 2),
-    "cli": 3,
-}
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    return names
-
-
-def test_dependencies_point_one_way() -> None:
-    """cli → analyses/checks → core → models: nothing imports a package above it."""
-    for package, level in LAYERS.items():
-        for path in (SRC / package).rglob("*.py"):
-            for name in _imports(path):
-                parts = name.split(".")
-                if parts[0] == "mechscope" and len(parts) > 1 and parts[1] in LAYERS:
-                    assert LAYERS[parts[1]] <= level, f"{path.relative_to(SRC)} imports {name}"

@@ -41,10 +41,10 @@ from mechscope.weights.linalg import (
     as_matrices,
     effective_rank,
     exact_rank,
-    matrix_dims,
     singular_values,
     vector_rank,
 )
+from mechscope.weights.matrix_view import matrix_dims
 
 _CHUNK = 1 << 22
 """Elements per float64 chunk when accumulating norms: bounds the extra memory at 32 MiB per operand."""

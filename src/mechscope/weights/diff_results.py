@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from mechscope.weights.linalg import matrix_dims
+from mechscope.weights.matrix_view import matrix_dims
 
 _RESULT_CONFIG = ConfigDict(ser_json_inf_nan="strings")
 

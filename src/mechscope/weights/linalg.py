@@ -3,15 +3,10 @@
 One implementation, used by the per-tensor statistics (`mechscope.weights.stats`) and the checkpoint diff
 (`mechscope.weights.diff`), so that both read a tensor the same way.
 
-Matrix view of a tensor of ``shape``:
-
-* 2-D: the matrix itself, ``rows x cols = shape``.
-* more than two axes (stacked MoE experts ``[E, a, b]``): a stack of ``a x b`` matrices; its rank is the
-  largest rank in the stack.
-* 1-D of length n: an **n x 1 column** (rows = n, cols = 1), the convention of the weight table and the
-  README; it gets no SVD (its one singular value is its norm): its rank is 1 if any element is non-zero,
-  else 0, numpy ``matrix_rank``'s rule for vectors.
-* 0-D (a scalar): 1 x 1, rank 1 if non-zero, else 0.
+The matrix view of a tensor (`mechscope.weights.matrix_view.matrix_dims`: 1-D is an n x 1 column, more
+than two axes a stack of matrices) decides what is ranked. A 1-D tensor gets no SVD (its one singular
+value is its norm): its rank is 1 if any element is non-zero, else 0, numpy ``matrix_rank``'s rule for
+vectors; a scalar likewise.
 
 Rank tolerance: a singular value counts when it exceeds ``tol = sigma_max * rtol``; by default ``rtol =
 max(rows, cols) * eps(float32)``, what ``numpy.linalg.matrix_rank`` does for a float32 matrix (every tensor
@@ -37,10 +32,11 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from mechscope.weights.matrix_view import matrix_dims
 
 #: Matrices with at most this many elements get their SVD in float64.
 FLOAT64_SVD_MAX_ELEMENTS = 1 << 20
@@ -50,16 +46,6 @@ SVD_PRECISION = f"float64 for matrices of <= {FLOAT64_SVD_MAX_ELEMENTS} elements
 RANK_TOLERANCE_RULE = "sigma_max * (rank_rtol or max(rows, cols) * eps(float32))"
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
-
-
-def matrix_dims(shape: Sequence[int]) -> tuple[int, int]:
-    """``(rows, cols)`` of the matrices a tensor of ``shape`` is seen as (see the module docstring)."""
-    dims = tuple(shape)
-    if len(dims) == 0:
-        return 1, 1
-    if len(dims) == 1:
-        return dims[0], 1
-    return dims[-2], dims[-1]
 
 
 def as_matrices(values: Tensor) -> Tensor:

@@ -41,11 +41,11 @@ import torch
 from mechscope.weights.linalg import (
     above_tolerance,
     effective_rank,
-    matrix_dims,
     singular_values,
     stable_rank,
     vector_rank,
 )
+from mechscope.weights.matrix_view import matrix_dims
 
 #: Spectral columns, in table order.
 SPECTRAL_COLUMNS: tuple[str, ...] = (
