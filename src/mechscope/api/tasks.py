@@ -88,12 +88,13 @@ def patch(
     wrong: str,
     site: str = "resid_post",
     layers: Sequence[int] | None = None,
+    progress: bool = False,
 ) -> PatchingResult:
-    """Activation patching with the logit difference ``correct`` − ``wrong``."""
+    """Activation patching with the logit difference ``correct`` − ``wrong`` (``progress``: a bar on stderr)."""
     from mechscope.causal import LogitDiff, activation_patching
 
     metric = LogitDiff(lm, correct=correct, wrong=wrong)
-    return activation_patching(lm, clean, corrupted, metric, site=site, layers=layers)
+    return activation_patching(lm, clean, corrupted, metric, site=site, layers=layers, progress=progress)
 
 
 def attribution(
@@ -125,8 +126,12 @@ def ablate(
     reference: Sequence[str] | None = None,
     resample_from: str | None = None,
     max_new_tokens: int = 20,
+    progress: bool = False,
 ) -> AblationResult:
-    """An ablation sweep measured by the probability of ``target`` or by a text ``criterion``."""
+    """An ablation sweep measured by the probability of ``target`` or by a text ``criterion``.
+
+    ``criterion`` is ``contains:<text>``, ``regex:<pattern>`` or ``function_call``.
+    """
     from mechscope.causal import TargetProb, parse_criterion, sweep
 
     return sweep(
@@ -140,6 +145,7 @@ def ablate(
         reference=reference,
         resample_from=resample_from,
         max_new_tokens=max_new_tokens,
+        progress=progress,
     )
 
 

@@ -42,6 +42,22 @@ def _prompt_pair(lm: LanguageModel, clean: str, corrupted: str) -> tuple[Tensor,
     return clean_ids, corrupted_ids
 
 
+def _clean_run(
+    lm: LanguageModel, clean: str, corrupted: str, metric: Metric, site: str, layers: Sequence[int] | None
+) -> tuple[Tensor, Tensor, list[int], list[str], Mapping[str, Tensor], float]:
+    """What both patching methods start from: the prompts' ids, the layers and sites, the clean run.
+
+    ``metric`` is fitted to the clean logits here (for metrics that measure against the clean run).
+    """
+    clean_ids, corrupted_ids = _prompt_pair(lm, clean, corrupted)
+    chosen = resolve_layers(layers, lm.arch.n_layers)
+    names = [f"{site}.{i}" for i in chosen]
+    with torch.no_grad(), lm.capture(names) as clean_cache:
+        clean_logits = lm.forward(clean_ids)
+    clean_metric = float(prepare(metric, clean_logits)(clean_logits)[0])
+    return clean_ids, corrupted_ids, chosen, names, clean_cache, clean_metric
+
+
 def activation_patching(
     lm: LanguageModel,
     clean: str,
@@ -62,14 +78,9 @@ def activation_patching(
     """
     if site not in PATCHABLE:
         raise SiteError(f"cannot patch '{site}' by layer and position; use one of {', '.join(PATCHABLE)}")
-    clean_ids, corrupted_ids = _prompt_pair(lm, clean, corrupted)
-    chosen = resolve_layers(layers, lm.arch.n_layers)
-    names = [f"{site}.{i}" for i in chosen]
+    run = _clean_run(lm, clean, corrupted, metric, site, layers)
+    clean_ids, corrupted_ids, chosen, names, clean_cache, clean_metric = run
     with torch.no_grad():
-        with lm.capture(names) as clean_cache:
-            clean_logits = lm.forward(clean_ids)
-        metric = prepare(metric, clean_logits)
-        clean_metric = float(metric(clean_logits)[0])
         with lm.capture(names) as corrupted_cache:
             corrupted_metric = float(metric(lm.forward(corrupted_ids))[0])
         if clean_metric == corrupted_metric:
@@ -145,13 +156,8 @@ def attribution_patching(
     """
     if site not in ATTRIBUTABLE:
         raise SiteError(f"attribution patching supports {', '.join(ATTRIBUTABLE)}; got '{site}'")
-    clean_ids, corrupted_ids = _prompt_pair(lm, clean, corrupted)
-    chosen = resolve_layers(layers, lm.arch.n_layers)
-    names = [f"{site}.{i}" for i in chosen]
-    with torch.no_grad(), lm.capture(names) as clean_cache:
-        clean_logits = lm.forward(clean_ids)
-    metric = prepare(metric, clean_logits)
-    clean_metric = float(metric(clean_logits)[0])
+    run = _clean_run(lm, clean, corrupted, metric, site, layers)
+    clean_ids, corrupted_ids, chosen, names, clean_cache, clean_metric = run
     with lm.capture(names, keep_grad=True) as live:
         value = metric(lm.forward(corrupted_ids, grad=True))[0]
     grads = torch.autograd.grad(value, [live[name] for name in names])

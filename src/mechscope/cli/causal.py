@@ -39,15 +39,15 @@ def patch(
     Example: mechscope patch --clean "The capital of France is" --corrupted "The capital of Japan is"
     --correct " Paris" --wrong " Tokyo"
     """
-    from mechscope.causal import LogitDiff, activation_patching, attribution_patching, correlation
+    from mechscope.api import tasks
+    from mechscope.causal import correlation
 
     check_outputs(html)
     lm = model.load()
-    metric = LogitDiff(lm, correct=correct, wrong=wrong)
-    result = activation_patching(lm, clean, corrupted, metric, site=site, progress=not as_json)
+    result = tasks.patch(lm, clean, corrupted, correct=correct, wrong=wrong, site=site, progress=not as_json)
     estimate, r = None, None
     if attribution:
-        estimate = attribution_patching(lm, clean, corrupted, metric, site=site)
+        estimate = tasks.attribution(lm, clean, corrupted, correct=correct, wrong=wrong, site=site)
         r = correlation(result.effects, estimate.effects)
     if html is not None:
         from mechscope.viz.patching_report import render_patching_html
@@ -101,18 +101,18 @@ def ablate(
     Example: mechscope ablate -p "<user> What's the weather in Paris?<assistant>" --component attn
     --criterion function_call
     """
-    from mechscope.causal import TargetProb, parse_criterion, sweep
+    from mechscope.api import tasks
 
     check_outputs(out, html)
     lm = model.load()
     lines = reference.read_text(encoding="utf-8").splitlines() if reference is not None else None
-    result = sweep(
+    result = tasks.ablate(
         lm,
         prompt,
         component=component,
         method=method,
-        metric=TargetProb(lm, target) if target is not None else None,
-        criterion=parse_criterion(criterion) if criterion is not None else None,
+        target=target,
+        criterion=criterion,
         reference=[line for line in lines or [] if line.strip()] or None,
         resample_from=resample_from,
         max_new_tokens=max_new_tokens,
