@@ -11,11 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import constants
+from safetensors.torch import save_file
+from transformers.utils import logging as hf_logging
+from typer.testing import CliRunner
 
 import mechscope as ms
-from mechscope.models import registry
+from mechscope.cli.main import app
+from mechscope.models import loading, registry
 
 Loader = Callable[..., ms.LanguageModel]
+runner = CliRunner()
 
 
 def test_hub_id_offline_fails_fast_with_one_line(tmp_path: Path) -> None:
@@ -52,6 +58,8 @@ def test_folder_errors(tmp_path: Path) -> None:
         ms.load(str(tmp_path / "missing"))
     with pytest.raises(ms.ModelLoadError, match="unknown dtype"):
         ms.load(tmp_path, dtype="float8")
+    with pytest.raises(ms.ModelLoadError, match="unknown device 'bogus'"):
+        ms.load("toy", device="bogus")
 
 
 def test_dtype_and_attention_options(tiny_dir: Callable[[str], Path]) -> None:
@@ -84,3 +92,81 @@ def test_device_map_loads_through_accelerate(tiny_dir: Callable[[str], Path]) ->
     with lm.capture(["resid_post.1"], positions="last") as cache:
         lm.forward(["The capital of France is"])
     assert cache["resid_post.1"].shape == (1, lm.arch.d_model)
+
+
+def _without_tokenizer(folder: Path, out: Path) -> Path:
+    out.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        if (folder / name).is_file():
+            shutil.copy(folder / name, out / name)
+    return out
+
+
+def test_folder_without_tokenizer_takes_token_ids(tiny_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    lm = ms.load(_without_tokenizer(tiny_dir("llama"), tmp_path / "no-tokenizer"))
+    assert not lm.has_tokenizer and "no tokenizer" in repr(lm)
+    assert lm.forward(torch.tensor([[1, 2, 3]])).shape == (1, 3, lm.arch.vocab)
+    with lm.capture(["resid_post.0"]) as cache:
+        lm.forward({"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)})
+    assert cache["resid_post.0"].shape == (1, 3, lm.arch.d_model)
+    text_paths: list[Callable[[], object]] = [
+        lambda: lm.forward("The capital of France is"),
+        lambda: lm.tokenize(["a", "b"]),
+        lambda: lm.token_id(" Paris"),
+        lambda: lm.token_texts([1, 2]),
+        lambda: lm.generate("The capital of France is"),
+    ]
+    for path in text_paths:
+        with pytest.raises(ms.InputError) as info:
+            path()
+        message = str(info.value)
+        assert "\n" not in message and "has no tokenizer" in message
+        assert "ms.wrap(lm.model, tokenizer)" in message and "tokenizer files in the model folder" in message
+
+
+def test_folder_with_only_a_config_says_the_weights_are_missing(
+    tiny_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    (tmp_path / "config-only").mkdir()
+    shutil.copy(tiny_dir("llama") / "config.json", tmp_path / "config-only" / "config.json")
+    with pytest.raises(ms.ModelLoadError, match="no weight files") as info:
+        ms.load(tmp_path / "config-only")
+    assert "truncated" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_small_local_loads_show_no_progress_bar(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = hf_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    ms.load("toy")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled() == before  # the previous state is restored
+    if before:  # a large checkpoint keeps the bar (unless the environment turned bars off)
+        monkeypatch.setattr(loading, "QUIET_LOAD_BYTES", 0)
+        ms.load("toy")
+        assert "Loading weights" in capfd.readouterr().err
+
+
+def test_weights_commands_accept_organisms_and_say_when_the_hub_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toy = ms.load("toy")
+    save_file({"directions": torch.randn(2, toy.arch.d_model)}, tmp_path / "dirs.safetensors")
+    out = runner.invoke(app, ["weights", "directions", "-m", "toy", "-d", str(tmp_path / "dirs.safetensors")])
+    assert out.exit_code == 0, out.output
+    assert "Strongest interactions" in out.stdout
+    assert Path(toy.source) == registry.organism_path("toy")  # the folder both commands read
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.chdir(tmp_path)
+    for model_id in ("gpt2", "someone/not-downloaded-model"):
+        out = runner.invoke(app, ["weights", "analyze", model_id, "-o", str(tmp_path / "t.csv")])
+        assert out.exit_code == 2, out.output
+        message = out.stderr.strip()
+        assert "\n" not in message and "hub cannot be reached" in message and "does not exist" not in message
+        assert f"mechscope weights download --model-id {model_id}" in message
+    out = runner.invoke(app, ["weights", "analyze", "missing.safetensors", "-o", str(tmp_path / "t.csv")])
+    assert out.exit_code == 2 and "does not exist" in out.stderr

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from mechscope.core import ops
     from mechscope.core.cache import Cache
     from mechscope.core.layers import LayerStrategy
-    from mechscope.core.lm import LanguageModel, load
+    from mechscope.core.lm import LanguageModel, load, wrap
     from mechscope.core.positions import PassInfo
     from mechscope.core.sites import SITE_KINDS, Site
     from mechscope.lens.logit import LogitLens
@@ -53,6 +53,7 @@ _LAZY = {
     "LayerStrategy": "mechscope.core.layers",
     "LanguageModel": "mechscope.core.lm",
     "load": "mechscope.core.lm",
+    "wrap": "mechscope.core.lm",
     "PassInfo": "mechscope.core.positions",
     "SITE_KINDS": "mechscope.core.sites",
     "Site": "mechscope.core.sites",
@@ -90,6 +91,7 @@ __all__ = [
     "load",
     "ops",
     "register_organism",
+    "wrap",
 ]
 
 

@@ -1,5 +1,5 @@
 """``python -m mechscope`` runs the command line."""
 
-from mechscope.cli.main import main
+from mechscope.cli.entry import main
 
 main()

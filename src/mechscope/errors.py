@@ -40,6 +40,10 @@ class InterventionError(MechscopeError):
     """An intervention cannot be applied at the site or with the value it was given."""
 
 
+class ProvenanceError(ModelLoadError):
+    """A saved object (direction, tuned lens) was made for another model than the one it is applied to."""
+
+
 class WeightFileError(MechscopeError):
     """A checkpoint file is missing, truncated, corrupt or does not match what was expected."""
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, model_validator
 
+from mechscope.errors import InputError
+
 ROLES = ("previous_token", "duplicate_token", "induction", "copying")
 
 
@@ -35,7 +37,15 @@ class HeadRoles(BaseModel):
     length: int
 
     def top(self, role: str, k: int = 5) -> list[tuple[int, int, float]]:
-        """The ``k`` best ``(layer, head, score)`` for ``role``."""
+        """The ``k`` best ``(layer, head, score)`` for ``role``.
+
+        Raises:
+            InputError: ``k`` is not positive or ``role`` is not a role.
+        """
+        if k < 1:
+            raise InputError(f"the number of heads to list must be at least 1, got {k}")
+        if role not in ROLES:
+            raise InputError(f"unknown role '{role}'; use one of {', '.join(ROLES)}")
         scores = getattr(self, role)
         if scores is None:
             return []

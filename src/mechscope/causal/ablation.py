@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -29,6 +30,9 @@ from mechscope.core.ops import OpContext
 from mechscope.core.positions import Positions
 from mechscope.core.sites import Site
 from mechscope.errors import InputError
+from mechscope.progress import track
+
+E = TypeVar("E", bound=StrEnum)
 
 
 class Component(StrEnum):
@@ -88,7 +92,10 @@ def contains(text: str) -> Callable[[str], bool]:
 
 def regex(pattern: str) -> Callable[[str], bool]:
     """Criterion: the generated text matches ``pattern`` anywhere."""
-    compiled = re.compile(pattern)
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise InputError(f"bad regex '{pattern}': {error}; write a Python regular expression") from None
     return lambda generated: compiled.search(generated) is not None
 
 
@@ -127,12 +134,24 @@ def _replacements(
             lm.forward(list(reference))
         return {site: cache[site].mean(dim=0) for site in sites}  # [*feature]
     if not resample_from:
-        raise InputError("resample ablation needs another prompt to take activations from")
+        hint = "; reference= is for method='mean'" if reference else ""
+        raise InputError(
+            f"resample ablation takes its activations from one other prompt: pass resample_from='...' "
+            f"(--resample-from on the command line){hint}"
+        )
     other = lm.tokenize([resample_from])["input_ids"]
     aligned = other.shape == prompt_ids.shape
     with torch.no_grad(), lm.capture(sites, positions="all" if aligned else "mean") as cache:
         lm.forward(other)
     return {site: cache[site][0] for site in sites}  # [pos, *feature] or [*feature]
+
+
+def _choice(kind: type[E], value: str, what: str) -> E:
+    """``value`` as a member of the enum ``kind``, or a one-line error listing the choices."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise InputError(f"unknown {what} '{value}'; use one of {', '.join(str(m.value) for m in kind)}") from None
 
 
 def sweep(
@@ -153,7 +172,7 @@ def sweep(
 
     Stopping the sweep with Ctrl-C returns what was measured so far with ``partial=True``.
     """
-    component, method = Component(component), Method(method)
+    component, method = _choice(Component, component, "component"), _choice(Method, method, "method")
     if (metric is None) == (criterion is None):
         raise InputError("give exactly one of a logit metric or a text criterion")
     if component is Component.EXPERT and not lm.arch.is_moe:
@@ -173,11 +192,7 @@ def sweep(
         result.clean_text = lm.generate(prompt, max_new_tokens=max_new_tokens)
         result.clean_criterion = criterion(result.clean_text)
     groups = _groups(lm, component, chosen)
-    steps = groups
-    if progress:
-        from rich.progress import track
-
-        steps = list(track(groups, description=f"ablating {component.value}"))
+    steps = track(groups, f"ablating {component.value}", enabled=progress)  # advances as groups finish
     try:
         for group in steps:
             result.effects += _run_group(

@@ -38,8 +38,6 @@ def _connect(kept: list[Node], causal_positions: bool) -> CircuitGraph:
                     continue
                 edges.append(Edge(source=a.id, target=b.id, weight=min(abs(a.effect), abs(b.effect))))
     edges += [Edge(source=n.id, target="output", weight=abs(n.effect)) for n in last]
-    if not kept:
-        edges.append(Edge(source="input", target="output", weight=0.0))
     return CircuitGraph(title="", origin="", nodes=[source, *kept, sink], edges=edges)
 
 

@@ -4,15 +4,22 @@ The corrupted prompt is run once per layer as a batch with one row per position;
 corrupted run's activations at that layer with position ``p`` replaced by the clean run's. Each layer
 therefore costs one batched forward pass. Effects are normalised: 0 is the corrupted metric, 1 the clean.
 
-Example:
-    >>> metric = LogitDiff(lm, correct=" Paris", wrong=" Tokyo")  # doctest: +SKIP
+Example (on the toy organism, only the last token's residual carries the answer to the next token):
+    >>> import mechscope as ms
+    >>> from mechscope.causal.metrics import LogitDiff
+    >>> lm = ms.load("toy")
+    >>> metric = LogitDiff(lm, correct=" Paris", wrong=" Tokyo")
     >>> clean, corrupted = "The capital of France is", "The capital of Japan is"
-    >>> result = activation_patching(lm, clean, corrupted, metric)  # doctest: +SKIP
+    >>> result = activation_patching(lm, clean, corrupted, metric)
+    >>> result.clean_metric > 0 > result.corrupted_metric  # " Paris" wins on the clean prompt, " Tokyo" on the other
+    True
+    >>> {result.tokens[position] for _, position, _ in result.top(4)}
+    {' is'}
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -23,6 +30,7 @@ from mechscope.core import ops
 from mechscope.core.layers import resolve_layers
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError, SiteError
+from mechscope.progress import track
 
 __all__ = ["activation_patching", "attribution_patching", "correlation"]
 
@@ -88,11 +96,7 @@ def activation_patching(
         length = clean_ids.shape[1]
         batch = corrupted_ids.expand(length, -1)
         effects: list[list[float]] = []
-        steps: Sequence[str] = names
-        if progress:
-            from rich.progress import track
-
-            steps = list(track(names, description=f"patching {site}"))
+        steps = track(names, f"patching {site}", enabled=progress)  # the bar advances as layers finish
         partial = False
         try:
             _patch_layers(
@@ -116,7 +120,7 @@ def activation_patching(
 
 def _patch_layers(
     lm: LanguageModel,
-    names: Sequence[str],
+    names: Iterable[str],
     clean_cache: Mapping[str, Tensor],
     corrupted_cache: Mapping[str, Tensor],
     batch: Tensor,

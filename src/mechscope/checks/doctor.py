@@ -7,7 +7,15 @@ Each check compares what mechscope's hooks see with what plain ``transformers`` 
 * captured attention patterns equal eager ``output_attentions`` bit for bit;
 * a left-padded batch gives the same last-token residuals as each prompt alone;
 * greedy ``generate`` with the KV cache matches repeated full forward passes;
+* the lens read-out of the last layer's ``resid_post``, computed through the map's own final norm,
+  unembedding and output transform, equals the model's logits;
+* ``resid_pre + attn_out + mlp_out = resid_post`` on every layer (times the family's residual multiplier);
+* ``head_out`` pushed through the attention output projection equals ``attn_out`` on every layer;
 * after all of that no hook is left and the logits equal the first plain forward bit for bit.
+
+Checks that compare two computations which may round differently (padding and the last three) pass when the
+largest difference is within `archmap.tolerance` of the reference's scale (``max(1, max |reference|)``):
+1e-4 relative in float32, 2e-2 in 16-bit.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from torch import Tensor, nn
 
 from mechscope.core.lm import LanguageModel
 from mechscope.core.sites import SITE_KINDS
-from mechscope.errors import MechscopeError
+from mechscope.errors import ArchitectureError, MechscopeError
+from mechscope.models.archmap import gap, tolerance
 
 DEFAULT_PROMPTS = ("The capital of France is", "Two plus two is four, and three")
 
@@ -125,7 +134,7 @@ def check_padding(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
             lm.forward([prompt])
         worst = max(worst, _max_diff(batched[site][i], alone[site][0]))
     scale = float(batched[site].abs().max())
-    passed = worst <= 1e-4 * max(scale, 1.0)
+    passed = worst <= tolerance(batched[site].dtype) * max(scale, 1.0)
     side = lm.tokenizer.padding_side
     return CheckResult(
         name=f"{side}-padded batch = unpadded", passed=passed, detail=f"max |diff| {worst:.2e} (scale {scale:.2f})"
@@ -153,6 +162,76 @@ def check_generate(lm: LanguageModel, prompts: Sequence[str], steps: int = 6) ->
     )
 
 
+def _within(value: Tensor, reference: Tensor) -> tuple[float, str]:
+    """``(ratio, detail)``: the largest difference over the allowed one (at most 1 passes) and what was measured."""
+    worst, scale = gap(value, reference)
+    tol = max(tolerance(value.dtype), tolerance(reference.dtype))
+    ratio = worst / (tol * scale) if worst == worst else float("inf")  # NaN never passes
+    return ratio, f"max |diff| {worst:.2e} (scale {scale:.2f}, tolerance {tol:g} relative)"
+
+
+def _per_layer(name: str, pairs: Sequence[tuple[Tensor, Tensor]], note: str) -> CheckResult:
+    """One check over layers: passes when every layer's pair is equal within tolerance; reports the worst."""
+    measured = [_within(value, reference) for value, reference in pairs]
+    bad = [layer for layer, (ratio, _) in enumerate(measured) if ratio > 1.0]
+    worst = max(measured)[1] if measured else "no layers"
+    where = f"all {len(pairs)} layers" if not bad else f"layers {bad} differ"
+    return CheckResult(name=name, passed=not bad, detail=f"{where}{note}; worst {worst}")
+
+
+def check_readout(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
+    name = "lens read-out of the last layer = logits"
+    if lm.arch.kind != "decoder" or lm.arch.unembed() is None:
+        return CheckResult(name=name, passed=True, detail="skipped: no unembedding (no lens)")
+    site = f"resid_post.{lm.arch.n_layers - 1}"
+    with torch.no_grad():
+        with lm.capture([site]) as cache:
+            logits = lm.forward(list(prompts[:1]))
+        try:
+            read = lm.arch.logits(cache[site])  # the map's own final norm, unembedding and output transform
+        except ArchitectureError as error:
+            return CheckResult(name=name, passed=False, detail=str(error))
+    ratio, detail = _within(read, logits)
+    applied = ", ".join(lm.arch.spec.output_transform) or "no output transform"
+    return CheckResult(name=name, passed=ratio <= 1.0, detail=f"{detail}; applies {applied}")
+
+
+def check_decomposition(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
+    name = "resid_pre + attn_out + mlp_out = resid_post"
+    if lm.arch.kind == "encoder":
+        return CheckResult(name=name, passed=True, detail="skipped: post-LayerNorm encoder (a norm follows each sum)")
+    with torch.no_grad(), lm.capture(["resid_pre.*", "attn_out.*", "mlp_out.*", "resid_post.*"]) as cache:
+        lm.forward(list(prompts[:1]))
+    m = lm.arch.residual_scale
+    pairs = [
+        (
+            cache[f"resid_pre.{i}"] + cache[f"attn_out.{i}"] * m + cache[f"mlp_out.{i}"] * m,
+            cache[f"resid_post.{i}"],
+        )
+        for i in range(lm.arch.n_layers)
+    ]
+    return _per_layer(name, pairs, f" (attn_out and mlp_out x {lm.arch.spec.residual_scale} = {m:g})" if m != 1 else "")
+
+
+def check_head_out(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
+    name = "o_proj(head_out) = attn_out"
+    spec = lm.arch.spec
+    # attn_out is the attention module's output (the projection's), the projection's own output (BERT), or
+    # the norm applied to it (post-norm families): then the projection's output goes through that norm too.
+    through = spec.attn_out not in (spec.attn, spec.o_proj)
+    with torch.no_grad():
+        with lm.capture(["head_out.*", "attn_out.*"]) as cache:
+            lm.forward(list(prompts[:1]))
+        pairs = []
+        for i in range(lm.arch.n_layers):
+            heads = cache[f"head_out.{i}"]
+            out = lm.arch.part("o_proj", i)(heads.reshape(*heads.shape[:-2], -1))
+            if through:
+                out = lm.arch.part("attn_out", i)(out)
+            pairs.append((out, cache[f"attn_out.{i}"]))
+    return _per_layer(name, pairs, f" (then through '{spec.attn_out}')" if through else "")
+
+
 def run_doctor(lm: LanguageModel, prompts: Sequence[str] = DEFAULT_PROMPTS) -> DoctorReport:
     """Run every check on ``lm`` and report; a check that raises is reported as failed."""
     hooks_before = hook_count(lm.model)
@@ -163,6 +242,9 @@ def run_doctor(lm: LanguageModel, prompts: Sequence[str] = DEFAULT_PROMPTS) -> D
         check_patterns,
         check_padding,
         check_generate,
+        check_readout,
+        check_decomposition,
+        check_head_out,
     ]
     results = []
     for check in checks:

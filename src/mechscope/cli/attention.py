@@ -69,7 +69,9 @@ def heads(
     Example: mechscope heads -m toy --top 3
     """
     from mechscope.attention.roles import ROLES, head_roles
+    from mechscope.cli.inputs import at_least
 
+    at_least(top, 1, "--top")
     roles = head_roles(model.load())
     if as_json:
         print_json(roles)

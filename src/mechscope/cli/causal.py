@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Column
 
+from mechscope.cli.inputs import read_lines
 from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line_errors
 from mechscope.cli.output import check_outputs, console, print_json, print_table, visible, write_text_output
 
@@ -104,8 +105,8 @@ def ablate(
     from mechscope.api import tasks
 
     check_outputs(out, html)
+    lines = read_lines(reference, "reference prompt file") if reference is not None else None
     lm = model.load()
-    lines = reference.read_text(encoding="utf-8").splitlines() if reference is not None else None
     result = tasks.ablate(
         lm,
         prompt,
@@ -113,7 +114,7 @@ def ablate(
         method=method,
         target=target,
         criterion=criterion,
-        reference=[line for line in lines or [] if line.strip()] or None,
+        reference=lines or None,
         resample_from=resample_from,
         max_new_tokens=max_new_tokens,
         progress=not as_json,

@@ -8,9 +8,21 @@ from typing import Annotated
 import typer
 
 from mechscope.cli.options import one_line_errors
-from mechscope.cli.output import console, write_text_output
+from mechscope.cli.output import check_outputs, console, err_console, write_text_output
 
 app = typer.Typer(help="Circuit graphs from ablation or patching results.", no_args_is_help=True)
+
+
+#: Graph formats by file suffix.
+_FORMATS = {
+    ".json": "json",
+    ".dot": "dot",
+    ".gv": "dot",
+    ".mmd": "mermaid",
+    ".mermaid": "mermaid",
+    ".html": "html",
+    ".htm": "html",
+}
 
 
 @app.command("export")
@@ -18,7 +30,9 @@ app = typer.Typer(help="Circuit graphs from ablation or patching results.", no_a
 def export(
     source: Annotated[Path, typer.Option("--input", "-i", help="Result JSON from ablate --out or patch --json.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the graph.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="json, dot, mermaid or html.")] = "json",
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="json, dot, mermaid or html (default: from --out's suffix).")
+    ] = None,
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Keep components with |effect| at least this.")
     ] = None,
@@ -31,6 +45,13 @@ def export(
     from mechscope.causal.circuit import build, load_results, to_dot, to_mermaid
     from mechscope.errors import InputError
 
+    check_outputs(out)
+    fmt = fmt or _FORMATS.get(out.suffix.lower())
+    if fmt not in ("json", "dot", "mermaid", "html"):
+        shown = f"format '{fmt}'" if fmt else f"format for '{out.name}'"
+        raise InputError(f"unknown {shown}; use -f json|dot|mermaid|html or a .json/.dot/.mmd/.html file name")
+    if top is not None and top < 1:
+        raise InputError(f"--top must be at least 1, got {top}")
     if not source.is_file():
         raise InputError(f"no result file at '{source}'; write one with mechscope ablate --out or patch --json")
     try:
@@ -41,13 +62,13 @@ def export(
         text = graph.model_dump_json(indent=2)
     elif fmt == "dot":
         text = to_dot(graph)
-    elif fmt == "mermaid":
-        text = to_mermaid(graph)
     elif fmt == "html":
         from mechscope.viz.circuit_report import render_circuit_html
 
         text = render_circuit_html(graph)
     else:
-        raise InputError(f"unknown format '{fmt}'; use json, dot, mermaid or html")
+        text = to_mermaid(graph)
     write_text_output(out, text)
+    if len(graph.nodes) == 2:
+        err_console.print("note: no component reaches the threshold; the graph is empty (lower --threshold)")
     console.print(f"{len(graph.nodes) - 2} components, {len(graph.edges)} edges -> {out}")

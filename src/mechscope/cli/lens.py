@@ -38,6 +38,9 @@ def analyze(
         Path | None, typer.Option("--tuned", help="Tuned-lens file (default: tuned_lens.safetensors by the model).")
     ] = None,
     html: HtmlOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Use a tuned lens trained on another model of the same shape anyway.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Logit lens: what the model predicts after every layer, at the prompt's last token.
@@ -53,7 +56,7 @@ def analyze(
     lm = model.load()
     if lens_kind not in ("logit", "tuned"):
         raise InputError(f"unknown --lens '{lens_kind}'; use logit or tuned")
-    tuned = TunedLens.load(tuned_path or default_tuned_path(lm), lm) if lens_kind == "tuned" else None
+    tuned = TunedLens.load(tuned_path or default_tuned_path(lm), lm, force=force) if lens_kind == "tuned" else None
     lens = LogitLens(lm, tuned)
     chosen = parse_layers(layers, lm.arch.n_layers)
     result = lens.run([prompt], layers=chosen, top_k=top_k, track=track or [])[0]
@@ -65,7 +68,7 @@ def analyze(
     if as_json:
         print_json(result)
         return
-    _print_lens(result, f"logit lens: {lm.source} ({lm.arch.family}), position {result.position}", top_k)
+    _print_lens(result, f"{lens_kind} lens: {lm.source} ({lm.arch.family}), position {result.position}", top_k)
 
 
 def _print_lens(result: LensResult, title: str, top_k: int) -> None:
@@ -145,6 +148,10 @@ def _print_comparison(result: Comparison) -> None:
         console.print(f"predictions {visible(result.predicted_a)} vs {visible(result.predicted_b)}; diverge {where}")
 
 
+#: The fewest training documents `tuned-lens` takes: a tenth (at least one) is held out for the report.
+MIN_DOCUMENTS = 10
+
+
 @app.command("tuned-lens")
 @one_line_errors
 @model_options(default=None)
@@ -165,18 +172,27 @@ def tuned_lens(
     """
     import random
 
+    from mechscope.cli.inputs import at_least, read_lines
+    from mechscope.errors import InputError
     from mechscope.lens.tuned import TunedLens, layer_kl
 
-    lm = model.load()
+    at_least(steps, 1, "--steps")
+    check_outputs(out)
     if text is not None:
-        documents = [line.strip() for line in text.read_text(encoding="utf-8").splitlines() if line.strip()]
+        documents = read_lines(text, "training text")
+        if len(documents) < MIN_DOCUMENTS:
+            raise InputError(
+                f"--text '{text}' has {len(documents)} documents; the tuned lens needs at least {MIN_DOCUMENTS} "
+                "(a tenth is held out for the report), one per line"
+            )
     else:
         from mechscope.zoo.corpus import text_documents
 
         documents = [d.text for d in text_documents(4242, 2000)]
+    lm = model.load()
     random.Random(0).shuffle(documents)
     held_out, train = documents[: len(documents) // 10], documents[len(documents) // 10 :]
-    lens = TunedLens.fit(lm, train, steps=steps)
+    lens = TunedLens.fit(lm, train, steps=steps, progress=not as_json)
     path = lens.save(out or default_tuned_path(lm), model=lm.source)
     logit, tuned = layer_kl(lm, held_out), layer_kl(lm, held_out, lens)
     rows = [{"layer": i, "kl_logit": a, "kl_tuned": b} for i, (a, b) in enumerate(zip(logit, tuned, strict=True))]

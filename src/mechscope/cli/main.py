@@ -31,5 +31,7 @@ app.add_typer(steering.directions_app, name="directions")
 
 
 def main() -> None:
-    """Entry point for ``python -m mechscope``."""
-    app()
+    """Run the command line (``mechscope.cli.entry.main`` wraps this for the console script)."""
+    from mechscope.cli.entry import main as entry
+
+    entry()

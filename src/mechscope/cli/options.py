@@ -26,7 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def one_line_errors(fn: F) -> F:
-    """Turn a `MechscopeError` into one line on stderr and exit status 2."""
+    """Turn a `MechscopeError` (or Ctrl-C) into one line on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -34,6 +34,10 @@ def one_line_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except MechscopeError as error:
             print(f"mechscope: error: {error}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            # Sweeps catch Ctrl-C themselves and return partial results; this is Ctrl-C anywhere else (loading).
+            print("mechscope: error: interrupted (Ctrl-C); no output was written", file=sys.stderr)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -25,9 +25,12 @@ directions_app = typer.Typer(help="Compute and inspect direction vectors.", no_a
 DirectionOpt = Annotated[Path, typer.Option("--direction", "-d", help="A direction file (.safetensors).")]
 LayerOpt = Annotated[int | None, typer.Option("--layer", help="Add at this layer (default: the file's).")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Apply a direction computed on another model of the same width anyway.")
+]
 
 
-def _load_direction(path: Path, lm: LanguageModel, layer: int | None) -> Direction:
+def _load_direction(path: Path, lm: LanguageModel, layer: int | None, *, force: bool = False) -> Direction:
     """The direction saved at ``path``, checked against ``lm``; ``layer`` (negative from the end) moves it.
 
     Raises:
@@ -36,9 +39,10 @@ def _load_direction(path: Path, lm: LanguageModel, layer: int | None) -> Directi
     from mechscope.core.layers import resolve_layer
     from mechscope.steering.directions import Direction
 
-    direction = Direction.load(path, lm)
-    if layer is not None:
-        direction.layer = resolve_layer(layer, lm.arch.n_layers)
+    moved = resolve_layer(layer, lm.arch.n_layers) if layer is not None else None  # the cheap check first
+    direction = Direction.load(path, lm, force=force)
+    if moved is not None:
+        direction.layer = moved
     return direction
 
 
@@ -57,6 +61,7 @@ def steer(
     max_new_tokens: MaxTokensOpt = 32,
     sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with a direction added (plain output first, then steered).
@@ -65,21 +70,24 @@ def steer(
     """
     if ctx.invoked_subcommand is not None:
         return
-    if not prompt or direction is None:
-        raise typer.BadParameter("give --prompt and --direction (or use: mechscope steer sweep ...)")
+    from mechscope.cli.inputs import at_least, finite
     from mechscope.errors import InputError
     from mechscope.steering.generate import generate_with_steering
 
+    if not prompt or direction is None:
+        raise InputError("give --prompt and --direction (or use: mechscope steer sweep ...)")
+    at_least(max_new_tokens, 1, "--max-new-tokens")
+    finite(coefficient, "--coefficient")
+    if positions not in ("all", "prompt", "generated"):
+        raise InputError(f"unknown --positions '{positions}'; use all, prompt or generated")
     lm = model.load()
-    vector = _load_direction(direction, lm, layer)
+    vector = _load_direction(direction, lm, layer, force=force)
     options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample}
     if seed is not None:
         import torch
 
         torch.manual_seed(seed)
     plain = lm.generate(list(prompt), **options)
-    if positions not in ("all", "prompt", "generated"):
-        raise InputError(f"unknown --positions '{positions}'; use all, prompt or generated")
     phase: Any = positions
     steered = generate_with_steering(
         lm, list(prompt), vector, coefficient, normalize=normalize, positions=phase, seed=seed, **options
@@ -102,40 +110,28 @@ def steer_sweep(
     coefficients: Annotated[str, typer.Option("--coefficients", help="Comma-separated scales.")] = "-8,-4,0,4,8",
     layer: LayerOpt = None,
     max_new_tokens: MaxTokensOpt = 32,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate at several coefficients with one loaded model; a table of outputs.
 
     Example: mechscope steer sweep -p "<formal> Tell me about the sea." -d pirate.safetensors --coefficients 0,1,2
     """
-    from mechscope.errors import InputError
+    from mechscope.cli.inputs import at_least, parse_numbers
     from mechscope.steering.generate import sweep
 
-    try:
-        scales = [float(c) for c in coefficients.split(",") if c.strip()]
-    except ValueError:
-        raise InputError(f"bad --coefficients '{coefficients}'; write numbers separated by commas") from None
+    scales = parse_numbers(coefficients, "--coefficients")
+    at_least(max_new_tokens, 1, "--max-new-tokens")
     lm = model.load()
-    result = sweep(lm, list(prompt), _load_direction(direction, lm, layer), scales, max_new_tokens=max_new_tokens)
+    result = sweep(
+        lm, list(prompt), _load_direction(direction, lm, layer, force=force), scales, max_new_tokens=max_new_tokens
+    )
     if as_json:
         print_json(result)
         return
     columns: list[str | Column] = [Column("coefficient", justify="right"), *(visible(text) for text in result.prompts)]
     rows = [[f"{row.coefficient:g}", *(visible(t) for t in row.texts)] for row in result.rows]
     print_table(f"steering sweep at {result.site}", columns, rows)
-
-
-def _read_prompts(path: Path) -> list[str]:
-    """The non-empty lines of a prompt file, stripped.
-
-    Raises:
-        InputError: there is no file at ``path``.
-    """
-    from mechscope.errors import InputError
-
-    if not path.is_file():
-        raise InputError(f"no prompt file at '{path}'")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @directions_app.command("compute")
@@ -151,25 +147,22 @@ def directions_compute(
         str, typer.Option("--method", help="diff_of_means or pca (pairs line by line).")
     ] = "diff_of_means",
 ) -> None:
-    """Compute contrast directions per layer and save them as safetensors + JSON.
+    """Compute contrast directions per layer and save them, one safetensors file per layer.
 
     Example: mechscope directions compute --positive pirate.txt --negative formal.txt --layers 1 -o dirs/
     """
+    from mechscope.api import tasks
+    from mechscope.cli.inputs import read_lines
     from mechscope.core.layers import parse_layers
     from mechscope.errors import InputError
-    from mechscope.steering.directions import diff_of_means, pca_of_differences
 
-    lm = model.load()
-    chosen = parse_layers(layers, lm.arch.n_layers)
-    pos, neg = _read_prompts(positive), _read_prompts(negative)
-    if method == "diff_of_means":
-        found = diff_of_means(lm, pos, neg, layers=chosen)
-    elif method == "pca":
-        if len(pos) != len(neg):
-            raise InputError("pca pairs the files line by line; give them the same number of lines")
-        found = pca_of_differences(lm, list(zip(pos, neg, strict=True)), layers=chosen)
-    else:
+    pos, neg = read_lines(positive, "prompt file"), read_lines(negative, "prompt file")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}' is a file; give a folder for the direction files (it is created)")
+    if method not in ("diff_of_means", "pca"):
         raise InputError(f"unknown --method '{method}'; use diff_of_means or pca")
+    lm = model.load()
+    found = tasks.directions(lm, pos, neg, layers=parse_layers(layers, lm.arch.n_layers), method=method)
     out.mkdir(parents=True, exist_ok=True)
     for layer, direction in found.items():
         path = direction.save(out / f"{direction.site}.{layer}.safetensors")

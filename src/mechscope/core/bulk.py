@@ -16,6 +16,7 @@ import torch
 
 from mechscope.core.batching import plan_batches
 from mechscope.errors import InputError
+from mechscope.progress import bar
 
 if TYPE_CHECKING:
     from mechscope.core.lm import LanguageModel
@@ -55,7 +56,20 @@ def forward_batches(
     reorder = all(capture.rows_align for capture in captures)
     plan = plan_batches([len(row) for row in ids], batch_size, max_tokens=max_tokens, sort=reorder)
     extra: dict[str, Any] = {"use_cache": False} if lm.arch.kind == "decoder" else {}
-    bar = _progress(len(ids)) if progress else None
+    with bar("forward", len(ids), enabled=progress) as shown:
+        _run_plan(lm, ids, plan, captures, reorder, extra, shown)
+    return sum(len(window) for window in plan)
+
+
+def _run_plan(
+    lm: LanguageModel,
+    ids: list[list[int]],
+    plan: list[list[list[int]]],
+    captures: list[Any],
+    reorder: bool,
+    extra: dict[str, Any],
+    shown: Any,
+) -> None:
     try:
         for window in plan:
             if reorder:
@@ -63,17 +77,14 @@ def forward_batches(
                     capture.begin_window()
             for batch in window:
                 _run(lm, [ids[i] for i in batch], torch.tensor(batch), extra)
-                if bar is not None:
-                    bar[0].update(bar[1], advance=len(batch))
+                if shown is not None:
+                    shown.advance(len(batch))
             if reorder:
                 for capture in captures:
                     capture.end_window()
     finally:
         for capture in captures:
             capture._window = None
-        if bar is not None:
-            bar[0].stop()
-    return sum(len(window) for window in plan)
 
 
 def _run(lm: LanguageModel, rows: list[list[int]], indices: torch.Tensor, extra: dict[str, Any]) -> None:
@@ -85,13 +96,3 @@ def _run(lm: LanguageModel, rows: list[list[int]], indices: torch.Tensor, extra:
             lm.model(**encoded, **extra)  # the output (logits) is dropped here, before the next batch
     finally:
         lm._tracker.rows = None
-
-
-def _progress(total: int) -> tuple[Any, Any]:
-    from rich.console import Console
-    from rich.progress import Progress
-
-    bar = Progress(console=Console(stderr=True), transient=True)
-    task = bar.add_task("forward", total=total)
-    bar.start()
-    return bar, task

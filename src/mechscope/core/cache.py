@@ -3,10 +3,28 @@
 A capture context records one entry per forward pass. ``cache[site]`` joins them the way a user means:
 the passes of one generation (a prompt pass followed by KV-cache steps) are joined along the position
 axis, separate forward calls along the batch axis. `Cache.passes` gives the raw per-pass tensors.
+
+Example (the toy organism has ``d_model`` 128; its prompt "The capital of France is" is 7 tokens):
+    >>> import tempfile
+    >>> import mechscope as ms
+    >>> lm = ms.load("toy")
+    >>> with lm.capture(["resid_post.1"], positions="last") as cache:
+    ...     _ = lm.forward("The capital of France is")
+    ...     _ = lm.forward("Two plus two is")
+    >>> cache.n_passes, cache["resid_post.1"].shape  # two forward calls: joined along the batch axis
+    (2, torch.Size([2, 128]))
+    >>> with lm.capture(["resid_post.1"]) as steps:
+    ...     _ = lm.generate("The capital of France is", max_new_tokens=3)
+    >>> [tuple(t.shape) for t in steps.passes("resid_post.1")], steps["resid_post.1"].shape
+    ([(1, 7, 128), (1, 1, 128), (1, 1, 128)], torch.Size([1, 9, 128]))
+    >>> path = cache.save(Path(tempfile.mkdtemp()) / "cache.safetensors")
+    >>> torch.equal(Cache.load(path)["resid_post.1"], cache["resid_post.1"])
+    True
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +37,7 @@ from mechscope.errors import SiteError
 from mechscope.storage.tensors import load_tensors, save_tensors
 
 SCHEMA_VERSION = 1
+_NEGATIVE_LAYER = re.compile(r"^([a-z_]+)\.(-\d+)(\.\d+)?$")
 KIND = "activation_cache"
 
 
@@ -30,11 +49,13 @@ class Cache(Mapping[str, Tensor]):
         sites: the site strings captured, in request order.
         positions: how positions were selected (its string form).
         meta: free-form JSON-serialisable metadata (model source, prompts ...), saved with the cache.
+        n_layers: the model's layer count, so that ``cache["resid_post.-1"]`` finds the last layer.
     """
 
     sites: list[str]
     positions: str = "all"
     meta: dict[str, Any] = field(default_factory=dict)
+    n_layers: int | None = None
     _passes: list[dict[str, Tensor]] = field(default_factory=list, repr=False)
     _offsets: list[int] = field(default_factory=list, repr=False)
     _flush: Callable[[], None] | None = field(default=None, repr=False, compare=False)
@@ -53,19 +74,29 @@ class Cache(Mapping[str, Tensor]):
 
     def passes(self, site: str) -> list[Tensor]:
         """The tensor of ``site`` from every recorded pass, in order."""
-        self._check(site)
+        site = self._check(site)
         return [values[site] for values in self._passes]
 
-    def _check(self, site: str) -> None:
+    def canonical(self, site: str) -> str:
+        """``site`` as the cache keys it: a negative layer counted from the end (``resid_post.-1``)."""
+        match = _NEGATIVE_LAYER.match(site)
+        if match is None or self.n_layers is None or site in self.sites:
+            return site
+        layer = int(match.group(2)) + self.n_layers
+        return f"{match.group(1)}.{layer}{match.group(3) or ''}" if layer >= 0 else site
+
+    def _check(self, site: str) -> str:
         if self._flush is not None:  # a capture still open: take its last pass first
             self._flush()
+        site = self.canonical(site)
         if site not in self.sites:
             raise SiteError(f"site '{site}' was not captured; captured: {', '.join(self.sites)}")
         if not self._passes:
             raise SiteError("no forward pass ran inside the capture context")
+        return site
 
     def __getitem__(self, site: str) -> Tensor:
-        self._check(site)
+        site = self._check(site)
         if len(self._passes) == 1:
             return self._passes[0][site]
         calls: list[list[Tensor]] = []
@@ -106,7 +137,7 @@ class Cache(Mapping[str, Tensor]):
     def save(self, path: str | Path) -> Path:
         """Write every site (joined as by ``cache[site]``) and the metadata to one safetensors file, atomically."""
         tensors = {site: self[site] for site in self.sites}
-        meta = {"sites": self.sites, "positions": self.positions, **self.meta}
+        meta = {"sites": self.sites, "positions": self.positions, "n_layers": self.n_layers, **self.meta}
         return save_tensors(path, tensors, kind=KIND, meta=meta, schema_version=SCHEMA_VERSION)
 
     @classmethod
@@ -120,6 +151,7 @@ class Cache(Mapping[str, Tensor]):
         meta = dict(stored.meta)
         sites = meta.pop("sites", list(stored.tensors))
         positions = meta.pop("positions", "all")
-        cache = cls(sites=sites, positions=positions, meta=meta)
+        n_layers = meta.pop("n_layers", None)
+        cache = cls(sites=sites, positions=positions, meta=meta, n_layers=n_layers)
         cache.add_pass(stored.tensors, 0)
         return cache

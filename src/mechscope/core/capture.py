@@ -109,7 +109,7 @@ class Capture:
         self.device = torch.device(to) if to is not None else None
         self.dtype = dtype
         self.sink = sink
-        self.cache = Cache(sites=list(plan.keys), positions=_describe(positions))
+        self.cache = Cache(sites=list(plan.keys), positions=_describe(positions), n_layers=arch.n_layers)
         if keep_grad and not self._all_positions:
             raise PositionError("keep_grad captures keep whole activations; use positions='all'")
         self.keep_grad = keep_grad

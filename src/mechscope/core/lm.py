@@ -2,11 +2,13 @@
 
 Example:
     >>> import mechscope as ms
-    >>> lm = ms.load("path/to/model")  # doctest: +SKIP
-    >>> with lm.capture(["resid_post.*"], positions="last") as cache:  # doctest: +SKIP
+    >>> lm = ms.load("toy")  # a bundled organism; a local folder or a hub id load the same way
+    >>> with lm.capture(["resid_post.*"], positions="last") as cache:
     ...     logits = lm.forward(["The capital of France is", "Two plus two is"])
-    >>> cache["resid_post.0"].shape  # doctest: +SKIP
-    torch.Size([2, 64])
+    >>> list(cache), cache["resid_post.0"].shape
+    (['resid_post.0', 'resid_post.1', 'resid_post.2', 'resid_post.3'], torch.Size([2, 128]))
+    >>> lm.generate("The capital of France is", max_new_tokens=1)  # a string in, a string out
+    ' Paris'
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from mechscope.core.positions import Positions
 from mechscope.core.sites import Site, expand_sites
 from mechscope.errors import InputError
 from mechscope.models.archmap import ModelMap
-from mechscope.models.loading import LoadedModel, load_model, resolve_dtype
+from mechscope.models.loading import LoadedModel, _prepare_tokenizer, load_model, resolve_dtype, wrap_model
 
 Inputs = str | Sequence[str] | Tensor | Mapping[str, Tensor]
 
@@ -36,14 +38,16 @@ class LanguageModel:
 
     Attributes:
         model: the transformers model itself (hooks go on its own modules).
-        tokenizer: its tokenizer, with a pad token and the padding side set for batching.
+        tokenizer: its tokenizer, with a pad token and the padding side set for batching. A model loaded
+            from a folder without tokenizer files has none: it takes token ids, and text raises `InputError`.
         arch: the architecture map (dimensions and where each part lives).
-        source: the folder or hub id it was loaded from.
+        source: the folder or hub id it was loaded from (for a wrapped model: its ``name_or_path``, else
+            its class name).
     """
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.model: nn.Module = loaded.model
-        self.tokenizer: Any = loaded.tokenizer
+        self._tokenizer: Any = loaded.tokenizer
         self.arch: ModelMap = loaded.arch
         self.source = loaded.source
         self._tracker = PassTracker(self.model)
@@ -53,7 +57,30 @@ class LanguageModel:
 
     def __repr__(self) -> str:
         a = self.arch
-        return f"LanguageModel({self.source!r}, family={a.family}, layers={a.n_layers}, d_model={a.d_model})"
+        extra = "" if self._tokenizer is not None else ", no tokenizer"
+        return f"LanguageModel({self.source!r}, family={a.family}, layers={a.n_layers}, d_model={a.d_model}{extra})"
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer; raises `InputError` (one line: how to give one) when the model has none."""
+        if self._tokenizer is None:
+            raise InputError(
+                f"{self.source} has no tokenizer, so text input needs one: pass it with "
+                "ms.wrap(lm.model, tokenizer) or put its tokenizer files in the model folder; "
+                "token ids work without one"
+            )
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        if tokenizer is not None:
+            _prepare_tokenizer(tokenizer, self.arch)
+        self._tokenizer = tokenizer
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """Whether the model has a tokenizer (without one it takes token ids only)."""
+        return self._tokenizer is not None
 
     @property
     def device(self) -> torch.device:
@@ -293,6 +320,30 @@ class LanguageModel:
         Example: ``lm.intervene({"resid_post.6": ms.ops.add(v, coeff=4.0), "head_out.3.1": ms.ops.zero()})``.
         """
         return Intervention(self.arch, self._tracker, plan(self.arch, ops))
+
+
+def wrap(model: nn.Module, tokenizer: Any = None) -> LanguageModel:
+    """Use a model already in memory: PEFT adapters, quantized, custom-loaded, sharded with ``device_map``.
+
+    The model gets the same `ModelMap` and hooks as one `load` reads from disk, so every analysis (and
+    ``run_doctor``) works on it. A PEFT ``PeftModel`` (or another wrapper holding the transformers model) is
+    unwrapped to the model inside; ``lm.model`` is that inner model. Without ``tokenizer`` the model takes
+    token ids only. The model is switched to eval mode; the tokenizer gets a pad token and the padding
+    side mechscope batches with (see `mechscope.models.loading.wrap_model`).
+
+    Example:
+        >>> import mechscope as ms
+        >>> from transformers import AutoModelForCausalLM, AutoTokenizer
+        >>> folder = ms.load("toy").source
+        >>> lm = ms.wrap(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder))
+        >>> lm.generate("The capital of France is", max_new_tokens=1)
+        ' Paris'
+
+    Raises:
+        ModelLoadError: ``model`` is not a transformers model (or a wrapper of one), or ``tokenizer`` is not
+            a tokenizer.
+    """
+    return LanguageModel(wrap_model(model, tokenizer))
 
 
 def load(

@@ -5,9 +5,19 @@ Each op is a small frozen value with a ``positions`` field (default ``"all"``; s
 ``[batch, pos, *feature]`` to a new value of the same shape; the engine writes the result only at the
 selected positions. Vectors may be shared (``[*feature]``) or per example (``[batch, *feature]``).
 
-Example:
+Example (add ``4 × v`` to layer 0's residual at the last position only):
+    >>> import torch
     >>> import mechscope as ms
-    >>> ms.ops.add(torch.ones(64), coeff=4.0)  # doctest: +SKIP
+    >>> lm = ms.load("toy")
+    >>> v = torch.ones(lm.arch.d_model)
+    >>> with lm.capture(["resid_post.0"]) as plain:
+    ...     _ = lm.forward("The capital of France is")
+    >>> with lm.intervene({"resid_post.0": ms.ops.add(v, coeff=4.0, positions="last")}):
+    ...     with lm.capture(["resid_post.0"]) as steered:
+    ...         _ = lm.forward("The capital of France is")
+    >>> change = steered["resid_post.0"] - plain["resid_post.0"]
+    >>> torch.allclose(change[0, -1], 4 * v), bool((change[0, :-1] == 0).all())
+    (True, True)
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Example:
     >>> import mechscope as ms
-    >>> lens = ms.LogitLens(ms.load("toy"))  # doctest: +SKIP
-    >>> result = lens.run(["The capital of France is"], track=[" Paris"])[0]  # doctest: +SKIP
-    >>> result.predicted_token, result.emergence_layer  # doctest: +SKIP
+    >>> lens = ms.LogitLens(ms.load("toy"))
+    >>> result = lens.run(["The capital of France is"], track=[" Paris"])[0]
+    >>> result.predicted_token, result.emergence_layer  # " Paris" is top-1 from the last layer (3) on
     (' Paris', 3)
 """
 
@@ -50,6 +50,11 @@ class LogitLens:
         if self.tuned is not None:
             return self.tuned.readout(self.lm, layer, resid)
         return self.lm.arch.logits(resid)
+
+    def _check_top_k(self, top_k: int) -> None:
+        vocab = self.lm.arch.vocab
+        if not 1 <= top_k <= vocab:
+            raise InputError(f"top-k must be between 1 and the vocabulary size {vocab}, got {top_k}")
 
     def _layers(self, layers: Sequence[int] | None) -> list[int]:
         return sorted(resolve_layers(layers, self.lm.arch.n_layers))
@@ -102,8 +107,7 @@ class LogitLens:
         track: Sequence[str] = (),
     ) -> list[LensResult]:
         """Apply the lens to each prompt at ``position`` (own coordinates; -1 = last token)."""
-        if top_k < 1:
-            raise InputError("top_k must be at least 1")
+        self._check_top_k(top_k)
         chosen = self._layers(layers)
         lens, final = self.layer_logits(prompts, chosen, position)
         tracked_ids = [self.lm.token_id(t, first=True) for t in track]  # a word is tracked by its first token
@@ -114,6 +118,7 @@ class LogitLens:
 
     def grid(self, prompt: str, *, layers: Sequence[int] | None = None, top_k: int = 3) -> LensGrid:
         """The lens at every position of ``prompt`` (for heatmaps): top-``top_k`` tokens per cell."""
+        self._check_top_k(top_k)
         chosen = self._layers(layers)
         with torch.no_grad():
             with self.lm.capture([f"resid_post.{i}" for i in chosen]) as cache:

@@ -5,9 +5,20 @@ tuned lens is the logit lens) and is then read out by ``arch.logits``. The trans
 minimise the KL divergence from the model's final distribution on text the user gives; the model itself is
 frozen. The last layer has no translator: its read-out is the model's output.
 
-Example:
-    >>> lens = TunedLens.fit(lm, texts, steps=300)  # doctest: +SKIP
-    >>> lens.save("toy.tuned.safetensors"); TunedLens.load("toy.tuned.safetensors", lm)  # doctest: +SKIP
+Example (a few steps on a few texts, to keep it quick; the default is 300 steps):
+    >>> import tempfile
+    >>> import mechscope as ms
+    >>> lm = ms.load("toy")
+    >>> texts = ["The capital of France is Paris.", "Two plus two is four.", "<pirate> Tell me about the sea."]
+    >>> lens = TunedLens.fit(lm, texts, steps=5)
+    >>> tuned, logit = layer_kl(lm, texts, lens), layer_kl(lm, texts)
+    >>> all(t < k for t, k in zip(tuned[:-1], logit[:-1]))  # closer to the final distribution at every layer
+    True
+    >>> tuned[-1] == logit[-1]  # the last layer has no translator
+    True
+    >>> path = lens.save(Path(tempfile.mkdtemp()) / "toy.tuned.safetensors")
+    >>> TunedLens.load(path, lm).n_layers == lm.arch.n_layers
+    True
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ from torch import Tensor, nn
 
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError, ModelLoadError
+from mechscope.models.registry import check_provenance
+from mechscope.progress import track
 from mechscope.storage.tensors import load_tensors, save_tensors
 
 SCHEMA_VERSION = 1
@@ -63,16 +76,22 @@ class TunedLens(nn.Module):
         batch_size: int = 16,
         lr: float = 1e-3,
         seed: int = 0,
+        progress: bool = False,
     ) -> TunedLens:
-        """Fit translators so that each layer's read-out matches the final distribution on ``texts``."""
+        """Fit translators so that each layer's read-out matches the final distribution on ``texts``.
+
+        ``progress`` draws a bar on stderr (when it is a terminal).
+        """
         if not texts:
             raise InputError("the tuned lens needs some training text")
+        if steps < 1:
+            raise InputError(f"steps must be at least 1, got {steps}: with no step the tuned lens is the logit lens")
         torch.manual_seed(seed)
         rng = random.Random(seed)
         lens = cls(lm.arch.n_layers, lm.arch.d_model).to(lm.device)
         optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
         sites = [f"resid_post.{i}" for i in range(lm.arch.n_layers)]
-        for _ in range(steps):
+        for _ in track(range(steps), "training the tuned lens", enabled=progress):
             batch = rng.sample(list(texts), min(batch_size, len(texts)))
             with torch.no_grad(), lm.capture(sites) as cache:
                 logits = lm.forward(batch)
@@ -95,17 +114,22 @@ class TunedLens(nn.Module):
         return save_tensors(path, tensors, kind=KIND, meta=meta, schema_version=SCHEMA_VERSION)
 
     @classmethod
-    def load(cls, path: str | Path, lm: LanguageModel) -> TunedLens:
+    def load(cls, path: str | Path, lm: LanguageModel, *, force: bool = False) -> TunedLens:
         """Read translators written by `save` for ``lm``.
+
+        Args:
+            force: use a tuned lens trained on another model of the same shape anyway.
 
         Raises:
             ModelLoadError: the file is missing or was trained for a model of another shape.
+            ProvenanceError: it was trained on another model (and not ``force``).
             StoredFileError: the file is not a safetensors tuned lens.
         """
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"no tuned lens at '{path}'; train one with `mechscope tuned-lens -m MODEL`")
-        tensors = load_tensors(path, kind=KIND, what="tuned lens").tensors
+        stored = load_tensors(path, kind=KIND, what="tuned lens")
+        tensors = stored.tensors
         n_layers = len(tensors) // 2 + 1
         d_model = int(tensors["translators.0.weight"].shape[0]) if "translators.0.weight" in tensors else 0
         if (n_layers, d_model) != (lm.arch.n_layers, lm.arch.d_model):
@@ -113,6 +137,7 @@ class TunedLens(nn.Module):
                 f"the tuned lens in '{path}' is for {n_layers} layers of width {d_model}; "
                 f"this model has {lm.arch.n_layers} of width {lm.arch.d_model}"
             )
+        check_provenance(str(stored.meta.get("model", "")), lm.source, f"tuned lens in '{path}'", force=force)
         lens = cls(n_layers, d_model)
         lens.load_state_dict(tensors)
         return lens.to(lm.device).eval()

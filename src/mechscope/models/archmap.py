@@ -17,17 +17,47 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import ArchitectureError
-from mechscope.models.discovery import DIM_ATTRS, discover_spec, first_attr, has_submodule, path_of
-from mechscope.models.families import FAMILIES, FamilySpec, Kind
+from mechscope.models.discovery import (
+    DIM_ATTRS,
+    discover_spec,
+    first_attr,
+    has_submodule,
+    path_of,
+    unknown_output_attrs,
+)
+from mechscope.models.families import FAMILIES, OUTPUT_TRANSFORMS, FamilySpec, Kind
 
 # FAMILIES is re-exported as the very dict `build_map` looks rows up in (tests patch it here).
-__all__ = ["FAMILIES", "FamilySpec", "ModelMap", "build_map", "discover_spec", "get_submodule"]
+__all__ = [
+    "FAMILIES",
+    "FamilySpec",
+    "ModelMap",
+    "build_map",
+    "discover_spec",
+    "gap",
+    "get_submodule",
+    "tolerance",
+]
 
 logger = logging.getLogger(__name__)
 
 # MoE config attribute names, tried in order (the dense dimensions use `discovery.DIM_ATTRS`).
 _EXPERT_ATTRS = ("num_local_experts", "num_experts", "n_routed_experts")
 _TOPK_ATTRS = ("num_experts_per_tok", "moe_top_k", "top_k")
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance for two computations of one value in ``dtype`` that may round differently."""
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+def gap(value: Tensor, reference: Tensor) -> tuple[float, float]:
+    """``(max |value - reference|, max(1, max |reference|))``: equal within ``tol`` when the first is
+    at most ``tol`` times the second."""
+    if not reference.numel():
+        return 0.0, 1.0
+    worst = float((value.float() - reference.float().to(value.device)).abs().max())
+    return worst, max(1.0, float(reference.float().abs().max()))
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:
@@ -51,6 +81,7 @@ class ModelMap:
         n_experts, top_k: MoE dimensions (0 for dense models).
         moe_layers: indices of the layers that have a router.
         spec: the module paths.
+        readout_error: why `logits` refuses (a discovered family whose read-out is not the model's), or None.
     """
 
     family: str
@@ -66,7 +97,25 @@ class ModelMap:
     moe_layers: tuple[int, ...]
     spec: FamilySpec
     model: nn.Module
+    readout_error: str | None = None
     _modules: dict[tuple[str, int | None], nn.Module] = field(default_factory=dict, compare=False, repr=False)
+
+    def __repr__(self) -> str:
+        # The generated repr would print the whole model (it is a field); a map is its dimensions.
+        moe = (
+            f", experts={self.n_experts}, top_k={self.top_k}, moe_layers={len(self.moe_layers)}" if self.is_moe else ""
+        )
+        return (
+            f"ModelMap(family={self.family!r}, kind={self.kind!r}, layers={self.n_layers}, heads={self.n_heads}, "
+            f"kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, d_model={self.d_model}, vocab={self.vocab}{moe})"
+        )
+
+    @property
+    def residual_scale(self) -> float:
+        """What ``attn_out`` / ``mlp_out`` are multiplied by when added to the residual (1 for most families)."""
+        name = self.spec.residual_scale
+        value = getattr(self.model.config, name, None) if name is not None else None
+        return 1.0 if value is None else float(value)
 
     @property
     def is_moe(self) -> bool:
@@ -116,25 +165,33 @@ class ModelMap:
     def logits(self, resid: Tensor) -> Tensor:
         """Read a residual out as logits the way the model reads its last one (the logit lens).
 
-        Applies the final norm, the unembedding, and the family's output transform: Gemma-2/3 soft-capping
-        (``final_logit_softcapping``) and Granite's ``logits_scaling``. On the last layer's output this equals
-        the model's own logits.
+        Applies the final norm, the unembedding, and the family's output transform (``spec.output_transform``:
+        Gemma-2/3 soft-capping, Granite's ``logits_scaling``, Cohere's ``logit_scale`` ...). On the last
+        layer's output this equals the model's own logits (`mechscope doctor` checks it).
 
         Raises:
-            ArchitectureError: the model has no unembedding (e.g. a bare encoder).
+            ArchitectureError: the model has no unembedding (e.g. a bare encoder), or it is a discovered
+                family whose read-out does not reproduce the model's logits (``readout_error``).
         """
+        if self.readout_error is not None:
+            raise ArchitectureError(self.readout_error)
         head = self.unembed()
         if head is None:
             raise ArchitectureError(f"{self.family} was loaded without an unembedding; the lens needs one")
         norm = self.final_norm()
         logits: Tensor = head(norm(resid) if norm is not None else resid)
         config = self.model.config
-        scaling = getattr(config, "logits_scaling", None)
-        if scaling is not None and self.family == "granitemoe":
-            logits = logits / scaling
-        cap = getattr(config, "final_logit_softcapping", None)
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
+        for name in self.spec.output_transform:
+            value = getattr(config, name, None)
+            if value is None:
+                continue
+            op = OUTPUT_TRANSFORMS[name]
+            if op == "multiply":
+                logits = logits * value
+            elif op == "divide":
+                logits = logits / value
+            else:
+                logits = torch.tanh(logits / value) * value
         return logits
 
     def summary(self) -> dict[str, Any]:
@@ -184,7 +241,7 @@ def build_map(model: nn.Module) -> ModelMap:
     moe_layers: tuple[int, ...] = ()
     if spec.router is not None:
         moe_layers = tuple(i for i, layer in enumerate(layers) if has_submodule(layer, spec.router))
-    return ModelMap(
+    arch = ModelMap(
         family=family,
         kind=spec.kind,
         moe_layers=moe_layers,
@@ -198,6 +255,59 @@ def build_map(model: nn.Module) -> ModelMap:
         vocab=dims["vocab"],
         n_experts=dims["n_experts"],
         top_k=dims["top_k"],
+    )
+    if family != model_type and spec.unembed is not None:
+        problem = _readout_problem(arch, model_type)
+        if problem is not None:
+            logger.warning("%s", problem)
+            arch = replace(arch, readout_error=problem)
+    return arch
+
+
+def _readout_problem(arch: ModelMap, model_type: str) -> str | None:
+    """Why a discovered family's read-out cannot be trusted, or None when it reproduces the model's logits.
+
+    Config attributes that look like an output transform discovery does not know are refused outright;
+    otherwise one forward pass of a few tokens compares `ModelMap.logits` of the last layer's output with the
+    model's own logits. Models on the meta device are not checked (they cannot run a lens anyway).
+    """
+    fix = f"add a row for model_type '{model_type}' to mechscope.models.families.FAMILIES"
+    unknown = unknown_output_attrs(arch.model.config)
+    if unknown:
+        names = ", ".join(f"{name}={value}" for name, value in unknown.items())
+        return (
+            f"{arch.family}: the config sets {names}, which looks like an output transform that discovery "
+            f"cannot apply, so the lens would be wrong; {fix}"
+        )
+    weight = next(iter(arch.embed_module().parameters()), None)
+    if weight is None or weight.is_meta:
+        return None
+    caught: list[Tensor] = []
+
+    def keep(module: nn.Module, args: Any, output: Any) -> None:
+        caught.append(output[0] if isinstance(output, tuple | list) else output)
+
+    ids = torch.arange(min(arch.vocab, 8), device=weight.device).unsqueeze(0)
+    handle = arch.layer(arch.n_layers - 1).register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            logits = getattr(arch.model(input_ids=ids), "logits", None)
+            read = arch.logits(caught[-1]) if logits is not None and caught else None
+    except Exception as error:  # a probe that cannot run must not stop the load; it only refuses the lens
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        return f"{arch.family}: could not check the lens read-out ({type(error).__name__}: {first}); {fix}"
+    finally:
+        handle.remove()
+    if logits is None or read is None:
+        return None
+    worst, scale = gap(read[:, -logits.shape[1] :], logits)
+    if worst <= max(tolerance(read.dtype), tolerance(logits.dtype)) * scale:
+        return None
+    applied = ", ".join(arch.spec.output_transform) or "no output transform"
+    return (
+        f"{arch.family}: the lens read-out (final norm, unembedding, {applied}) does not reproduce the model's "
+        f"own logits (max |diff| {worst:.3g} at scale {scale:.3g}): the model transforms its logits in a way "
+        f"discovery does not know; {fix}"
     )
 
 

@@ -6,12 +6,13 @@ Also home to the small module-tree and config helpers that discovery shares with
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from torch import nn
 
 from mechscope.errors import ArchitectureError
-from mechscope.models.families import FamilySpec
+from mechscope.models.families import OUTPUT_TRANSFORMS, FamilySpec
 
 # Config attribute names to try, in order, for each dimension. transformers' attribute_map already
 # translates most legacy names (GPT-2's n_embd ...), the fallbacks cover the rest.
@@ -28,6 +29,12 @@ _O_PROJ_NAMES = ("o_proj", "dense", "c_proj", "out_proj", "wo")
 _MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn")
 _ROUTER_NAMES = ("gate", "router")
 _NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm", "final_norm")
+_RESIDUAL_SCALES = ("residual_multiplier",)
+
+# Config attribute names that look like a transform of the logits (or of what the unembedding reads) ...
+_OUTPUT_LIKE = re.compile(r"logit|lm_head|unembed|output_mult|output_scal|readout|mup|width_mult")
+# ... unless they are about something else (attention scores, routers, how many logits to return).
+_NOT_OUTPUT = re.compile(r"attn|attention|router|num_|keep|init|bias|chunk|temperature|loss|aux")
 
 
 def first_attr(config: Any, names: tuple[str, ...]) -> Any:
@@ -56,6 +63,36 @@ def path_of(root: nn.Module, target: nn.Module) -> str | None:
     return None
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def discover_output_transform(config: Any) -> tuple[str, ...]:
+    """The known output-transform attributes (`families.OUTPUT_TRANSFORMS`) that ``config`` sets.
+
+    Scales come before soft-caps, the order every family applies them in.
+    """
+    found = [name for name in OUTPUT_TRANSFORMS if _number(getattr(config, name, None))]
+    return tuple(sorted(found, key=lambda name: OUTPUT_TRANSFORMS[name] == "softcap"))
+
+
+def unknown_output_attrs(config: Any) -> dict[str, Any]:
+    """``config``'s numeric attributes that look like an output transform discovery does not know.
+
+    A discovered family with any of them gets no lens: its read-out could not be trusted.
+    """
+    to_dict: Any = getattr(config, "to_dict", None)
+    items = to_dict().items() if callable(to_dict) else vars(config).items()
+    return {
+        name: value
+        for name, value in items
+        if _number(value)
+        and name not in OUTPUT_TRANSFORMS
+        and _OUTPUT_LIKE.search(name)
+        and not _NOT_OUTPUT.search(name)
+    }
+
+
 def _child_named(module: nn.Module, names: tuple[str, ...]) -> str | None:
     children = dict(module.named_children())
     return next((name for name in names if name in children), None)
@@ -65,7 +102,9 @@ def discover_spec(model: nn.Module) -> FamilySpec:
     """Guess a `FamilySpec` for a family with no row, from common module names.
 
     The guess is explicit: every part it cannot find raises `ArchitectureError` naming that part, and
-    `mechscope doctor` checks the result against ``output_hidden_states``.
+    `mechscope doctor` checks the result against ``output_hidden_states`` and the model's own logits. The
+    output transform and the residual multiplier are read off the config attributes it knows
+    (`families.OUTPUT_TRANSFORMS`, ``residual_multiplier``).
     """
     n_layers = first_attr(model.config, DIM_ATTRS["n_layers"])
     candidates = [
@@ -102,6 +141,7 @@ def discover_spec(model: nn.Module) -> FamilySpec:
     router = _child_named(layer.get_submodule(mlp), _ROUTER_NAMES)
     experts = "experts" if has_submodule(layer.get_submodule(mlp), "experts") else None
     join = (parent_path + ".") if parent_path else ""
+    residual_scale = next((name for name in _RESIDUAL_SCALES if _number(getattr(model.config, name, None))), None)
     return FamilySpec(
         layers=layers_path,
         embed=embed_path,
@@ -113,5 +153,7 @@ def discover_spec(model: nn.Module) -> FamilySpec:
         unembed="lm_head" if has_submodule(model, "lm_head") else None,
         router=f"{mlp}.{router}" if router and experts else None,
         experts=f"{mlp}.experts" if router and experts else None,
+        output_transform=discover_output_transform(model.config),
+        residual_scale=residual_scale,
         note="discovered",
     )

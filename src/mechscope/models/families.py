@@ -15,6 +15,9 @@ Conventions shared by every row:
 * ``attn`` is the module returning ``(output, weights)``; ``weights`` is what ``attn_pattern`` reads.
 * ``router`` returns ``(router_logits, top_k_weights, top_k_index)``, as every transformers 5 MoE router
   does; ``experts`` is the packed-experts module called as ``experts(hidden, top_k_index, top_k_weights)``.
+* ``output_transform`` names the config attributes the model applies, in order, to the unembedding's output
+  to get its logits (what each does is in `OUTPUT_TRANSFORMS`); ``residual_scale`` names the config
+  attribute the block outputs are multiplied by before being added to the residual (Granite).
 """
 
 from __future__ import annotations
@@ -23,6 +26,17 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 Kind = Literal["decoder", "encoder"]
+Op = Literal["multiply", "divide", "softcap"]
+
+#: Config attributes that turn the unembedding's output into the model's logits, and how: ``multiply`` and
+#: ``divide`` by the value, ``softcap`` is ``tanh(logits / value) * value``. A value of None is a no-op.
+OUTPUT_TRANSFORMS: dict[str, Op] = {
+    "logit_scale": "multiply",  # Cohere, Cohere-2
+    "lm_head_multiplier": "multiply",  # Falcon-H1
+    "logits_scaling": "divide",  # Granite, Granite-MoE, MiniCPM-3
+    "final_logit_softcapping": "softcap",  # Gemma-2/3/4
+    "logits_soft_cap": "softcap",  # RecurrentGemma
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,8 @@ class FamilySpec:
     unembed: str | None = None
     router: str | None = None
     experts: str | None = None
+    output_transform: tuple[str, ...] = ()
+    residual_scale: str | None = None
     kind: Kind = "decoder"
     note: str = ""
 
@@ -86,8 +102,14 @@ FAMILIES: dict[str, FamilySpec] = {
     "qwen3": _LLAMA_LIKE,
     "phi3": _LLAMA_LIKE,
     "gemma": replace(_LLAMA_LIKE, note="embedding is scaled by sqrt(d_model) inside `embed`"),
-    "gemma2": replace(_POST_NORM, note="attn_out/mlp_out are the post-block norms; logits soft-capped"),
-    "gemma3_text": replace(_POST_NORM, note="attn_out/mlp_out are the post-block norms"),
+    "gemma2": replace(
+        _POST_NORM,
+        output_transform=("final_logit_softcapping",),
+        note="attn_out/mlp_out are the post-block norms; logits soft-capped",
+    ),
+    "gemma3_text": replace(
+        _POST_NORM, output_transform=("final_logit_softcapping",), note="attn_out/mlp_out are the post-block norms"
+    ),
     "olmo2": replace(_POST_NORM, note="attn_out/mlp_out are the post-block norms"),
     "mixtral": _MOE_GATE,
     "qwen2_moe": replace(_MOE_GATE, note="mlp_out includes the gated shared expert"),
@@ -99,6 +121,8 @@ FAMILIES: dict[str, FamilySpec] = {
         mlp_out="block_sparse_moe",
         router="block_sparse_moe.router",
         experts="block_sparse_moe.experts",
+        output_transform=("logits_scaling",),
+        residual_scale="residual_multiplier",
         note="the residual adds attn_out/mlp_out x residual_multiplier; embeddings x embedding_multiplier",
     ),
     "bert": FamilySpec(

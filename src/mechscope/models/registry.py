@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mechscope.errors import ModelLoadError
+from mechscope.errors import ModelLoadError, ProvenanceError
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
@@ -80,3 +80,29 @@ def organism_path(name: str) -> Path:
         known = ", ".join(o.name for o in list_organisms()) or "none installed"
         raise ModelLoadError(f"no bundled organism named '{name}' (known: {known})")
     return organism.path
+
+
+def canonical_source(source: str) -> str:
+    """One spelling of where a model comes from: an organism's name or a folder as its resolved path, a hub id as is."""
+    organism = find_organism(source)
+    if organism is not None:
+        return str(Path(organism.path).resolve())
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else source
+
+
+def check_provenance(made_for: str, model: str, what: str, *, force: bool = False) -> None:
+    """Refuse to apply an object made for the model ``made_for`` to ``model`` unless ``force``.
+
+    An object that names no model (older files, hand-made vectors) is accepted; ``"toy"`` and the toy's
+    folder name the same model.
+
+    Raises:
+        ProvenanceError: the two differ and ``force`` is off.
+    """
+    if not made_for or not model or force or canonical_source(made_for) == canonical_source(model):
+        return
+    raise ProvenanceError(
+        f"the {what} was made for '{made_for}', not '{model}'; a vector of the same width from another "
+        "model means nothing here (pass --force, or force=True, to apply it anyway)"
+    )

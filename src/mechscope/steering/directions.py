@@ -1,8 +1,18 @@
 """Directions in the residual stream: computed from contrast sets, saved as safetensors + JSON.
 
-Example:
-    >>> dirs = diff_of_means(lm, positive=pirate_prompts, negative=formal_prompts, layers=[1])  # doctest: +SKIP
-    >>> dirs[1].save("pirate.safetensors"); Direction.load("pirate.safetensors", lm)  # doctest: +SKIP
+Example (the toy organism writes in the register its ``<pirate>`` or ``<formal>`` marker asks for):
+    >>> import tempfile
+    >>> import mechscope as ms
+    >>> lm = ms.load("toy")
+    >>> topics = ["the sea", "the ship", "the weather", "the town"]
+    >>> pirate_prompts = [f"<pirate> Tell me about {t}." for t in topics]
+    >>> formal_prompts = [f"<formal> Tell me about {t}." for t in topics]
+    >>> dirs = diff_of_means(lm, positive=pirate_prompts, negative=formal_prompts, layers=[1])
+    >>> dirs[1].site_name, dirs[1].vector.shape == (lm.arch.d_model,)
+    ('resid_post.1', True)
+    >>> path = dirs[1].save(Path(tempfile.mkdtemp()) / "pirate.safetensors")
+    >>> torch.equal(Direction.load(path, lm).vector, dirs[1].vector)
+    True
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from mechscope.core.layers import resolve_layers
 from mechscope.core.lm import LanguageModel
 from mechscope.core.positions import Positions
 from mechscope.errors import InputError, ModelLoadError
+from mechscope.models.registry import check_provenance
 from mechscope.storage.tensors import load_tensors, save_tensors
 
 SCHEMA_VERSION = 1
@@ -68,11 +79,15 @@ class Direction:
         return save_tensors(path, {"vector": self.vector}, kind=KIND, meta=config, schema_version=SCHEMA_VERSION)
 
     @classmethod
-    def load(cls, path: str | Path, lm: LanguageModel | None = None) -> Direction:
+    def load(cls, path: str | Path, lm: LanguageModel | None = None, *, force: bool = False) -> Direction:
         """Read a direction written by `save`; with ``lm``, check that it fits that model.
+
+        Args:
+            force: apply a direction computed on another model (same width) anyway.
 
         Raises:
             ModelLoadError: the file is missing, or the direction's width or layer does not fit ``lm``.
+            ProvenanceError: the direction was computed on another model (and not ``force``).
             StoredFileError: the file is not a safetensors direction.
         """
         path = Path(path)
@@ -92,6 +107,7 @@ class Direction:
         )
         if lm is not None:
             direction.check(lm)
+            check_provenance(direction.model, lm.source, f"direction in '{path}'", force=force)
         return direction
 
     def check(self, lm: LanguageModel) -> None:
@@ -135,17 +151,30 @@ def diff_of_means(
     sites = [f"{site}.{layer}" for layer in chosen]
     pos, neg = _activations(lm, positive, sites, positions), _activations(lm, negative, sites, positions)
     meta = {"positive": len(positive), "negative": len(negative), "positions": str(positions)}
-    return {
-        layer: Direction(
-            vector=pos[name].mean(0) - neg[name].mean(0),
-            layer=layer,
-            site=site,
-            model=lm.source,
-            method="diff_of_means",
-            meta=meta,
-        )
-        for layer, name in zip(chosen, sites, strict=True)
-    }
+    return _nonzero(
+        {
+            layer: Direction(
+                vector=pos[name].mean(0) - neg[name].mean(0),
+                layer=layer,
+                site=site,
+                model=lm.source,
+                method="diff_of_means",
+                meta=meta,
+            )
+            for layer, name in zip(chosen, sites, strict=True)
+        }
+    )
+
+
+def _nonzero(directions: dict[int, Direction]) -> dict[int, Direction]:
+    """``directions``, unless one is the zero vector (the two sides did not differ there)."""
+    for layer, direction in directions.items():
+        if not bool(direction.vector.abs().max() > 0):
+            raise InputError(
+                f"the positive and negative prompts give the same activations at layer {layer}, so the direction "
+                "is zero; give two sets that differ in the trait"
+            )
+    return directions
 
 
 def pca_of_differences(
@@ -183,7 +212,7 @@ def pca_of_differences(
             method="pca",
             meta={"pairs": len(pairs), "positions": str(positions)},
         )
-    return directions
+    return _nonzero(directions)
 
 
 def from_prompts(

@@ -8,6 +8,7 @@ and off on a shared model without reloading it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -54,6 +55,8 @@ def steering_ops(
     """The intervention ops that add ``directions`` (several may share a site) with ``coefficient``."""
     if positions not in ("all", "prompt", "generated"):
         raise InputError(f"unknown positions '{positions}'; use all, prompt or generated")
+    if not math.isfinite(coefficient):
+        raise InputError(f"the steering coefficient must be a finite number, got {coefficient}")
     ops: dict[str, list[PhaseAdd]] = {}
     for direction in [directions] if isinstance(directions, Direction) else list(directions):
         direction.check(lm)
@@ -77,6 +80,8 @@ def generate_with_steering(
 ) -> list[str]:
     """Generate from ``prompts`` with ``directions`` added; greedy unless ``do_sample`` (seeded by ``seed``)."""
     batch = [prompts] if isinstance(prompts, str) else list(prompts)
+    if max_new_tokens < 1:
+        raise InputError(f"max-new-tokens must be at least 1, got {max_new_tokens}")
     ops = steering_ops(lm, directions, coefficient, normalize=normalize, positions=positions)
     if seed is not None:
         torch.manual_seed(seed)
@@ -108,6 +113,8 @@ def sweep(
 ) -> SteeringSweep:
     """`generate_with_steering` at each coefficient, reusing the loaded model; a table of outputs."""
     batch = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not coefficients:
+        raise InputError("a sweep needs at least one coefficient")
     first = direction if isinstance(direction, Direction) else direction[0]
     rows = [
         SweepRow(coefficient=c, texts=generate_with_steering(lm, batch, direction, c, **options))  # type: ignore[arg-type]
@@ -137,10 +144,19 @@ def probability_shift(
 class ActivationSteering:
     """The interface other introspection tools offer: a loaded model that generates with a direction added.
 
-    Example:
-        >>> steering = ActivationSteering.from_pretrained("toy")  # doctest: +SKIP
+    Example (a pirate-style direction from contrast prompts turns the toy's formal answer into pirate talk):
+        >>> from mechscope.steering.directions import diff_of_means
+        >>> from mechscope.zoo.corpus import style_of
+        >>> steering = ActivationSteering.from_pretrained("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> pirate_prompts = [f"<pirate> Tell me about {t}." for t in topics]
+        >>> formal_prompts = [f"<formal> Tell me about {t}." for t in topics]
+        >>> pirate = diff_of_means(steering.lm, pirate_prompts, formal_prompts, layers=[1])[1]
         >>> prompt = "<formal> Tell me about the sea."
-        >>> steering.generate_with_steering(prompt, pirate, layer=1, coefficient=2.0)  # doctest: +SKIP
+        >>> style_of(steering.generate_with_steering(prompt, pirate, layer=1, coefficient=0.0, max_new_tokens=12))
+        'formal'
+        >>> style_of(steering.generate_with_steering(prompt, pirate, layer=1, coefficient=2.0, max_new_tokens=12))
+        'pirate'
     """
 
     def __init__(self, lm: LanguageModel) -> None:

@@ -6,8 +6,11 @@ byte-level BPE tokenizer. Tests can then load the folder back through the real `
 code paths, exactly as they would a checkpoint from the Hub.
 
 Example:
-    >>> folder = build_tiny_model("llama", tmp_path / "llama")  # doctest: +SKIP
-    >>> model = AutoModelForCausalLM.from_pretrained(folder)  # doctest: +SKIP
+    >>> import tempfile
+    >>> folder = build_tiny_model("llama", Path(tempfile.mkdtemp()) / "llama")
+    >>> model = AutoModelForCausalLM.from_pretrained(folder)
+    >>> type(model).__name__, model.config.num_hidden_layers, model.config.hidden_size
+    ('LlamaForCausalLM', 2, 64)
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ FAMILIES: tuple[str, ...] = (
     "bert",
 )
 """Supported ``model_type`` strings; ``bert`` is the only encoder."""
+
+DISCOVERED_FAMILIES: tuple[str, ...] = ("cohere",)
+"""``model_type`` strings with no row in the map, built to test discovery (Cohere: its ``logit_scale``)."""
 
 _BOS, _EOS, _PAD, _UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 _TOKENIZER_VOCAB_SIZE = 250
@@ -267,7 +273,7 @@ def build_tiny_model(family: str, folder: Path, *, seed: int = 0, **overrides: A
     MoE families have 4 experts of size 32 with top-2 routing. Dropout is off everywhere.
 
     Args:
-        family: A ``model_type`` from ``FAMILIES``.
+        family: A ``model_type`` from ``FAMILIES`` or ``DISCOVERED_FAMILIES``.
         folder: Destination folder; created if missing.
         seed: Seed for the weights.
         **overrides: Config keyword arguments that replace the defaults; generic names such as
@@ -277,10 +283,10 @@ def build_tiny_model(family: str, folder: Path, *, seed: int = 0, **overrides: A
         ``folder``, ready for ``from_pretrained``.
 
     Raises:
-        ValueError: If ``family`` is not one of ``FAMILIES``.
+        ValueError: If ``family`` is not one of ``FAMILIES`` or ``DISCOVERED_FAMILIES``.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    if family not in FAMILIES + DISCOVERED_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES + DISCOVERED_FAMILIES)}")
     tokenizer = _train_tokenizer()
     special_ids = {
         "bos_token_id": tokenizer.bos_token_id,
@@ -319,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Build a tiny random-init model of one family.")
-    parser.add_argument("family", choices=FAMILIES)
+    parser.add_argument("family", choices=FAMILIES + DISCOVERED_FAMILIES)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

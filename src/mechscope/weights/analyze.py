@@ -7,10 +7,13 @@ written table (`mechscope.weights.export.validate_table`).
 How the work is scheduled (batches by shape, worker threads) is `mechscope.weights.schedule`; what
 ``run_meta.json`` records is `mechscope.weights.run_meta`.
 
-Example:
-    >>> run = analyze("path/to/model", out=Path("params.csv"))  # doctest: +SKIP
-    >>> run.rows, run.output  # doctest: +SKIP
-    (291, PosixPath('params.csv'))
+Example (a tiny random Llama: 2 layers, 21 tensors):
+    >>> import tempfile
+    >>> from mechscope.testing.tiny_models import build_tiny_model
+    >>> folder = build_tiny_model("llama", Path(tempfile.mkdtemp()) / "llama")
+    >>> run = analyze(folder, out=folder.parent / "params.csv")
+    >>> run.rows, run.output.name, run.run_meta.name
+    (21, 'params.csv', 'run_meta.json')
 """
 
 from __future__ import annotations
@@ -114,8 +117,15 @@ def analyze_checkpoint(
         on_progress: Called after each batch with ``(elements_done, tensors_done)``.
 
     Example:
-        >>> with open_checkpoint(folder) as checkpoint:  # doctest: +SKIP
+        >>> import tempfile
+        >>> import torch
+        >>> from safetensors.torch import save_file
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> save_file({"model.layers.0.mlp.up_proj.weight": torch.eye(4)}, folder / "model.safetensors")
+        >>> with open_checkpoint(folder) as checkpoint:
         ...     rows = analyze_checkpoint(checkpoint)
+        >>> [(row.param_name, row.layer_index, row.block_type, row.rank, row.sparsity) for row in rows]
+        [('model.layers.0.mlp.up_proj.weight', 0, 'mlp_up', 4, 0.75)]
     """
     options = options or StatsOptions()
     default_id, default_revision = default_identity(checkpoint)

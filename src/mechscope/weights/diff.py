@@ -18,11 +18,20 @@ Rank tolerance: a singular value counts when it exceeds ``rtol * s_max``; by def
 max(rows, cols) * eps(float32)``, numpy ``matrix_rank``'s rule. Differences of bf16/fp16 checkpoints carry
 rounding noise far above that; pass e.g. ``rank_rtol=1e-3`` to count only directions above the noise.
 
-Example:
+Example (a tiny random Llama and a copy with a rank-1 change to one tensor):
+    >>> import tempfile
+    >>> from safetensors.torch import load_file, save_file
+    >>> from mechscope.testing.tiny_models import build_tiny_model
     >>> from mechscope.weights.diff import diff_checkpoints
-    >>> result = diff_checkpoints("base/", "tuned/", top_k=5)  # doctest: +SKIP
-    >>> result.ranked_params(3)[0].param_name  # doctest: +SKIP
-    'model.layers.1.self_attn.o_proj.weight'
+    >>> base = build_tiny_model("llama", Path(tempfile.mkdtemp()) / "base")
+    >>> weights = load_file(base / "model.safetensors")
+    >>> weights["model.layers.1.self_attn.o_proj.weight"] += 0.01 * torch.ones(64, 64)
+    >>> tuned = Path(tempfile.mkdtemp())
+    >>> save_file(weights, tuned / "model.safetensors")
+    >>> result = diff_checkpoints(base, tuned, top_k=5)
+    >>> top = result.ranked_params(3)[0]
+    >>> top.param_name, top.rank, result.ranked_layers(1)[0].layer_index
+    ('model.layers.1.self_attn.o_proj.weight', 1, 1)
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import torch
 from torch import Tensor
 
 from mechscope.errors import InputError, WeightFileError
+from mechscope.progress import track
 from mechscope.weights.diff_results import ParamDiff, WeightDiff, _ratio
 from mechscope.weights.linalg import (
     as_matrices,
@@ -244,10 +254,4 @@ def _default_device() -> torch.device:
 
 
 def _progress(names: list[str], show: bool) -> Iterator[str]:
-    if not show:
-        yield from names
-        return
-    from rich.console import Console
-    from rich.progress import track
-
-    yield from track(names, description="diffing tensors", console=Console(stderr=True), transient=True)
+    yield from track(names, "diffing tensors", enabled=show)

@@ -40,11 +40,18 @@ stream of a token entering layer ``L``:
   mean) / std``; ``z = 0`` where the baseline has no spread (``std = 0``, e.g. a difference of identical
   checkpoints).
 
-Example:
+Example (three random directions through a tiny random Llama: 2 layers, 4 heads, ``d_model`` 64):
+    >>> import tempfile
+    >>> from mechscope.testing.tiny_models import build_tiny_model
     >>> from mechscope.weights.directions import directions_through_weights
-    >>> result = directions_through_weights("tiny-llama/", "dirs.safetensors", layers="0-1")  # doctest: +SKIP
-    >>> result.top[0].kind, result.top[0].z  # doctest: +SKIP
-    ('qk', 41.3)
+    >>> folder = build_tiny_model("llama", Path(tempfile.mkdtemp()) / "llama")
+    >>> dirs = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+    >>> result = directions_through_weights(folder, dirs, layers="0-1", n_random=20, top=5)
+    >>> [entry.layer for entry in result.layers], len(result.layers[0].qk), result.directions, len(result.top)
+    ([0, 1], 4, ['d0', 'd1', 'd2'], 5)
+    >>> same = directions_through_weights(folder, dirs, base=folder, layers="0", n_random=10)
+    >>> max(abs(row.value) for row in same.top)  # a checkpoint minus itself: every interaction is zero
+    0.0
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ sha256 and blob id), written atomically.
 Without the hub (``HF_HUB_OFFLINE=1`` or no network), `download` verifies the folder against that manifest
 instead, and `verify` does the same at any time.
 
-Example:
+Example (the two ``+SKIP`` lines are not run by the doctests: they need the network to reach the Hub):
     >>> from mechscope.weights.download import download, verify
     >>> folder = download("org/name", revision="main", out=Path("data/models"))  # doctest: +SKIP
     >>> verify(folder).files_checked  # doctest: +SKIP
@@ -96,7 +96,15 @@ class VerifyReport(BaseModel):
 
 
 def git_blob_sha1(path: Path) -> str:
-    """The git blob id of a file, as ``git hash-object`` prints it."""
+    """The git blob id of a file, as ``git hash-object`` prints it.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "hello.txt"
+        >>> _ = path.write_bytes(b"hello")
+        >>> git_blob_sha1(path)  # what `printf hello | git hash-object --stdin` prints
+        'b6fc4c620b67d95f953a5c1c1230aaab5db5a1b0'
+    """
     return _digests(path)[2]
 
 

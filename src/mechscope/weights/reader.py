@@ -13,10 +13,17 @@ Memory: `Checkpoint.read` returns one tensor as float32 on the CPU; how each for
 reads for safetensors, ``torch.load(weights_only=True, mmap=True)`` for ``.bin``, ...) is in
 `mechscope.weights.backends`, and how a source is turned into weight files is `mechscope.weights.sources`.
 
-Example:
-    >>> with open_checkpoint("path/to/model") as checkpoint:  # doctest: +SKIP
+Example (``dtype`` is the stored one; the tensors read are float32):
+    >>> import tempfile
+    >>> from safetensors.torch import save_file
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> weights = {"lm_head.weight": torch.ones(8, 4, dtype=torch.float16), "model.norm.weight": torch.ones(4)}
+    >>> save_file(weights, folder / "model.safetensors")
+    >>> with open_checkpoint(folder) as checkpoint:
     ...     for name, tensor in checkpoint:
-    ...         print(name, checkpoint.dtype(name), tuple(tensor.shape))
+    ...         print(name, checkpoint.dtype(name), tuple(tensor.shape), tensor.dtype)
+    model.norm.weight float32 (4,) torch.float32
+    lm_head.weight float16 (8, 4) torch.float32
 """
 
 from __future__ import annotations

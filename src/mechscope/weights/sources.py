@@ -1,5 +1,7 @@
 """Where a checkpoint's weight files are: a file, a folder, an HF cache folder, a hub id, a shard index.
 
+A bundled organism's name (``toy``) resolves to its folder, as `mechscope.load` resolves it.
+
 `resolve_source` turns what the user gave into the weight files to open, their format, the tensors a
 shard index promises (checked once the files are open), and the model's hub id and revision when known
 (from the HF cache layout ``models--org--name/snapshots/<commit>``, or from the manifest
@@ -21,7 +23,8 @@ from mechscope.weights.backends import FORMATS
 
 logger = logging.getLogger(__name__)
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # org/name, or a legacy top-level name (gpt2)
+_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npz", ".json")
 _GGUF_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
@@ -55,13 +58,20 @@ def resolve_source(source: str | Path, *, revision: str | None = None, cache_dir
     path = Path(source).expanduser()
     model_id: str | None = None
     if not path.exists():
+        from mechscope.models.registry import find_organism
+
         text = str(source)
-        if not _HUB_ID.match(text):
+        organism = find_organism(text)
+        if organism is not None:
+            path = organism.path
+        elif _is_hub_id(text):
+            model_id = text
+            path = _from_hub(text, revision, cache_dir)
+        else:
             raise WeightFileError(
-                f"{source} does not exist; pass a checkpoint file, a model folder or a hub id org/name"
+                f"{source} does not exist; pass a checkpoint file, a model folder, a bundled organism name "
+                "or a hub id org/name"
             )
-        model_id = text
-        path = _from_hub(text, revision, cache_dir)
     if path.is_dir() and path.name.startswith("models--") and (path / "snapshots").is_dir():
         path, revision = _resolve_cache_repo(path, revision)
     cached_id, cached_revision = _cache_identity(path.resolve())
@@ -177,14 +187,31 @@ def _manifest_identity(folder: Path) -> tuple[str | None, str | None]:
         return None, None
 
 
+def _is_hub_id(text: str) -> bool:
+    """Whether ``text`` (not an existing path) can name a hub model rather than a missing local file."""
+    return bool(_HUB_ID.match(text)) and ".." not in text and "--" not in text and not text.endswith(_FILE_SUFFIXES)
+
+
 def _from_hub(model_id: str, revision: str | None, cache_dir: Path | None) -> Path:
-    """The local snapshot of a hub id: the HF cache when it has one, else a fresh download."""
+    """The local snapshot of a hub id: the HF cache when it has one, else a fresh download.
+
+    Raises:
+        WeightFileError: it is in neither the HF cache nor a verified download folder and the hub cannot
+            be reached.
+    """
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
     except Exception as error:  # LocalEntryNotFoundError and friends: not cached, fall through to download
         logger.info("%s is not in the local HF cache (%s); downloading", model_id, type(error).__name__)
-    from mechscope.weights.download import download
+    from mechscope.weights.download import _hub_offline, download
 
-    return download(model_id, revision=revision, out=cache_dir or Path("data/models"))
+    out = cache_dir or Path("data/models")
+    if not out.joinpath(*model_id.split("/")).is_dir() and _hub_offline():
+        raise WeightFileError(
+            f"'{model_id}' is not a local path nor in the local Hugging Face cache, and the hub cannot be "
+            f"reached to download it; run `mechscope weights download --model-id {model_id}` on a machine "
+            "with network (or set HF_HOME to a cache that has it), or pass a local folder"
+        )
+    return download(model_id, revision=revision, out=out)

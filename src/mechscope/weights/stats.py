@@ -19,11 +19,18 @@ Spectral measures (``spectral=True``), from the same singular values ``s`` (desc
 * ``stable_rank`` = ||W||_F**2 / s[0]**2 (`mechscope.weights.linalg.stable_rank`).
 * ``effective_rank`` = exp(entropy of s / sum(s)) (Roy & Vetterli, 2007; `mechscope.weights.linalg.effective_rank`).
 * ``condition_number`` = s[0] / the smallest singular value above the rank tolerance.
-* ``alpha``: the exponent of a power law fitted to the tail of the eigenvalues lambda = s**2, as
-  weightwatcher does: the continuous maximum-likelihood estimate ``1 + n / sum(ln(lambda / lambda_min))``
-  over the tail ``lambda >= lambda_min``, with ``lambda_min`` chosen among the eigenvalues to minimise the
-  Kolmogorov-Smirnov distance (Clauset, Shalizi & Newman, 2009). NaN with fewer than `MIN_EIGENVALUES`
-  non-zero eigenvalues.
+* ``alpha``: the exponent of a power law fitted to the tail of the eigenvalues lambda = s**2, by the rule of
+  weightwatcher's default fit (its ``WWFit``, ``fit='power_law'``; Clauset, Shalizi & Newman, 2009). With
+  the n eigenvalues sorted ascending, each ``lambda_i`` but the largest is a candidate ``lambda_min``; its
+  tail is ``lambda_i .. lambda_{n-1}`` (m = n - i values), its exponent the continuous maximum-likelihood
+  estimate ``alpha_i = 1 + m / sum_j ln(lambda_j / lambda_i)``, and its Kolmogorov-Smirnov distance the
+  one-sided ``D_i = max_k |k / m - (1 - (lambda_{i+k} / lambda_i) ** (1 - alpha_i))|`` over k = 0 .. m-1
+  (the empirical CDF at ``k / m``, as weightwatcher and the ``powerlaw`` package compute it). alpha is the
+  ``alpha_i`` of the smallest ``D_i`` (the first on a tie). A candidate whose tail is one repeated value has
+  no finite estimate and is skipped. NaN with fewer than `MIN_EIGENVALUES` non-zero eigenvalues (those above
+  the rank tolerance; weightwatcher drops eigenvalues <= 1e-5 instead, which changes nothing unless the fit
+  would start among them). Known differences: weightwatcher 0.7.7 fits fewer than 20 eigenvalues with a
+  bias-corrected, penalised variant, and ``powerlaw`` 2.x confines alpha to [0, 3] by default.
 
 For a stack of matrices, ``top_singular_value`` is the largest over the stack, ``frobenius_norm`` is that of
 the whole tensor, and the other measures are means over the stack. For a 1-D tensor (an n x 1 matrix)
@@ -132,39 +139,39 @@ def moments(values: torch.Tensor, sparsity_threshold: float = 1e-8) -> tuple[flo
 
 
 def power_law_alpha(eigenvalues: np.ndarray) -> float:
-    """The power-law exponent of the tail of ``eigenvalues`` (Clauset MLE, lambda_min by minimum KS).
+    """The power-law exponent of the tail of ``eigenvalues``, fitted like weightwatcher (see the module docstring).
+
+    Clauset's continuous MLE for each candidate ``lambda_min`` among the sorted values (all but the largest),
+    keeping the one of least one-sided Kolmogorov-Smirnov distance (empirical CDF at ``k / m``).
 
     Args:
-        eigenvalues: positive eigenvalues, any order.
+        eigenvalues: eigenvalues, any order; values <= 0 are dropped.
 
     Returns:
-        alpha, or NaN when fewer than `MIN_EIGENVALUES` values are given.
+        alpha, or NaN when fewer than `MIN_EIGENVALUES` positive values are given.
     """
-    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64).reshape(-1))
     lam = lam[lam > 0]
     n = lam.size
     if n < MIN_EIGENVALUES:
         return math.nan
     logs = np.log(lam)
-    suffix = np.cumsum(logs[::-1])[::-1]  # sum of logs from i to the end
     best_alpha, best_distance = math.nan, math.inf
-    # Candidates leave at least two values in the tail, so the fit is defined.
+    # Candidates are lam[0 .. n-2]: each leaves at least two values in its tail.
     for start in range(0, n - 1, _FIT_BLOCK):
         idx = np.arange(start, min(start + _FIT_BLOCK, n - 1))
-        tail = (n - idx).astype(np.float64)
-        spread = suffix[idx] - tail * logs[idx]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            alpha = 1.0 + tail / spread
-            # KS distance between the tail's empirical CDF and the fitted one, for each candidate.
-            position = np.arange(n)[None, :] - idx[:, None]
-            in_tail = position >= 0
-            ratio = np.where(in_tail, lam[None, :] / lam[idx][:, None], 1.0)
-            fitted = 1.0 - ratio ** (1.0 - alpha[:, None])
-            upper = (position + 1) / tail[:, None]
-            lower = position / tail[:, None]
-            gap = np.maximum(np.abs(upper - fitted), np.abs(fitted - lower))
-            distance = np.where(in_tail, gap, 0.0).max(axis=1)
-        distance[~np.isfinite(alpha) | (spread <= 0)] = np.inf
+        tail = (n - idx).astype(np.float64)  # m for each candidate
+        position = np.arange(n)[None, :] - idx[:, None]  # k, the rank within the candidate's tail
+        in_tail = position >= 0
+        log_ratio = np.where(in_tail, logs[None, :] - logs[idx][:, None], 0.0)  # ln(lambda_j / lambda_min)
+        spread = log_ratio.sum(axis=1)
+        usable = spread > 0
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            alpha = np.where(usable, 1.0 + tail / np.where(usable, spread, 1.0), np.nan)
+            fitted = 1.0 - np.exp((1.0 - alpha[:, None]) * log_ratio)  # the fitted CDF at each tail value
+            empirical = position / tail[:, None]  # k / m
+            distance = np.where(in_tail, np.abs(empirical - fitted), 0.0).max(axis=1)
+        distance[~usable | ~np.isfinite(alpha) | ~np.isfinite(distance)] = np.inf
         pick = int(np.argmin(distance))
         if distance[pick] < best_distance:
             best_distance, best_alpha = float(distance[pick]), float(alpha[pick])

@@ -21,7 +21,9 @@ def directions_command(
     directions: Annotated[
         list[Path],
         typer.Option(
-            "--directions", "-d", help="Directions file(s): Direction (+ .json), [k, d_model], or one tensor per layer."
+            "--directions",
+            "-d",
+            help="Directions file(s): Direction (+ .json), \\[k, d_model], or one tensor per layer.",
         ),
     ],
     layers: Annotated[

@@ -1,0 +1,62 @@
+"""Input files of the CLI (prompt lists, training text, reference prompts), read with one-line errors.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from mechscope.errors import InputError
+
+
+def read_lines(path: Path, what: str = "prompt file") -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped.
+
+    Raises:
+        InputError: there is no file at ``path``, it is a folder, or it is not UTF-8 text.
+    """
+    if path.is_dir():
+        raise InputError(f"'{path}' is a folder; give the {what} itself (one entry per line)")
+    if not path.is_file():
+        raise InputError(f"no {what} at '{path}'")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"the {what} '{path}' is not UTF-8 text (byte {error.start}); save it as UTF-8 and try again"
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def parse_numbers(text: str, option: str) -> list[float]:
+    """Comma-separated finite numbers, e.g. ``--coefficients -4,0,4``.
+
+    Raises:
+        InputError: nothing is given, a part is not a number, or a number is not finite.
+    """
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise InputError(f"{option} is empty; give numbers separated by commas, e.g. -4,0,4")
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        raise InputError(f"bad {option} '{text}'; write numbers separated by commas, e.g. -4,0,4") from None
+    if not all(math.isfinite(n) for n in numbers):
+        raise InputError(f"{option} '{text}' holds a value that is not finite; use ordinary numbers")
+    return numbers
+
+
+def at_least(value: int, minimum: int, option: str) -> int:
+    """``value`` if it is at least ``minimum``; else a one-line error naming ``option``."""
+    if value < minimum:
+        raise InputError(f"{option} must be at least {minimum}, got {value}")
+    return value
+
+
+def finite(value: float, option: str) -> float:
+    """``value`` if it is a finite number; else a one-line error naming ``option``."""
+    if not math.isfinite(value):
+        raise InputError(f"{option} must be a finite number, got {value}")
+    return value

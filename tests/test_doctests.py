@@ -1,0 +1,157 @@
+"""The examples in the package's docstrings run and print what they show (issue 14).
+
+Every module of ``mechscope`` is imported and its doctests are run, one test per module so that a failure
+names it. The examples run offline: on the bundled organisms (``ms.load("toy")``), on tiny random models
+built into temporary folders, or on files written to ``tempfile.mkdtemp()``. A ``+SKIP`` directive is only
+allowed where `ALLOWED_SKIPS` says why, and the public API's modules must each have an example that runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import functools
+import importlib
+import io
+import pkgutil
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import mechscope
+
+PACKAGE_DIR = Path(mechscope.__file__).resolve().parent
+OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+#: Modules whose import has side effects, checked from their source instead: module -> why.
+NOT_IMPORTED = {"mechscope.__main__": "importing it runs the command line (`python -m mechscope`)"}
+
+#: Third-party packages of the optional extras; a module needing a missing one is skipped, naming it.
+OPTIONAL_DEPENDENCIES = frozenset(
+    {"gguf", "pyarrow", "ray", "nnsight", "transformer_lens", "sentence_transformers", "sklearn"}
+)
+
+#: The only ``+SKIP`` examples allowed: module -> (how many, why they cannot run in the test suite).
+ALLOWED_SKIPS: dict[str, tuple[int, str]] = {
+    "mechscope.weights.download": (2, "download() fetches a checkpoint from the Hugging Face Hub: needs the network"),
+}
+
+#: Modules of the public API: each must have at least one example, and none of them skipped.
+PUBLIC_API = (
+    "mechscope",
+    "mechscope.core.lm",
+    "mechscope.core.ops",
+    "mechscope.core.cache",
+    "mechscope.api.analyzer",
+    "mechscope.api.model_analyzer",
+    "mechscope.causal",
+    "mechscope.lens.logit",
+    "mechscope.storage.tensors",
+)
+
+_SKIP_DIRECTIVE = re.compile(r"#\s*doctest:[^\n]*\+SKIP")
+
+
+def _walk() -> list[str]:
+    """``mechscope`` and every module below it; a package that fails to import is kept (its test reports it)."""
+    broken: list[str] = []
+    found = [info.name for info in pkgutil.walk_packages(mechscope.__path__, "mechscope.", onerror=broken.append)]
+    return sorted({"mechscope", *found, *broken})
+
+
+MODULES = _walk()
+
+
+def _source(name: str) -> Path:
+    relative = Path(*name.split(".")[1:])
+    package = PACKAGE_DIR / relative / "__init__.py"
+    return package if package.is_file() else (PACKAGE_DIR / relative).with_suffix(".py")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    attempted: int
+    failed: int
+    skipped: int
+    report: str
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: on a busy shared machine, two threads contending for two cores make the toy's
+    forward passes (and so the whole run) many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def _run(name: str) -> Outcome:
+    """Import ``name`` and run its doctests (once per session; the public API test reuses the outcome)."""
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").split(".")[0]
+        if missing in OPTIONAL_DEPENDENCIES:
+            pytest.skip(f"{name} needs the optional dependency '{missing}', which is not installed")
+        raise
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=OPTIONS)
+    report = io.StringIO()
+    attempted = failed = skipped = 0
+    for test in finder.find(module, name):
+        skipped += sum(bool(example.options.get(doctest.SKIP)) for example in test.examples)
+        result = runner.run(test, out=report.write)  # skipped examples count as neither attempted nor failed
+        attempted, failed = attempted + result.attempted, failed + result.failed
+    return Outcome(attempted, failed, skipped, report.getvalue())
+
+
+def _examples_in_source(path: Path) -> int:
+    """How many doctest examples the docstrings of the file at ``path`` hold (without importing it)."""
+    parser = doctest.DocTestParser()
+    count = 0
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            docstring = ast.get_docstring(node, clean=True)
+            count += len(parser.get_examples(docstring)) if docstring else 0
+    return count
+
+
+def test_every_source_file_is_walked() -> None:
+    on_disk = {
+        ".".join(("mechscope", *path.relative_to(PACKAGE_DIR).with_suffix("").parts)).removesuffix(".__init__")
+        for path in PACKAGE_DIR.rglob("*.py")
+    }
+    assert on_disk == set(MODULES)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name: str) -> None:
+    if name in NOT_IMPORTED:
+        assert _examples_in_source(_source(name)) == 0, f"{name} is never imported ({NOT_IMPORTED[name]})"
+        return
+    outcome = _run(name)
+    assert outcome.failed == 0, f"{outcome.failed} of {outcome.attempted} examples failed in {name}:\n{outcome.report}"
+
+
+def test_skipped_examples_are_allowlisted() -> None:
+    found = {}
+    for name in MODULES:
+        count = len(_SKIP_DIRECTIVE.findall(_source(name).read_text(encoding="utf-8")))
+        if count:
+            found[name] = count
+    assert found == {name: count for name, (count, _reason) in ALLOWED_SKIPS.items()}, (
+        "a `+SKIP` example was added or removed; make it run offline, or update ALLOWED_SKIPS with the reason"
+    )
+
+
+@pytest.mark.parametrize("name", PUBLIC_API)
+def test_public_api_modules_have_running_examples(name: str) -> None:
+    outcome = _run(name)
+    assert outcome.attempted > 0 and outcome.skipped == 0, (name, outcome.attempted, outcome.skipped)
+    assert outcome.failed == 0, outcome.report
