@@ -125,6 +125,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("analyze-model-missing", ["analyze", "-p", PROMPT, "-m", "{tmp}/no-model"], "no-model"),
     ("analyze-dtype", ["analyze", "-p", PROMPT, "--dtype", "float7"], "dtype"),
     ("analyze-device-cuda", ["analyze", "-p", PROMPT, "--device", "cuda:7"], "cuda"),
+    ("analyze-device-map", ["analyze", "-p", PROMPT, "--device-map", "bogus"], "device_map"),
     ("analyze-device-bogus", ["analyze", "-p", PROMPT, "--device", "bogus"], "device"),
     ("attention-layer", ["attention", "-p", PROMPT, "--layer", "9"], "out of range"),
     ("attention-head", ["attention", "-p", PROMPT, "--layer", "1", "--head", "9"], "head 9"),

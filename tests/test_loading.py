@@ -170,3 +170,26 @@ def test_weights_commands_accept_organisms_and_say_when_the_hub_is_unreachable(
         assert f"mechscope weights download --model-id {model_id}" in message
     out = runner.invoke(app, ["weights", "analyze", "missing.safetensors", "-o", str(tmp_path / "t.csv")])
     assert out.exit_code == 2 and "does not exist" in out.stderr
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused_at_load(tiny_dir: Callable[[str], Path]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tiny_dir("llama")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = model.get_input_embeddings().num_embeddings
+    tokenizer.add_tokens([f"<extra{i}>" for i in range(rows - len(tokenizer) + 5)])
+    with pytest.raises(
+        ms.ModelLoadError, match=rf"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows"
+    ):
+        ms.wrap(model, tokenizer)
+
+
+def test_granite_embed_is_taken_before_the_embedding_multiplier(tmp_path: Path) -> None:
+    from mechscope.testing.tiny_models import build_tiny_model
+
+    lm = ms.load(build_tiny_model("granitemoe", tmp_path / "granite", embedding_multiplier=2.0))
+    with lm.capture(["embed", "resid_pre.0"]) as cache:
+        lm.forward("The capital of France is")
+    torch.testing.assert_close(cache["resid_pre.0"], 2.0 * cache["embed"])

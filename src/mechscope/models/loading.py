@@ -104,7 +104,14 @@ def _first_sentence(error: BaseException) -> str:
     text = " ".join(str(error).split())
     if not text:
         return type(error).__name__
-    first = text.split(". ")[0].rstrip(" .:")
+    # A sentence ends at ". " but not inside "e.g. " / "i.e. " or an open parenthesis.
+    first, depth = text, 0
+    for i, char in enumerate(text):
+        depth += (char == "(") - (char == ")")
+        if char == "." and text[i + 1 : i + 2] == " " and depth <= 0 and text[max(0, i - 3) : i] not in ("e.g", "i.e"):
+            first = text[:i]
+            break
+    first = first.rstrip(" .:")
     return first if len(first) <= 300 else first[:297] + "..."
 
 
@@ -401,7 +408,16 @@ def _prepare_tokenizer(tokenizer: Any, arch: ModelMap) -> None:
 
     Decoders pad on the left so that the last column is every prompt's last token during generation;
     encoders pad on the right as they were trained.
+
+    Raises:
+        ModelLoadError: the tokenizer can produce ids the model's embedding has no row for.
     """
+    size, rows = len(tokenizer), int(getattr(arch.embed_module(), "num_embeddings", arch.vocab))
+    if size > rows:
+        raise ModelLoadError(
+            f"the tokenizer has {size} tokens but the model's embedding has {rows} rows, so some token ids "
+            "have no embedding; load the tokenizer that belongs to this model (or resize the model's embeddings)"
+        )
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
         if fallback is None:
