@@ -202,7 +202,7 @@ def main() -> None:
             env = {**os.environ, "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "65536"}
             out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
             memory[variant].append(json.loads(out.strip().splitlines()[-1]))
-    above = {v: statistics.median(m["peak_mib"] - m["baseline_mib"] for m in memory[v]) for v in memory}
+    above = {v: statistics.median(m["peak_mib"] - m["baseline_mib"] for m in memory[v]) for v in memory if memory[v]}
 
     report = {
         "prompts": args.prompts,
@@ -212,8 +212,11 @@ def main() -> None:
         "prompts_per_s": {v: args.prompts / wall[v] for v in wall},
         "throughput_ratio_wall": wall["hand"] / wall["ours"],
         "throughput_ratio_cpu": cpu["hand"] / cpu["ours"],
+        "paired_ratio_wall": statistics.median(
+            h[0] / o[0] for h, o in zip(samples["hand"], samples["ours"], strict=True)
+        ),
         "peak_rss_above_baseline_mib": above,
-        "memory_ratio": above["ours"] / above["hand"] if above["hand"] else None,
+        "memory_ratio": above["ours"] / above["hand"] if above.get("hand") else None,
         "samples": samples,
         "memory_runs": memory,
         "torch_threads": torch.get_num_threads(),

@@ -57,6 +57,20 @@ def compare(lm: LanguageModel, other: LanguageModel, prompt: str) -> Comparison:
     return compare_models(lm, other, prompt)
 
 
+def fit_tuned_lens(
+    lm: LanguageModel, texts: Sequence[str], *, steps: int = 300, seed: int = 0, progress: bool = False
+) -> TunedLens:
+    """Train a tuned lens on ``texts`` (the model stays frozen); pass it to `lens` as ``tuned=``."""
+    return TunedLens.fit(lm, texts, steps=steps, seed=seed, progress=progress)
+
+
+def layer_kl(lm: LanguageModel, texts: Sequence[str], *, tuned: TunedLens | None = None) -> list[float]:
+    """Per layer, the mean KL to the final distribution over every token of ``texts`` (logit or tuned lens)."""
+    from mechscope.lens.tuned import layer_kl as mean_kl
+
+    return mean_kl(lm, texts, tuned)
+
+
 def attention(
     lm: LanguageModel,
     prompt: str,
