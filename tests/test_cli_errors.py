@@ -199,6 +199,22 @@ CASES: list[tuple[str, list[str], str]] = [
     ("circuit-not-a-result", ["circuit", "export", "-i", "{prompts}", "-o", "{tmp}/c.json"], "result"),
     ("circuit-format", ["circuit", "export", "-i", "{ablation}", "-o", "{tmp}/c.xyz"], "format"),
     ("circuit-out-folder", ["circuit", "export", "-i", "{ablation}", "-o", "{tmp}"], "folder"),
+    ("compare-missing", ["compare", "--model1", "toy", "--model2", "{tmp}/no-model", "-p", PROMPT], "no-model"),
+    (
+        "compare-html-folder",
+        ["compare", "--model1", "toy", "--model2", "toy", "-p", PROMPT, "--html", "{tmp}"],
+        "folder",
+    ),
+    (
+        "compare-dtype",
+        ["compare", "--model1", "toy", "--model2", "toy", "--model2-dtype", "int3", "-p", PROMPT],
+        "dtype",
+    ),
+    (
+        "weights-download-offline",
+        ["weights", "download", "--model-id", "org/name", "--out", "{tmp}/models"],
+        "cannot be reached",
+    ),
     ("doctor-missing", ["doctor", "-m", "{tmp}/no-model"], "no-model"),
     ("weights-analyze-suffix", ["weights", "analyze", "{toy}", "--out", "{tmp}/w.xlsx"], "xlsx"),
     ("weights-analyze-missing", ["weights", "analyze", "{tmp}/none", "--out", "{tmp}/w.csv"], "none"),
