@@ -80,6 +80,8 @@ def test_bad_input_is_one_clear_error_and_leaves_no_hook(load_tiny: Loader) -> N
     before = len(lm._tracker.captures)
     with pytest.raises(ms.InputError, match="batch_size must be at least 1"):
         lm.forward_batches(["a"], batch_size=0)
+    with pytest.raises(ms.InputError, match="no prompts given"):
+        lm.forward_batches([])
     with pytest.raises(ms.InputError, match="prompt 1 is empty"):
         lm.forward_batches(["a", "  "])
     with pytest.raises(ms.InputError, match="list of prompts"):

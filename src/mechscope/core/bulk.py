@@ -22,15 +22,26 @@ if TYPE_CHECKING:
     from mechscope.core.lm import LanguageModel
 
 
-def token_ids(lm: LanguageModel, prompts: Sequence[str]) -> list[list[int]]:
-    """Each prompt's token ids, unpadded, with the same checks as `LanguageModel.tokenize`."""
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    """``prompts`` as a list, once every one is a non-empty string.
+
+    Raises:
+        InputError: no prompts, a prompt that is not a string, or an empty prompt.
+    """
     batch = list(prompts)
+    if not batch:
+        raise InputError("no prompts given; pass at least one string")
     for i, prompt in enumerate(batch):
         if not isinstance(prompt, str):
-            raise InputError(f"prompt {i} is a {type(prompt).__name__}, not a string; pass text")
+            raise InputError(f"prompt {i} is a {type(prompt).__name__}, not a string; pass text or token ids")
         if not prompt.strip():
             raise InputError(f"prompt {i} is empty; every prompt needs at least one token")
-    ids: list[list[int]] = lm.tokenizer(batch)["input_ids"] if batch else []
+    return batch
+
+
+def token_ids(lm: LanguageModel, prompts: Sequence[str]) -> list[list[int]]:
+    """Each prompt's token ids, unpadded, with the same checks as `LanguageModel.tokenize`."""
+    ids: list[list[int]] = lm.tokenizer(check_prompts(prompts))["input_ids"]
     limit = lm.max_length
     for i, row in enumerate(ids):
         if not row:

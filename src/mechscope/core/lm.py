@@ -21,6 +21,7 @@ from typing import Any, overload
 import torch
 from torch import Tensor, nn
 
+from mechscope.core.bulk import check_prompts
 from mechscope.core.capture import Capture, CapturePlan, Sink, plan_capture
 from mechscope.core.hooks import PassTracker
 from mechscope.core.intervene import Intervention, OpSpec, plan
@@ -145,14 +146,7 @@ class LanguageModel:
         Raises:
             InputError: no prompts, an empty prompt, or a prompt longer than the model's context.
         """
-        batch = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not batch:
-            raise InputError("no prompts given; pass at least one string")
-        for i, prompt in enumerate(batch):
-            if not isinstance(prompt, str):
-                raise InputError(f"prompt {i} is a {type(prompt).__name__}, not a string; pass text or token ids")
-            if not prompt.strip():
-                raise InputError(f"prompt {i} is empty; every prompt needs at least one token")
+        batch = check_prompts([prompts] if isinstance(prompts, str) else prompts)
         encoded = self.tokenizer(batch, return_tensors="pt", padding=True)
         lengths = encoded["attention_mask"].sum(dim=1)
         if bool((lengths == 0).any()):
