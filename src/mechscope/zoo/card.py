@@ -12,6 +12,7 @@ from typing import Any
 
 from mechscope.core.lm import load
 from mechscope.models.registry import organism_path
+from mechscope.storage.atomic import atomic_write_text
 from mechscope.zoo.measure import measure
 
 TARGETS = {"facts": 0.95, "induction": 0.6, "copy_drop": 2.0, "probe": 0.95}
@@ -147,6 +148,6 @@ def write_card(folder: Path, log: dict[str, Any]) -> dict[str, Any]:
         "training": log,
         "measurements": measure(lm),
     }
-    (folder / "card.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
-    (folder / "CARD.md").write_text(render(card), encoding="utf-8")
+    atomic_write_text(folder / "card.json", json.dumps(card, indent=2))
+    atomic_write_text(folder / "CARD.md", render(card))
     return card

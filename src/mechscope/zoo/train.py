@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechscope.storage.atomic import atomic_write_text
 from mechscope.zoo import corpus
 from mechscope.zoo.tokenizer import save_tokenizer, train_tokenizer
 
@@ -266,7 +267,7 @@ def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool 
         "tokens": total * config.batch * config.context,
         "torch": torch.__version__,
     }
-    (out / "training.json").write_text(json.dumps(log, indent=2), encoding="utf-8")
+    atomic_write_text(out / "training.json", json.dumps(log, indent=2))
     if measure:
         from mechscope.zoo.card import write_card
 
