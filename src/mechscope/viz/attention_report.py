@@ -1,7 +1,11 @@
-"""A self-contained HTML attention report: a query x key heatmap and a layers x heads overview.
+"""A self-contained HTML attention report: every head's pattern, the chosen head large, layers x heads tables.
 
-Built from a `LayerAttention` result (token strings, nested lists of floats), never from a model. Every token string is
-escaped, in text and in attributes.
+Built from a `LayerAttention` result (token strings, nested lists of floats), never from a model. The page
+draws every head of the layer as a small multiple (query tokens down, key tokens across; hover a cell for its
+weight), the chosen head (or the mean over heads) large, and the layers x heads tables on documented scales:
+attention weights, sink mass and role scores share the one sequential scale [0, 1]; entropy in nats has its
+own, 0 .. log(number of tokens). Every token string is escaped, in text and in attributes; figures download
+as SVG and the result as JSON, with no script.
 """
 
 from __future__ import annotations
@@ -9,66 +13,108 @@ from __future__ import annotations
 from html import escape
 
 from mechscope.attention.results import LayerAttention
+from mechscope.viz.charts import download_json, figure, heatmap, legend
+from mechscope.viz.colors import UNIT, Scale, entropy_scale, ink
 from mechscope.viz.lens_report import visible
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; font-size: 12px; margin-bottom: 1.5em; }
-td, th { border: 1px solid #ddd; padding: 2px 4px; text-align: center; }
-th.key { writing-mode: vertical-rl; transform: rotate(180deg); font-weight: normal; }
-.tok { font-family: ui-monospace, monospace; white-space: pre; }
-td.w { width: 1.6em; height: 1.6em; padding: 0; }
-"""
+from mechscope.viz.page import render_page
 
 
-def _shade(value: float) -> str:
-    level = max(0.0, min(1.0, value))
-    return f"rgb({int(255 - 200 * level)},{int(255 - 120 * level)},255)"
+def _labels(tokens: list[str]) -> list[str]:
+    return [f"{i}:{t.replace(' ', '␣').replace(chr(10), '⏎')}" for i, t in enumerate(tokens)]
 
 
-def heatmap(tokens: list[str], weights: list[list[float]]) -> str:
-    """A query (rows) x key (columns) table of attention weights; hover a cell for its value."""
-    head = "".join(f'<th class="key tok">{visible(t)}</th>' for t in tokens)
-    rows = []
-    for q, row in enumerate(weights):
-        cells = "".join(
-            f'<td class="w" data-query="{q}" data-key="{k}" data-weight="{w:.4f}" style="background:{_shade(w)}" '
-            f'title="{escape(tokens[q], quote=True)} -> {escape(tokens[k], quote=True)}: {w:.3f}"></td>'
-            for k, w in enumerate(row)
+def pattern(tokens: list[str], weights: list[list[float]], *, cell: int = 22, css: str = "w") -> str:
+    """A query (rows) x key (columns) SVG heatmap of attention weights on the [0, 1] scale; hover for values."""
+
+    def tip(q: int, k: int, w: float) -> str:
+        return f"{tokens[q]!r} -> {tokens[k]!r}: {w:.3f}"
+
+    def attrs(q: int, k: int, w: float) -> dict[str, str]:
+        if css != "w":  # a small multiple: its title says it all, keep the page light
+            return {"class": css}
+        return {"class": css, "data-query": str(q), "data-key": str(k), "data-weight": f"{w:.4f}"}
+
+    labels = _labels(tokens)
+    return heatmap(
+        weights,
+        rows=labels,
+        columns=labels,
+        scale=UNIT,
+        x_title="key",
+        y_title="query",
+        cell=cell,
+        tip=tip,
+        cell_attrs=attrs,
+        label="attention weights, query x key",
+    )
+
+
+def multiples(result: LayerAttention) -> str:
+    """Every head's pattern at ``result.layer``, small, in a wrapping grid."""
+    cell = max(6, min(14, 200 // max(1, len(result.tokens))))
+    figures = [
+        figure(
+            pattern(result.tokens, weights, cell=cell, css="m"),
+            filename=f"attention-L{result.layer}-H{h}.svg",
+            caption=f"head {h}",
+            css="multiple",
+            data={"head": str(h)},
         )
-        rows.append(f'<tr><th class="tok">{visible(tokens[q])}</th>{cells}</tr>')
-    return f'<table class="heatmap"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
+        for h, weights in enumerate(result.patterns)
+    ]
+    return f'<div class="multiples">{"".join(figures)}</div>'
 
 
-def overview(name: str, scores: list[list[float]]) -> str:
-    """A layers x heads table of one score (entropy, a role score ...)."""
+def overview(name: str, scores: list[list[float]], scale: Scale = UNIT) -> str:
+    """A layers x heads table of one score (entropy, a role score ...), coloured on ``scale`` (not its own peak)."""
     n_heads = len(scores[0]) if scores else 0
     head = "".join(f"<th>H{h}</th>" for h in range(n_heads))
-    peak = max((abs(v) for row in scores for v in row), default=1.0) or 1.0
-    rows = "".join(
-        f"<tr><th>L{layer}</th>"
-        + "".join(
-            f'<td data-layer="{layer}" data-head="{h}" style="background:{_shade(abs(v) / peak)}">{v:.2f}</td>'
-            for h, v in enumerate(row)
-        )
-        + "</tr>"
-        for layer, row in enumerate(scores)
-    )
+    rows = []
+    for layer, row in enumerate(scores):
+        tds = []
+        for h, v in enumerate(row):
+            background = scale.colour(v)
+            tds.append(
+                f'<td data-layer="{layer}" data-head="{h}" data-value="{v:.4f}" '
+                f'style="background:{background};color:{ink(background)}">{v:.2f}</td>'
+            )
+        rows.append(f"<tr><th>L{layer}</th>{''.join(tds)}</tr>")
     attribute = escape(name, quote=True)
-    return f'<table class="overview" data-score="{attribute}"><tr><th>{escape(name)}</th>{head}</tr>{rows}</table>'
+    return (
+        f'<table class="overview" data-score="{attribute}" data-scale="{escape(scale.name, quote=True)}">'
+        f"<tr><th>{escape(name)}</th>{head}</tr>{''.join(rows)}</table>"
+    )
 
 
 def render_attention_html(result: LayerAttention, *, title: str) -> str:
     """The report of one `LayerAttention` as one HTML document."""
-    caption = f"layer {result.layer}, " + (f"head {result.head}" if result.head is not None else "mean over heads")
-    overviews = {"entropy (nats)": result.entropy, "sink mass": result.sink_mass}
-    overviews.update({f"{name} score": scores for name, scores in result.roles.items()})
-    tables = "".join(f"<h3>{escape(name)}</h3>{overview(name, scores)}" for name, scores in overviews.items())
-    return (
-        "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title><style>{_STYLE}</style>'
-        f"</head><body><h1>{escape(title)}</h1>"
-        f'<p>Prompt: <span class="tok">{escape(result.prompt)}</span></p>'
-        f"<h2>{escape(caption)}</h2>{heatmap(result.tokens, result.shown())}"
-        f"<h2>Layers x heads</h2>{tables}</body></html>\n"
+    shown = f"head {result.head}" if result.head is not None else "mean over heads"
+    entropy = entropy_scale(len(result.tokens))
+    large = figure(
+        pattern(result.tokens, result.shown()),
+        filename=f"attention-L{result.layer}-{'H' + str(result.head) if result.head is not None else 'mean'}.svg",
+        caption=f"Layer {result.layer}, {shown}.",
+        css="chart main-pattern",
+    )
+    tables = [f"<h3>entropy (nats)</h3>{legend(entropy)}{overview('entropy (nats)', result.entropy, entropy)}"]
+    unit_tables = {"sink mass": result.sink_mass}
+    unit_tables.update({f"{name} score": scores for name, scores in result.roles.items()})
+    tables.append(
+        f"<h3>Scores in [0, 1]</h3>{legend(UNIT)}"
+        + "".join(f"<h4>{escape(name)}</h4>{overview(name, scores)}" for name, scores in unit_tables.items())
+    )
+    tokens = " ".join(f'<span class="tok">{visible(t)}</span>' for t in result.tokens)
+    intro = f'<p>Prompt: <span class="tok">{escape(result.prompt)}</span></p><p>Tokens: {tokens}</p>'
+    return render_page(
+        title,
+        model="",
+        shows=f"Where the heads of layer {result.layer} attend on one prompt ({len(result.tokens)} tokens), "
+        "and per-head summaries of every layer.",
+        intro=intro,
+        downloads=download_json(result.model_dump_json(), f"attention-L{result.layer}.json", "result JSON"),
+        sections=[
+            (f"Every head of layer {result.layer}", f"{legend(UNIT)}{multiples(result)}"),
+            (f"Layer {result.layer}, {shown}", large),
+            ("Layers x heads", "".join(tables)),
+        ],
     )
