@@ -17,7 +17,7 @@ def analyze_command(
     source: Annotated[str, typer.Argument(help="Checkpoint file or folder, HF cache folder, or hub id org/name.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The table to write (.csv, .jsonl or .parquet).")],
     fmt: Annotated[
-        str | None, typer.Option("--format", "-f", help="csv, jsonl or parquet (default: from --out, else csv).")
+        str | None, typer.Option("--format", "-f", help="csv, jsonl or parquet (default: from --out's suffix).")
     ] = None,
     spectral: Annotated[
         bool, typer.Option("--spectral", help="Add top singular value, norms, stable/effective rank, alpha.")
