@@ -131,6 +131,7 @@ def test_ablate_command(tmp_path: Path) -> None:
     assert page.read_text().count("data-delta=") == 16
     saved = AblationResult.model_validate_json(out.read_text())
     assert len(saved.effects) == 16 and not saved.partial
+    assert saved.metric == "p(␣Paris)"
     bad = CliRunner().invoke(app, ["ablate", "-p", PROMPT, "--criterion", "nope"])
     assert bad.exit_code == 2 and "unknown criterion" in bad.stderr
 

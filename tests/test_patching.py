@@ -71,6 +71,8 @@ def test_patch_command(tmp_path: Path) -> None:
     assert data["attribution"]["correlation"] > 0.3  # see test_attribution_patching_correlates_...
     assert len(data["effects"]) == 4 and torch.tensor(data["effects"]).shape[1] == len(data["tokens"])
     assert page.read_text().count("data-effect=") == 4 * len(data["tokens"])
+    assert data["metric"] == "logit diff ␣Paris − ␣Tokyo"
+    assert "logit diff ␣Paris − ␣Tokyo" in page.read_text(encoding="utf-8")
 
 
 def test_attribution_patching_correlates_with_activation_patching(toy: ms.LanguageModel) -> None:

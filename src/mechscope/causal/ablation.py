@@ -182,6 +182,7 @@ def sweep(
         chosen = resolve_layers(layers, lm.arch.n_layers)
     prompt_ids = lm.tokenize([prompt])["input_ids"]
     result = AblationResult(prompt=prompt, component=component.value, method=method.value, effects=[])
+    result.metric = getattr(metric, "name", None)
     if metric is not None:
         with torch.no_grad():
             clean_logits = lm.forward(prompt_ids)

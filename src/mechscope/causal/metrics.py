@@ -10,6 +10,8 @@ Example:
     >>> metric = LogitDiff(lm, correct=" Paris", wrong=" Tokyo")
     >>> float(metric(lm.forward("The capital of France is"))[0]) > 0
     True
+    >>> metric.name
+    'logit diff ␣Paris − ␣Tokyo'
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ class FitsClean(Protocol):
     def fit(self, clean_logits: Tensor) -> object: ...
 
 
+def shown(token: str) -> str:
+    """``token`` with whitespace made visible (for a metric's name).
+
+    >>> shown(" Paris")
+    '␣Paris'
+    """
+    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+
+
 def prepare(metric: Metric, clean_logits: Tensor) -> Metric:
     """``metric`` ready to measure: fitted to ``clean_logits`` if it needs the clean run."""
     if isinstance(metric, FitsClean):
@@ -49,6 +60,7 @@ class LogitDiff:
     def __init__(self, lm: LanguageModel, *, correct: str, wrong: str) -> None:
         self.correct = lm.token_id(correct)
         self.wrong = lm.token_id(wrong)
+        self.name = f"logit diff {shown(correct)} − {shown(wrong)}"
 
     def __call__(self, logits: Tensor) -> Tensor:
         last = logits[:, -1].float()
@@ -60,6 +72,7 @@ class TargetProb:
 
     def __init__(self, lm: LanguageModel, target: str) -> None:
         self.target = lm.token_id(target)
+        self.name = f"p({shown(target)})"
 
     def __call__(self, logits: Tensor) -> Tensor:
         return logits[:, -1].float().softmax(-1)[:, self.target]
@@ -70,6 +83,8 @@ class KLToClean:
 
     The sweeps fit it to the clean logits themselves; call `fit` first when using it directly.
     """
+
+    name = "−KL to clean"
 
     def __init__(self) -> None:
         self.reference: Tensor | None = None

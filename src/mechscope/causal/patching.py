@@ -115,6 +115,7 @@ def activation_patching(
         corrupted_metric=corrupted_metric,
         effects=effects,
         partial=partial,
+        metric=getattr(metric, "name", None),
     )
 
 
@@ -180,6 +181,7 @@ def attribution_patching(
         clean_metric=clean_metric,
         corrupted_metric=corrupted_metric,
         effects=effects,
+        metric=getattr(metric, "name", None),
     )
 
 

@@ -21,6 +21,7 @@ class PatchingResult(BaseModel):
     corrupted_metric: float
     effects: list[list[float]]
     partial: bool = False  # the sweep was interrupted: ``effects`` covers the first layers only
+    metric: str | None = None  # the metric's name, e.g. "logit diff ␣Paris − ␣Tokyo" (None: not recorded)
 
     def top(self, k: int = 5) -> list[tuple[int, int, float]]:
         """The ``k`` largest ``(layer, position, effect)``."""
@@ -37,6 +38,7 @@ class AttributionResult(BaseModel):
     clean_metric: float
     corrupted_metric: float
     effects: list[list[float]]
+    metric: str | None = None  # the metric's name (None: not recorded)
 
 
 class AblationEffect(BaseModel):
@@ -62,6 +64,7 @@ class AblationResult(BaseModel):
     clean_criterion: bool | None = None
     effects: list[AblationEffect]
     partial: bool = False
+    metric: str | None = None  # the logit metric's name (None: a criterion sweep, or not recorded)
 
     def summary(self, k: int = 5) -> list[AblationEffect]:
         """The ``k`` ablations that change the metric most (or flip the criterion)."""

@@ -1,122 +1,155 @@
-"""A self-contained HTML report of a base-vs-fine-tuned weight diff: inline SVG, no network, all text escaped.
+"""A self-contained HTML report of a base-vs-fine-tuned weight diff on the shared page shell: no script.
 
-The page shows the relative change per layer (bars: pooled over the layer's tensors; dots: the largest
-single tensor's), a layers x block types heatmap of the pooled relative change, the most-changed tensors,
-and the per-block summaries. Tensor names and checkpoint paths are user data and go through ``html.escape`` everywhere.
+The page shows the relative change per layer (a line chart of the pooled change over the layer's tensors and
+of its largest single tensor's), a layers x block types heatmap of the pooled relative change on one
+sequential scale (white 0 .. dark blue at the largest finite value; a legend states it), the most-changed
+tensors (only tensors that changed) and the per-block summaries. A tensor that was zero in the base and
+changed has an infinite relative change: it is shown as "∞" and kept out of the colour scale and the chart's
+axis. The figures can be downloaded as SVG and the result as JSON. Tensor names and checkpoint paths are user
+data and go through ``html.escape`` everywhere.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from html import escape
 
+from mechscope.viz.charts import Series, download_json, download_svg, heatmap, legend, line_chart, num
+from mechscope.viz.circuit_report import inline, inline_figure, offline
+from mechscope.viz.colors import Scale, ink
+from mechscope.viz.page import render_page
 from mechscope.weights.diff_results import ParamDiff, WeightDiff
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; font-size: 12px; margin-bottom: 1.5em; }
-td, th { border: 1px solid #ddd; padding: 3px 6px; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.name { font-family: ui-monospace, monospace; }
-.legend { font-size: 12px; color: #555; }
-svg text { font-size: 11px; }
-"""
-_BAR, _DOT = "#4e79a7", "#e15759"
+#: Cells with no tensor, or with an infinite change, are drawn in this colour: off the scale.
+_OFF_SCALE = "rgb(236,236,236)"
 
 
 def _num(value: float) -> str:
+    """A relative change as shown: four significant digits, "∞" when infinite.
+
+    >>> _num(math.inf), _num(0.012345)
+    ('∞', '0.01235')
+    """
     return "∞" if math.isinf(value) else f"{value:.4g}"
 
 
 def _scale_max(values: list[float]) -> float:
-    """The top of a linear axis: the largest finite value (infinite values are drawn at the top)."""
+    """The top of a scale or axis: the largest finite value (infinite values are kept out of it)."""
     finite = [v for v in values if math.isfinite(v)]
     return max(finite, default=0.0) or 1.0
 
 
-def _layer_chart(result: WeightDiff, width: int = 640, height: int = 240) -> str:
+def change_scale(result: WeightDiff) -> Scale:
+    """The heatmap's one sequential scale: 0 .. the largest finite pooled change of a (layer, block) cell."""
+    return Scale("pooled relative change ‖B−A‖/‖A‖", 0.0, _scale_max(list(result.layer_block_changes().values())))
+
+
+def _legend(scale: Scale) -> str:
+    """The kit's legend with its colour bar drawn as a CSS gradient (the page keeps one inline SVG, the chart)."""
+    stops = ", ".join(scale.colour(scale.low + (scale.high - scale.low) * i / 8) for i in range(9))
+    bar = (
+        f'<span class="bar" style="display:inline-block;width:192px;height:12px;vertical-align:middle;'
+        f'border:1px solid #ccc;background:linear-gradient(to right, {stops})"></span>'
+    )
+    return re.sub(r"<svg\b.*?</svg>", bar, legend(scale), count=1, flags=re.S)
+
+
+def _layer_chart(result: WeightDiff) -> str:
     layers = result.layers
     if not layers:
         return '<p class="legend">No tensor belongs to a numbered layer.</p>'
     values = [v for s in layers for v in (s.pooled_relative_change, s.max_relative_change)]
-    margin, top = 44, _scale_max(values)
-    step = (width - 2 * margin) / len(layers)
-
-    def y(value: float) -> float:
-        return height - margin - (height - 2 * margin) * min(value, top) / top
-
-    parts = [
-        f'<svg class="layers" width="{width}" height="{height}" role="img" aria-label="relative change per layer">',
-        f'<line x1="{margin}" y1="{y(0)}" x2="{width - margin}" y2="{y(0)}" stroke="#999"/>',
-        f'<line x1="{margin}" y1="{y(0)}" x2="{margin}" y2="{y(top)}" stroke="#999"/>',
-        f'<text x="2" y="{y(top) + 4}">{_num(top)}</text><text x="2" y="{y(0) + 4}">0</text>',
-    ]
-    for i, summary in enumerate(layers):
-        x = margin + step * i
-        pooled, peak = summary.pooled_relative_change, summary.max_relative_change
-        tip = escape(
-            f"layer {summary.layer_index}: pooled {_num(pooled)}, mean {_num(summary.mean_relative_change)}, "
-            f"max {_num(peak)} ({summary.most_changed})",
-            quote=True,
-        )
-        parts.append(
-            f'<rect class="bar" data-layer="{summary.layer_index}" data-pooled="{pooled}" x="{x + step * 0.15:.1f}" '
-            f'y="{y(pooled):.1f}" width="{step * 0.7:.1f}" height="{y(0) - y(pooled):.1f}" fill="{_BAR}">'
-            f"<title>{tip}</title></rect>"
-            f'<circle class="max" cx="{x + step / 2:.1f}" cy="{y(peak):.1f}" r="3" fill="{_DOT}">'
-            f"<title>{tip}</title></circle>"
-        )
-        if math.isinf(peak):  # drawn at the top of the axis; say that it is off the scale
-            parts.append(f'<text x="{x + step / 2 + 5:.1f}" y="{y(peak) + 4:.1f}" fill="{_DOT}">∞</text>')
-        if len(layers) <= 40 or i % max(1, len(layers) // 20) == 0:
-            parts.append(f'<text x="{x + step / 2 - 6:.1f}" y="{height - margin + 16}">{summary.layer_index}</text>')
-    parts.append(f'<text x="{width / 2 - 20:.0f}" y="{height - 6}">layer</text></svg>')
-    return "".join(parts)
+    high = _scale_max(values)
+    series = []
+    for name, attr in (("pooled", "pooled_relative_change"), ("largest tensor", "max_relative_change")):
+        points = [(s.layer_index, getattr(s, attr)) for s in layers if math.isfinite(getattr(s, attr))]
+        series.append(Series(name, [float(x) for x, _ in points], [float(y) for _, y in points], data={"kind": attr}))
+    svg = line_chart(
+        series,
+        x_title="layer",
+        y_title="relative change ‖B−A‖/‖A‖",
+        y_low=0.0,
+        y_high=high,
+        label="relative change per layer",
+    )
+    off = [s.layer_index for s in layers if math.isinf(s.max_relative_change) or math.isinf(s.pooled_relative_change)]
+    note = (
+        f" Layers {', '.join(map(str, off))} have a tensor that was zero in the base (relative change ∞); "
+        "it is not plotted."
+        if off
+        else ""
+    )
+    return (
+        '<p class="legend">"pooled": ‖B−A‖ / ‖A‖ of all the layer\'s tensors as one vector; "largest tensor": '
+        f"the largest single tensor's relative change. The axis runs 0 .. {num(high)}.{note}</p>"
+        + inline_figure(svg, filename="weights-diff-layers.svg", caption="Relative change per layer.")
+    )
 
 
-def _heatmap(result: WeightDiff) -> str:
+def _heatmap(result: WeightDiff, scale: Scale) -> str:
     cells = result.layer_block_changes()
     if not cells:
-        return ""
+        return '<p class="legend">No tensor belongs to a numbered layer.</p>'
     blocks = sorted({block for _, block in cells})
-    top = _scale_max(list(cells.values()))
+    layer_ids = [s.layer_index for s in result.layers]
     head = "".join(f"<th>{escape(block)}</th>" for block in blocks)
     rows = []
-    for summary in result.layers:
-        layer, tds = summary.layer_index, []
+    for layer in layer_ids:
+        tds = []
         for block in blocks:
             value = cells.get((layer, block))
             if value is None:
-                tds.append('<td class="num" style="background:#f4f4f4"></td>')
+                tds.append(f'<td class="num" style="background:{_OFF_SCALE}"></td>')
                 continue
-            level = min(value, top) / top
-            colour = f"rgb(255,{int(255 - 170 * level)},{int(255 - 200 * level)})"
+            colour = scale.colour(value) if math.isfinite(value) else _OFF_SCALE
             tds.append(
                 f'<td class="num" data-layer="{layer}" data-block="{escape(block, quote=True)}" '
-                f'style="background:{colour}" title="layer {layer}, {escape(block, quote=True)}: {_num(value)}">'
-                f"{_num(value)}</td>"
+                f'style="background:{colour};color:{ink(colour)}" '
+                f'title="layer {layer}, {escape(block, quote=True)}: {_num(value)}">{_num(value)}</td>'
             )
         rows.append(f"<tr><th>{layer}</th>{''.join(tds)}</tr>")
-    return f'<table class="heatmap"><tr><th>layer</th>{head}</tr>{"".join(rows)}</table>'
+    table = f'<table class="heatmap"><tr><th>layer \\ block</th>{head}</tr>{"".join(rows)}</table>'
+    grid = [[cells.get((layer, block), math.nan) for block in blocks] for layer in layer_ids]
+    svg = heatmap(
+        [[v if math.isfinite(v) else math.nan for v in row] for row in grid],
+        rows=[str(layer) for layer in layer_ids],
+        columns=blocks,
+        scale=scale,
+        x_title="block type",
+        y_title="layer",
+        tip=lambda r, c, _: (
+            f"layer {layer_ids[r]}, {blocks[c]}: " + ("no tensor" if math.isnan(grid[r][c]) else _num(grid[r][c]))
+        ),
+        label="pooled relative change by layer and block",
+    )
+    return (
+        f"{_legend(scale)}"
+        '<p class="legend">Each cell is the pooled relative change of that layer\'s tensors of that block type. '
+        f'Grey cells: no such tensor, or "∞" (a tensor that was zero in the base), kept off the scale.</p>'
+        f'{table}<p class="downloads">{offline(download_svg(svg, "weights-diff-heatmap.svg"))}</p>'
+    )
 
 
 def _param_rows(params: list[ParamDiff]) -> str:
+    if not params:
+        return '<p class="legend" id="no-change">No tensor changed.</p>'
     rows = []
     for position, p in enumerate(params, start=1):
         layer = "" if p.layer_index is None else str(p.layer_index)
         singular = ", ".join(_num(s) for s in p.top_singular_values)
         rows.append(
             f'<tr class="param" data-name="{escape(p.param_name, quote=True)}"><td class="num">{position}</td>'
-            f'<td class="name">{escape(p.param_name)}</td><td class="num">{layer}</td>'
+            f'<td class="name tok">{escape(p.param_name)}</td><td class="num">{layer}</td>'
             f"<td>{escape(p.block_type)}</td><td>{escape(str(tuple(p.shape)))}</td>"
             f'<td class="num">{_num(p.relative_change)}</td><td class="num">{p.cosine:.6f}</td>'
             f'<td class="num">{_num(p.diff_norm)}</td><td class="num">{p.rank}</td>'
             f'<td class="num">{p.effective_rank:.3g}</td><td class="num">{singular}</td></tr>'
         )
     return (
-        "<table><tr><th>#</th><th>tensor</th><th>layer</th><th>block</th><th>shape</th><th>relative change</th>"
-        "<th>cosine</th><th>‖B−A‖</th><th>rank</th><th>eff. rank</th><th>top singular values of B−A</th></tr>"
-        f"{''.join(rows)}</table>"
+        '<table class="params"><tr><th>#</th><th>tensor</th><th>layer</th><th>block</th><th>shape</th>'
+        "<th>relative change</th><th>cosine</th><th>‖B−A‖</th><th>rank</th><th>eff. rank</th>"
+        f"<th>top singular values of B−A</th></tr>{''.join(rows)}</table>"
     )
 
 
@@ -124,13 +157,18 @@ def _block_rows(result: WeightDiff) -> str:
     rows = "".join(
         f"<tr><td>{escape(s.block_type)}</td><td class='num'>{s.n_tensors}</td>"
         f"<td class='num'>{_num(s.mean_relative_change)}</td><td class='num'>{_num(s.max_relative_change)}</td>"
-        f"<td class='num'>{_num(s.pooled_relative_change)}</td><td class='name'>{escape(s.most_changed)}</td></tr>"
+        f"<td class='num'>{_num(s.pooled_relative_change)}</td><td class='name tok'>{escape(s.most_changed)}</td></tr>"
         for s in sorted(result.blocks, key=lambda s: (-s.pooled_relative_change, -s.mean_relative_change))
     )
     return (
-        "<table><tr><th>block</th><th>tensors</th><th>mean</th><th>max</th><th>pooled</th>"
+        '<table class="blocks"><tr><th>block</th><th>tensors</th><th>mean</th><th>max</th><th>pooled</th>'
         f"<th>most changed</th></tr>{rows}</table>"
     )
+
+
+def most_changed(result: WeightDiff, top: int) -> list[ParamDiff]:
+    """The ``top`` most-changed tensors among those that changed (relative change above 0)."""
+    return [p for p in result.ranked_params() if p.relative_change > 0.0][:top]
 
 
 def render_weights_diff_html(result: WeightDiff, *, top: int = 20) -> str:
@@ -138,23 +176,26 @@ def render_weights_diff_html(result: WeightDiff, *, top: int = 20) -> str:
     tolerance = "numpy's default" if result.rank_rtol is None else f"rtol = {result.rank_rtol:g}"
     changed = sum(p.diff_norm > 0.0 for p in result.params)
     verdict = "The checkpoints are identical." if result.identical else f"{changed} of {len(result.params)} changed."
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8"><title>mechscope weight diff</title>'
-        f"<style>{_STYLE}</style></head><body><h1>mechscope weight diff</h1>"
-        f'<p>Base (A): <span class="name" id="base">{escape(result.base)}</span><br>'
-        f'Fine-tuned (B): <span class="name" id="finetuned">{escape(result.finetuned)}</span><br>'
+    listed = most_changed(result, top)
+    intro = (
+        f'<p>Base (A): <span class="name tok" id="base">{escape(result.base)}</span><br>'
+        f'Fine-tuned (B): <span class="name tok" id="finetuned">{escape(result.finetuned)}</span><br>'
         f"{len(result.params)} tensors compared at {escape(result.created_at)}. {verdict}</p>"
-        '<p class="legend">Relative change is ‖B−A‖<sub>F</sub> / ‖A‖<sub>F</sub>; rank tolerance: '
-        f"{escape(tolerance)}.</p>"
-        "<h2>Relative change per layer</h2>"
-        f'<p class="legend"><span style="color:{_BAR}">■</span> pooled over the layer\'s tensors '
-        "(‖B−A‖ / ‖A‖ of all of them as one vector), "
-        f'<span style="color:{_DOT}">●</span> the largest single tensor\'s.</p>{_layer_chart(result)}'
-        "<h2>Pooled relative change by layer and block</h2>"
-        f"{_heatmap(result)}"
-        f"<h2>The {min(top, len(result.params))} most-changed tensors</h2>"
-        f"{_param_rows(result.ranked_params(top))}"
-        f"<h2>By block type</h2>{_block_rows(result)}"
-        "</body></html>\n"
+        '<p class="legend">Relative change is ‖B−A‖<sub>F</sub> / ‖A‖<sub>F</sub> (∞ for a tensor that was zero '
+        f"in the base); rank tolerance: {escape(tolerance)}.</p>"
     )
+    heading = f"The {len(listed)} most-changed tensors" if listed else "Most-changed tensors"
+    page = render_page(
+        "mechscope weight diff",
+        model=f"{result.base} → {result.finetuned}",
+        shows="How much each tensor, layer and block type of the fine-tuned checkpoint moved from the base.",
+        intro=intro,
+        downloads=offline(download_json(result.model_dump_json(), "weights-diff.json", "result JSON")),
+        sections=[
+            ("Relative change per layer", _layer_chart(result)),
+            ("Pooled relative change by layer and block", _heatmap(result, change_scale(result))),
+            (heading, _param_rows(listed)),
+            ("By block type", _block_rows(result)),
+        ],
+    )
+    return inline(page)
