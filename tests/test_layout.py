@@ -21,6 +21,7 @@ ANALYSES = ("lens", "attention", "causal", "steering", "weights", "checks", "zoo
 LEVELS = {
     "errors": 0,
     "progress": 0,
+    "text": 0,
     "storage": 0,
     "models": 0,
     "core": 1,
@@ -31,7 +32,19 @@ LEVELS = {
 }
 #: Modules of one package that are separate analyses: they share code only through the package's
 #: bottom modules (metrics, results), never by importing each other.
-SIBLINGS = {"causal": ("ablation", "patching", "circuit")}
+SIBLINGS = {
+    "causal": ("ablation", "patching", "circuit"),
+    # Each report uses the kit (page, charts, colors), never another report.
+    "viz": (
+        "lens_report",
+        "attention_report",
+        "patching_report",
+        "ablation_report",
+        "circuit_report",
+        "compare_report",
+        "weights_diff_report",
+    ),
+}
 #: Modules allowed over 500 lines, with the reason.
 LONG_MODULES: dict[str, str] = {}
 #: Modules that must import without torch (and without transformers).
@@ -39,6 +52,7 @@ TORCH_FREE = (
     "mechscope",
     "mechscope.errors",
     "mechscope.progress",
+    "mechscope.text",
     "mechscope.models.families",
     "mechscope.models.registry",
     "mechscope.cli.entry",
@@ -96,7 +110,7 @@ def test_dependencies_point_one_way(package: str) -> None:
             assert LEVELS[target] <= LEVELS[package], f"{where} imports {name}, a layer above it"
             if package == "storage":
                 assert target in ("storage", "errors"), f"{where} imports {name}: storage knows no model"
-            if package in ("progress", "errors"):
+            if package in ("progress", "errors", "text"):
                 raise AssertionError(f"{where} imports {name}: a bottom module imports nothing of mechscope")
             if target != package and package in ANALYSES:
                 assert target not in ANALYSES, f"{where} imports {name}: analyses share code through core"

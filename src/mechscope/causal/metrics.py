@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError
+from mechscope.text import show_whitespace
 
 
 @runtime_checkable
@@ -38,15 +39,6 @@ class FitsClean(Protocol):
     def fit(self, clean_logits: Tensor) -> object: ...
 
 
-def shown(token: str) -> str:
-    """``token`` with whitespace made visible (for a metric's name).
-
-    >>> shown(" Paris")
-    '␣Paris'
-    """
-    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
-
-
 def prepare(metric: Metric, clean_logits: Tensor) -> Metric:
     """``metric`` ready to measure: fitted to ``clean_logits`` if it needs the clean run."""
     if isinstance(metric, FitsClean):
@@ -60,7 +52,7 @@ class LogitDiff:
     def __init__(self, lm: LanguageModel, *, correct: str, wrong: str) -> None:
         self.correct = lm.token_id(correct)
         self.wrong = lm.token_id(wrong)
-        self.name = f"logit diff {shown(correct)} − {shown(wrong)}"
+        self.name = f"logit diff {show_whitespace(correct)} − {show_whitespace(wrong)}"
 
     def __call__(self, logits: Tensor) -> Tensor:
         last = logits[:, -1].float()
@@ -72,7 +64,7 @@ class TargetProb:
 
     def __init__(self, lm: LanguageModel, target: str) -> None:
         self.target = lm.token_id(target)
-        self.name = f"p({shown(target)})"
+        self.name = f"p({show_whitespace(target)})"
 
     def __call__(self, logits: Tensor) -> Tensor:
         return logits[:, -1].float().softmax(-1)[:, self.target]

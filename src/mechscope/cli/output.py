@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from mechscope.storage.atomic import atomic_write_text, check_target
+from mechscope.text import show_whitespace
 
 #: Tables and notes (stdout).
 console = Console()
@@ -30,7 +31,7 @@ def visible(token: str) -> str:
     """A token with its whitespace made visible (tokens are user data: rich markup is escaped)."""
     from rich.markup import escape
 
-    return escape(token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥"))
+    return escape(show_whitespace(token))
 
 
 def print_json(value: Any, *, indent: int | None = 2) -> None:

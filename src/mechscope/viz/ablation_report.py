@@ -13,10 +13,9 @@ from __future__ import annotations
 from html import escape
 
 from mechscope.causal.results import AblationEffect, AblationResult
-from mechscope.viz.charts import download_json, download_svg, heatmap, legend, num, table
+from mechscope.viz.charts import download_json, download_svg, heatmap, legend, metric_name, num, scroller, table
 from mechscope.viz.colors import Scale, ink
 from mechscope.viz.page import render_page
-from mechscope.viz.patching_report import metric_name, scroller
 
 #: The cell of a generated text: monospace, wrapped, left-aligned.
 TEXT_CELL = '<td class="text" style="font-family:ui-monospace,monospace;white-space:pre-wrap;text-align:left">'

@@ -13,9 +13,8 @@ from __future__ import annotations
 from html import escape
 
 from mechscope.attention.results import LayerAttention
-from mechscope.viz.charts import download_json, figure, heatmap, legend
+from mechscope.viz.charts import download_json, figure, heatmap, legend, visible
 from mechscope.viz.colors import UNIT, Scale, entropy_scale, ink
-from mechscope.viz.lens_report import visible
 from mechscope.viz.page import render_page
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from html import escape
 from urllib.parse import quote
 
+from mechscope.text import show_whitespace
 from mechscope.viz.colors import Scale
 
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -265,4 +266,59 @@ def figure(
     return (
         f'<figure class="{escape(css, quote=True)}"{extra}>{svg}'
         f"<figcaption>{text}{download_svg(svg, filename)}</figcaption></figure>"
+    )
+
+
+def visible(token: str) -> str:
+    """``token`` with whitespace made visible, escaped for HTML.
+
+    >>> visible(" <b>")
+    '␣&lt;b&gt;'
+    """
+    return escape(show_whitespace(token), quote=True)
+
+
+def metric_name(name: str | None) -> str:
+    """The metric as the header names it (``name`` may be missing from results saved before it was recorded)."""
+    return name if name else "not recorded"
+
+
+#: The scroller: right-to-left so that it opens at its right end (the last positions), content left-to-right.
+SCROLLER = "overflow-x:auto;direction:rtl;max-width:100%;width:fit-content"
+INNER = "direction:ltr;display:inline-block"
+
+
+def scroller(inner: str, *, css: str = "scroll") -> str:
+    """``inner`` in a horizontally scrollable box that opens scrolled to the right (the last columns)."""
+    return f'<div class="{escape(css, quote=True)}" style="{SCROLLER}"><div style="{INNER}">{inner}</div></div>'
+
+
+def offline(link: str) -> str:
+    """A kit download link with no literal ``http`` (the SVG namespace, percent-encoded: the file is the same).
+
+    >>> offline('<a href="data:x,http%3A">')
+    '<a href="data:x,%68ttp%3A">'
+    """
+    return link.replace("http", "%68ttp")
+
+
+def inline(markup: str) -> str:
+    """``markup`` with the SVG namespace attributes dropped: inline SVG in HTML does not need them.
+
+    >>> inline('<svg xmlns="http://www.w3.org/2000/svg" width="1"></svg>')
+    '<svg width="1"></svg>'
+    """
+    return markup.replace(f' xmlns="{SVG_NS}"', "")
+
+
+def inline_figure(svg: str, *, filename: str, caption: str = "", css: str = "chart") -> str:
+    """``svg`` drawn in the page (without its ``xmlns``, which HTML does not need) with its download link.
+
+    The downloaded file keeps the namespace: it is the standalone SVG document the kit drew.
+    """
+    text = f"{escape(caption)} " if caption else ""
+    drawn = inline(svg)
+    return (
+        f'<figure class="{escape(css, quote=True)}">{drawn}'
+        f"<figcaption>{text}{offline(download_svg(svg, filename))}</figcaption></figure>"
     )

@@ -12,44 +12,13 @@ from __future__ import annotations
 from html import escape
 
 from mechscope.causal.results import CircuitGraph, Node
-from mechscope.viz.charts import SVG_NS, download_json, download_svg, legend, table
+from mechscope.viz.charts import SVG_NS, download_json, inline, inline_figure, legend, offline, table
 from mechscope.viz.colors import Scale, ink
 from mechscope.viz.page import render_page
 
 ENDS = ("input", "output")
 EMPTY = "no component passes the threshold"
 _WIDTH_STEP, _HEIGHT_STEP, _BOX_W, _BOX_H = 190, 64, 160, 40
-
-
-def offline(link: str) -> str:
-    """A kit download link with no literal ``http`` (the SVG namespace, percent-encoded: the file is the same).
-
-    >>> offline('<a href="data:x,http%3A">')
-    '<a href="data:x,%68ttp%3A">'
-    """
-    return link.replace("http", "%68ttp")
-
-
-def inline(markup: str) -> str:
-    """``markup`` with the SVG namespace attributes dropped: inline SVG in HTML does not need them.
-
-    >>> inline('<svg xmlns="http://www.w3.org/2000/svg" width="1"></svg>')
-    '<svg width="1"></svg>'
-    """
-    return markup.replace(f' xmlns="{SVG_NS}"', "")
-
-
-def inline_figure(svg: str, *, filename: str, caption: str = "", css: str = "chart") -> str:
-    """``svg`` drawn in the page (without its ``xmlns``, which HTML does not need) with its download link.
-
-    The downloaded file keeps the namespace: it is the standalone SVG document the kit drew.
-    """
-    text = f"{escape(caption)} " if caption else ""
-    drawn = inline(svg)
-    return (
-        f'<figure class="{escape(css, quote=True)}">{drawn}'
-        f"<figcaption>{text}{offline(download_svg(svg, filename))}</figcaption></figure>"
-    )
 
 
 def effect_text(value: float) -> str:

@@ -12,8 +12,7 @@ from __future__ import annotations
 from html import escape
 
 from mechscope.lens.results import Comparison
-from mechscope.viz.charts import Series, download_json, figure, line_chart, num
-from mechscope.viz.lens_report import visible
+from mechscope.viz.charts import Series, download_json, figure, line_chart, num, visible
 from mechscope.viz.page import render_page
 
 _DIFFERENT = "#fde2e2"

@@ -13,21 +13,12 @@ from dataclasses import replace
 from html import escape
 
 from mechscope.lens.results import LensGrid, LensResult
-from mechscope.viz.charts import Series, download_json, figure, legend, line_chart, table
+from mechscope.viz.charts import Series, download_json, figure, legend, line_chart, table, visible
 from mechscope.viz.colors import UNIT, ink
 from mechscope.viz.page import render_page
 
 #: The heatmap's scale: the shared [0, 1] probability scale, named for what it colours here.
 TOP_PROB = replace(UNIT, name="probability of the top token")
-
-
-def visible(token: str) -> str:
-    """``token`` with whitespace made visible, escaped for HTML.
-
-    >>> visible(" <b>")
-    '␣&lt;b&gt;'
-    """
-    return escape(token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥"), quote=True)
 
 
 def _heatmap(grid: LensGrid) -> str:

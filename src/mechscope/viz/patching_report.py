@@ -13,37 +13,18 @@ from __future__ import annotations
 from html import escape
 
 from mechscope.causal.results import PatchingResult
-from mechscope.viz.charts import download_json, download_svg, heatmap, legend, table
+from mechscope.text import show_whitespace
+from mechscope.viz.charts import download_json, download_svg, heatmap, legend, metric_name, scroller, table, visible
 from mechscope.viz.colors import Scale
-from mechscope.viz.lens_report import visible
 from mechscope.viz.page import render_page
 
 #: The one scale of normalised patching effects: −1 .. 1, 0 = corrupted, 1 = clean.
 EFFECT = Scale.signed("normalised effect (0 = corrupted, 1 = clean)", 1.0)
 
-#: The scroller: right-to-left so that it opens at its right end (the last positions), content left-to-right.
-SCROLLER = "overflow-x:auto;direction:rtl;max-width:100%;width:fit-content"
-INNER = "direction:ltr;display:inline-block"
-
-
-def shown(token: str) -> str:
-    """``token`` with whitespace made visible (not escaped)."""
-    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
-
 
 def position_labels(tokens: list[str]) -> list[str]:
     """``index:token`` for each position, whitespace made visible (not yet escaped)."""
-    return [f"{i}:{shown(t)}" for i, t in enumerate(tokens)]
-
-
-def scroller(inner: str, *, css: str = "scroll") -> str:
-    """``inner`` in a horizontally scrollable box that opens scrolled to the right (the last columns)."""
-    return f'<div class="{escape(css, quote=True)}" style="{SCROLLER}"><div style="{INNER}">{inner}</div></div>'
-
-
-def metric_name(name: str | None) -> str:
-    """The metric as the header names it (``name`` may be missing from results saved before it was recorded)."""
-    return name if name else "not recorded"
+    return [f"{i}:{show_whitespace(t)}" for i, t in enumerate(tokens)]
 
 
 def effect_heatmap(
@@ -99,7 +80,7 @@ def render_patching_html(result: PatchingResult, *, model: str = "") -> str:
         f'<p class="downloads">{download_svg(plain, f"patching-{result.site}.svg")}</p>'
     )
     top: list[list[str | float | int]] = [
-        [layer, position, shown(result.tokens[position]), effect] for layer, position, effect in result.top(5)
+        [layer, position, show_whitespace(result.tokens[position]), effect] for layer, position, effect in result.top(5)
     ]
     return render_page(
         title,

@@ -15,8 +15,18 @@ import math
 import re
 from html import escape
 
-from mechscope.viz.charts import Series, download_json, download_svg, heatmap, legend, line_chart, num
-from mechscope.viz.circuit_report import inline, inline_figure, offline
+from mechscope.viz.charts import (
+    Series,
+    download_json,
+    download_svg,
+    heatmap,
+    inline,
+    inline_figure,
+    legend,
+    line_chart,
+    num,
+    offline,
+)
 from mechscope.viz.colors import Scale, ink
 from mechscope.viz.page import render_page
 from mechscope.weights.diff_results import ParamDiff, WeightDiff
