@@ -177,11 +177,15 @@ def steer(
     normalize: bool = False,
     positions: Phase = "all",
     max_new_tokens: int = 32,
+    force: bool = False,
 ) -> SteeringSweep:
-    """Greedy generations with ``direction`` (a `Direction` or its file) added at each coefficient."""
+    """Greedy generations with ``direction`` (a `Direction` or its file) added at each coefficient.
+
+    ``force`` applies a direction file computed on another model of the same width.
+    """
     from mechscope.steering.generate import sweep
 
-    vector = direction if isinstance(direction, Direction) else Direction.load(direction, lm)
+    vector = direction if isinstance(direction, Direction) else Direction.load(direction, lm, force=force)
     options = {"normalize": normalize, "positions": positions, "max_new_tokens": max_new_tokens}
     return sweep(lm, prompts, vector, coefficients, **options)
 

@@ -79,8 +79,10 @@ class Cache(Mapping[str, Tensor]):
 
     def canonical(self, site: str) -> str:
         """``site`` as the cache keys it: a negative layer counted from the end (``resid_post.-1``)."""
+        if site in self.sites or self.n_layers is None:  # the common case: no pattern matching per read
+            return site
         match = _NEGATIVE_LAYER.match(site)
-        if match is None or self.n_layers is None or site in self.sites:
+        if match is None:
             return site
         layer = int(match.group(2)) + self.n_layers
         return f"{match.group(1)}.{layer}{match.group(3) or ''}" if layer >= 0 else site
