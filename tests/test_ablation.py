@@ -101,10 +101,15 @@ def test_criteria(toy: ms.LanguageModel) -> None:
         toy,
         "<user> What's the weather in Paris?<assistant>",
         component="attn",
-        criterion=lambda t: "<call>" in t,
+        criterion=parse_criterion("contains:<call>"),
         max_new_tokens=8,
     )
     assert result.clean_criterion is True and all(e.text is not None for e in result.effects)
+    assert result.criterion == "contains '<call>'"  # named in the result, so its page can say what was checked
+    assert (
+        parse_criterion("regex:a+b").__name__ == "matches /a+b/"
+        and parse_criterion("function_call").__name__ == "function_call"
+    )
 
 
 def test_interrupted_sweep_returns_a_partial_result(toy: ms.LanguageModel) -> None:

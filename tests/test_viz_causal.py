@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
-from urllib.parse import unquote
 
 import pytest
 
 from mechscope.causal.results import AblationEffect, AblationResult, PatchingResult
 from mechscope.viz.ablation_report import render_ablation_html
 from mechscope.viz.patching_report import render_patching_html
+from tests.pages import assert_self_contained, figure_svgs
 
 HOSTILE = "<script>alert(1)</script>"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -30,6 +30,7 @@ class Page(HTMLParser):
         self.text_cells: list[str] = []
         self._in_text = False
         self.styles: list[str] = []
+        self.html = html
         self.feed(html)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -62,12 +63,8 @@ class Page(HTMLParser):
 
 
 def svg_downloads(page: Page) -> list[ET.Element]:
-    out = []
-    for link in page.links:
-        href = link["href"]
-        if href.startswith("data:image/svg+xml"):
-            out.append(ET.fromstring(unquote(href.split(",", 1)[1])))
-    return out
+    """The figures' drawings: what their "download SVG" buttons save."""
+    return figure_svgs(page.html)
 
 
 def patching_result(tokens: list[str], metric: str | None = "logit diff ␣Paris − ␣Tokyo") -> PatchingResult:
@@ -92,7 +89,8 @@ def test_patching_report_names_metric_states_range_and_escapes() -> None:
     html = render_patching_html(patching_result(tokens), model="toy <m>")
     assert HOSTILE not in html and "toy <m>" not in html
     page = Page(html)
-    assert page.scripts == 0
+    assert page.scripts == 1
+    assert_self_contained(html)
     assert "logit diff ␣Paris − ␣Tokyo" in page.header
     [scale] = page.legends
     assert scale["data-kind"] == "diverging" and (scale["data-min"], scale["data-max"]) == ("-1", "1")
@@ -129,7 +127,8 @@ def test_ablation_head_sweep_heatmap() -> None:
     html = render_ablation_html(head_sweep(HOSTILE), model="toy")
     assert HOSTILE not in html
     page = Page(html)
-    assert page.scripts == 0 and HOSTILE in page.header  # named, but escaped
+    assert page.scripts == 1 and HOSTILE in page.header  # named, but escaped
+    assert_self_contained(html)
     [scale] = page.legends
     assert scale["data-kind"] == "diverging" and (scale["data-min"], scale["data-max"]) == ("-0.5", "0.5")
     assert len(page.cells) == 6
@@ -167,12 +166,13 @@ def test_ablation_criterion_table_shows_each_text() -> None:
         clean_text="clean " + HOSTILE,
         clean_criterion=True,
         effects=effects,
+        criterion="contains 'hi'",
     )
     html = render_ablation_html(result)
     assert HOSTILE not in html
     page = Page(html)
     assert page.text_cells == ["clean " + HOSTILE, *texts]
-    assert "criterion" in page.header
+    assert "criterion (contains 'hi')" in page.header  # the criterion named, not only "a criterion"
     assert html.count("(flipped)") == 2
     assert any(link["download"].endswith(".json") for link in page.links)
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
+import struct
 import xml.etree.ElementTree as ET
-from urllib.parse import unquote
+import zlib
 
 import pytest
 
-from mechscope.viz.charts import Series, download_svg, heatmap, legend, line_chart, spread, table, ticks
-from mechscope.viz.colors import UNIT, Scale, diverging, entropy_scale, luminance, sequential
+from mechscope.viz.charts import Series, figure, heatmap, legend, line_chart, spread, table, ticks
+from mechscope.viz.colors import MISSING, UNIT, Scale, diverging, entropy_scale, luminance, sequential
 from mechscope.viz.page import render_page
+from mechscope.viz.raster import png, rgb
+from tests.pages import assert_self_contained, figure_svgs, save_buttons
 
 EVIL = "<script>alert(1)</script>"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -76,16 +80,86 @@ def test_hostile_labels_are_escaped() -> None:
     chart = line_chart([Series(EVIL, [0, 1], [0.2, 0.3], data={"token": EVIL})], x_title=EVIL, y_title=EVIL)
     grid = heatmap([[0.5]], rows=[EVIL], columns=[EVIL], scale=UNIT, x_title=EVIL, y_title=EVIL, tip=lambda *_: EVIL)
     rendered = render_page(EVIL, model=EVIL, shows=EVIL, sections=[(EVIL, table([EVIL], [[EVIL]]))])
-    for html in (chart, grid, legend(Scale(EVIL, 0, 1)), rendered, download_svg(grid, EVIL)):
+    for html in (chart, grid, legend(Scale(EVIL, 0, 1)), figure(grid, filename=EVIL, caption=EVIL)):
         assert EVIL not in html and "<script" not in html
+    assert EVIL not in rendered
+    assert_self_contained(rendered)  # the page's one script is the kit's own
     ET.fromstring(chart)  # still well-formed XML
     ET.fromstring(grid)
 
 
-def test_svg_download_decodes_to_the_svg() -> None:
+def test_figure_offers_svg_and_png_of_its_own_drawing() -> None:
     svg = heatmap([[0.1, 0.9]], rows=["q"], columns=["a", "b"], scale=UNIT, x_title="key", y_title="query")
-    link = download_svg(svg, "figure.svg")
-    href = link.split('href="', 1)[1].split('"', 1)[0]
-    assert href.startswith("data:image/svg+xml;charset=utf-8,")
-    assert unquote(href.split(",", 1)[1]) == svg
-    assert ET.fromstring(unquote(href.split(",", 1)[1])).tag == f"{SVG}svg"
+    html = figure(svg, filename="figure.svg", caption="A figure.")
+    assert save_buttons(html) == [("svg", "figure"), ("png", "figure")]
+    [drawn] = figure_svgs(html)
+    assert ET.tostring(drawn) == ET.tostring(ET.fromstring(svg))  # the file saved is the drawing shown
+    assert "data:image/svg" not in html  # no second copy of the figure in the page
+
+
+def test_heatmap_writes_cell_text_and_greys_missing_values() -> None:
+    svg = heatmap(
+        [[0.2, math.nan]],
+        rows=["r"],
+        columns=["a", "b"],
+        scale=UNIT,
+        x_title="x",
+        y_title="y",
+        text=lambda r, c, v: "n/a" if math.isnan(v) else f"{v:.1f}",
+        cell_width=40,
+    )
+    root = ET.fromstring(svg)
+    rects = list(root.iter(f"{SVG}rect"))
+    assert [r.get("fill") for r in rects] == [UNIT.colour(0.2), MISSING] and rects[1].get("width") == "40"
+    assert [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "cell-text"] == ["0.2", "n/a"]
+
+
+def _png_pixels(data: bytes) -> tuple[int, int, bytes]:
+    """Width, height and raw RGB rows (filter bytes dropped) of an 8-bit RGB PNG, each chunk's CRC checked."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    at, chunks = 8, {}
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        (crc,) = struct.unpack(">I", data[at + 8 + length : at + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
+        chunks[kind] = body
+        at += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, colour) == (8, 2) and b"IEND" in chunks
+    raw = zlib.decompress(chunks[b"IDAT"])
+    stride = 1 + 3 * width
+    rows = [raw[i * stride : (i + 1) * stride] for i in range(height)]
+    assert all(row[0] == 0 for row in rows)
+    return width, height, b"".join(row[1:] for row in rows)
+
+
+def test_png_encodes_the_pixels_given() -> None:
+    pixels = [[(255, 0, 0), (0, 255, 0), (0, 0, 255)], [(1, 2, 3), (4, 5, 6), (7, 8, 9)]]
+    width, height, raw = _png_pixels(png(pixels))
+    assert (width, height) == (3, 2)
+    assert raw == bytes(channel for row in pixels for pixel in row for channel in pixel)
+    with pytest.raises(ValueError):
+        png([[(0, 0, 0)], [(0, 0, 0), (1, 1, 1)]])
+
+
+def test_raster_heatmap_draws_one_image_of_the_cell_colours() -> None:
+    values = [[0.0, 0.5], [1.0, math.nan]]
+    svg = heatmap(
+        values,
+        rows=["a", "b"],
+        columns=["c", "d"],
+        scale=UNIT,
+        x_title="x",
+        y_title="y",
+        cell=6,
+        raster={"data-values": "patterns.0"},
+    )
+    root = ET.fromstring(svg)
+    assert not list(root.iter(f"{SVG}rect"))
+    [image] = root.iter(f"{SVG}image")
+    assert image.get("data-values") == "patterns.0" and (image.get("width"), image.get("height")) == ("12", "12")
+    data = base64.b64decode(image.get("href", "").removeprefix("data:image/png;base64,"))
+    width, height, raw = _png_pixels(data)
+    expected = [rgb(UNIT.colour(0.0)), rgb(UNIT.colour(0.5)), rgb(UNIT.colour(1.0)), rgb(MISSING)]
+    assert (width, height) == (2, 2) and raw == bytes(channel for pixel in expected for channel in pixel)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET
-from html import unescape
-from urllib.parse import unquote
 
 from mechscope.causal.results import CircuitGraph, Edge, Node
 from mechscope.lens.results import Comparison, LayerComparison, TokenScore
@@ -14,17 +12,15 @@ from mechscope.viz.circuit_report import EMPTY, render_circuit_html
 from mechscope.viz.compare_report import render_compare_html
 from mechscope.viz.weights_diff_report import render_weights_diff_html
 from mechscope.weights.diff_results import ParamDiff, WeightDiff
+from tests.pages import assert_self_contained, figure_svgs
 
 EVIL = "<script>alert(1)</script>"
 SVG = "{http://www.w3.org/2000/svg}"
-DOWNLOAD_SVG = re.compile(r'href="data:image/svg\+xml;charset=utf-8,([^"]*)"')
 
 
 def _svg_downloads(page: str) -> list[ET.Element]:
-    """Every SVG download link of ``page``, decoded and parsed (raises if one is not well-formed XML)."""
-    roots = [ET.fromstring(unquote(unescape(href))) for href in DOWNLOAD_SVG.findall(page)]
-    assert all(root.tag == f"{SVG}svg" for root in roots)
-    return roots
+    """What each figure's "download SVG" button saves: its drawing, parsed (raises if it is not well-formed XML)."""
+    return figure_svgs(page)
 
 
 def _graph(label: str = "head L1.0") -> CircuitGraph:
@@ -58,7 +54,7 @@ def test_circuit_shows_effects_and_weights_as_text() -> None:
     assert len(arrows) == 3 and all("url(#arrow)" in ends for ends in arrows)  # every edge ends in an arrowhead
     assert 'data-kind="diverging"' in page and "0 is white" in page  # the signed scale has a legend
     assert page.count('class="node"') == 4 and page.count('class="edge"') == 3
-    assert "<script" not in page
+    assert_self_contained(page)
 
 
 def test_empty_circuit_says_so_and_draws_no_edge() -> None:
@@ -79,7 +75,8 @@ def test_circuit_escapes_labels() -> None:
     graph = _graph(EVIL)
     graph.title = EVIL
     page = render_circuit_html(graph)
-    assert EVIL not in page and "<script" not in page and "&lt;script&gt;" in page
+    assert EVIL not in page and "&lt;script&gt;" in page
+    assert_self_contained(page)
     _svg_downloads(page)
 
 
@@ -117,7 +114,8 @@ def _comparison(token_level: bool = True) -> Comparison:
 
 def test_compare_has_kl_plot_with_axis_titles() -> None:
     page = render_compare_html(_comparison())
-    assert EVIL not in page and "<script" not in page
+    assert EVIL not in page
+    assert_self_contained(page)
     assert page.count('class="layer"') == 3 and 'data-same="false"' in page
     assert "One row per aligned pair of layers" in page  # the table is explained
     (root,) = _svg_downloads(page)
@@ -174,7 +172,8 @@ def test_weights_diff_lists_only_changed_tensors() -> None:
 
 def test_weights_diff_is_on_the_kit_and_escaped() -> None:
     page = render_weights_diff_html(_diff())
-    assert EVIL not in page and "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert_self_contained(page)
     assert 'data-kind="sequential"' in page and 'data-max="0.5"' in page  # ∞ is kept out of the scale
     roots = _svg_downloads(page)
     assert len(roots) == 2  # the per-layer chart and the heatmap

@@ -20,6 +20,7 @@ from mechscope.errors import WeightFileError
 from mechscope.viz.weights_diff_report import render_weights_diff_html
 from mechscope.weights.diff import check_same_architecture, diff_checkpoints, tensor_diff
 from mechscope.weights.diff_results import WeightDiff
+from tests.pages import assert_self_contained
 
 PLANTED = "model.layers.1.self_attn.o_proj.weight"
 PLANTED_SINGULAR_VALUES = (3.0, 1.25)
@@ -180,8 +181,9 @@ def test_report_escapes_names(llama: Path, tmp_path: Path) -> None:
     base = _edit_copy(llama, tmp_path / "base", rename)
     tuned = _edit_copy(base, tmp_path / "tuned", lambda t: t.__setitem__(evil, t[evil] * 2))
     page = render_weights_diff_html(diff_checkpoints(base, tuned))
-    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert page.count("<svg") == 1 and "http" not in page  # inline plot, nothing fetched
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count('class="line-chart"') == 1 and page.count("<figure") == 2  # layer plot and heatmap
+    assert_self_contained(page)  # nothing fetched
 
 
 def test_cli_writes_csv_and_html(llama: Path, planted: Path, tmp_path: Path) -> None:

@@ -85,9 +85,15 @@ class RowOp:
         return out
 
 
+def _named(check: Callable[[str], bool], name: str) -> Callable[[str], bool]:
+    """``check`` under ``name``: the result and its page name the criterion by its ``__name__``."""
+    check.__name__ = check.__qualname__ = name
+    return check
+
+
 def contains(text: str) -> Callable[[str], bool]:
     """Criterion: the generated text contains ``text``."""
-    return lambda generated: text in generated
+    return _named(lambda generated: text in generated, f"contains {text!r}")
 
 
 def regex(pattern: str) -> Callable[[str], bool]:
@@ -96,7 +102,7 @@ def regex(pattern: str) -> Callable[[str], bool]:
         compiled = re.compile(pattern)
     except re.error as error:
         raise InputError(f"bad regex '{pattern}': {error}; write a Python regular expression") from None
-    return lambda generated: compiled.search(generated) is not None
+    return _named(lambda generated: compiled.search(generated) is not None, f"matches /{pattern}/")
 
 
 def function_call(generated: str) -> bool:
@@ -190,6 +196,7 @@ def sweep(
             result.clean_metric = float(metric(clean_logits)[0])
     else:
         assert criterion is not None
+        result.criterion = getattr(criterion, "__name__", None) or "criterion"
         result.clean_text = lm.generate(prompt, max_new_tokens=max_new_tokens)
         result.clean_criterion = criterion(result.clean_text)
     groups = _groups(lm, component, chosen)

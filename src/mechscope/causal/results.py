@@ -65,6 +65,7 @@ class AblationResult(BaseModel):
     effects: list[AblationEffect]
     partial: bool = False
     metric: str | None = None  # the logit metric's name (None: a criterion sweep, or not recorded)
+    criterion: str | None = None  # a criterion sweep's criterion, by name ("contains ' Paris'", "function_call")
 
     def summary(self, k: int = 5) -> list[AblationEffect]:
         """The ``k`` ablations that change the metric most (or flip the criterion)."""

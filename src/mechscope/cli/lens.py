@@ -38,6 +38,9 @@ def analyze(
         Path | None, typer.Option("--tuned", help="Tuned-lens file (default: tuned_lens.safetensors by the model).")
     ] = None,
     html: HtmlOpt = None,
+    log_prob: Annotated[
+        bool, typer.Option("--log-prob", help="In the HTML report, plot tracked tokens as log-probabilities.")
+    ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Use a tuned lens trained on another model of the same shape anyway.")
     ] = False,
@@ -63,7 +66,8 @@ def analyze(
     if html is not None:
         from mechscope.viz.lens_report import render_lens_html
 
-        page = render_lens_html(result, lens.grid(prompt, layers=chosen), model=lm.source, lens=lens_kind)
+        grid = lens.grid(prompt, layers=chosen)
+        page = render_lens_html(result, grid, model=lm.source, lens=lens_kind, log_prob=log_prob)
         write_text_output(html, page)
     if as_json:
         print_json(result)

@@ -5,7 +5,7 @@ For a logit metric the page names the metric in its header and shows the change 
 it rises). The scale's limit is ``|clean metric|`` (so full blue means the whole clean value was lost), or the
 largest change where the clean metric is 0; the legend states it. A head or expert sweep is a layers x heads
 (experts) heatmap, any other sweep a per-layer table. For a text criterion the page has one row per ablation
-with the generated text and whether the criterion held. Figures download as SVG and the result as JSON.
+with the generated text and whether the criterion held. Figures download as SVG or PNG and the result as JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from html import escape
 
 from mechscope.causal.results import AblationEffect, AblationResult
-from mechscope.viz.charts import download_json, download_svg, heatmap, legend, metric_name, num, scroller, table
+from mechscope.viz.charts import download_json, figure, heatmap, legend, metric_name, num, table
 from mechscope.viz.colors import Scale, ink
 from mechscope.viz.page import render_page
 
@@ -150,20 +150,21 @@ def render_ablation_html(result: AblationResult, *, model: str = "") -> str:
             "(|clean metric|, or the largest change when that is 0), beyond it clamped.</p>"
         )
         if _indexed(result):
-            svg, plain = _heatmap(result, scale), _heatmap(result, scale, data=False)
             axis = AXES[result.component]
-            figure = (
-                f"{scroller(svg, css='scroll ablation')}"
-                f'<p class="downloads">{download_svg(plain, f"ablation-{result.component}.svg")}</p>'
+            drawing = figure(
+                _heatmap(result, scale),
+                filename=f"ablation-{result.component}.svg",
+                caption=f"{result.method.capitalize()} ablation of each {result.component}.",
+                scroll="scroll ablation",
             )
             heading = f"Change from clean per layer and {axis}"
         else:
-            figure, heading = _layer_table(result, scale), "Change from clean per layer"
+            drawing, heading = _layer_table(result, scale), "Change from clean per layer"
         largest: list[list[str | float | int]] = [
             [_where(e), e.metric if e.metric is not None else float("nan"), e.delta or 0.0] for e in result.summary()
         ]
         sections = [
-            (heading, f"{legend(scale)}{note}{figure}"),
+            (heading, f"{legend(scale)}{note}{drawing}"),
             ("Largest drops", table(["ablated", "metric", "change"], largest, css="top")),
         ]
         shows = f"Metric: {metric}. How the metric changes when each {result.component} is ablated ({result.method})."
@@ -178,8 +179,9 @@ def render_ablation_html(result: AblationResult, *, model: str = "") -> str:
                 f"{_criterion_table(result)}",
             )
         ]
+        named = f" ({result.criterion})" if result.criterion else ""
         shows = (
-            f"Metric: a text criterion on the generated text. Whether it still holds when each {result.component} "
-            f"is ablated ({result.method}), with the text generated."
+            f"Metric: a text criterion{named} on the generated text. Whether it still holds when each "
+            f"{result.component} is ablated ({result.method}), with the text generated."
         )
     return render_page(title, model=model, shows=shows, intro=intro, downloads=downloads, sections=sections)

@@ -2,10 +2,11 @@
 
 Built from a `LayerAttention` result (token strings, nested lists of floats), never from a model. The page
 draws every head of the layer as a small multiple (query tokens down, key tokens across; hover a cell for its
-weight), the chosen head (or the mean over heads) large, and the layers x heads tables on documented scales:
+weight; the small multiples are images, whose values the page's script reads from the result), the chosen
+head (or the mean over heads) large, and the layers x heads tables on documented scales:
 attention weights, sink mass and role scores share the one sequential scale [0, 1]; entropy in nats has its
 own, 0 .. log(number of tokens). Every token string is escaped, in text and in attributes; figures download
-as SVG and the result as JSON, with no script.
+as SVG or PNG and the result as JSON. Click a small multiple to enlarge it.
 """
 
 from __future__ import annotations
@@ -22,18 +23,22 @@ def _labels(tokens: list[str]) -> list[str]:
     return [f"{i}:{t.replace(' ', '␣').replace(chr(10), '⏎')}" for i, t in enumerate(tokens)]
 
 
-def pattern(tokens: list[str], weights: list[list[float]], *, cell: int = 22, css: str = "w") -> str:
-    """A query (rows) x key (columns) SVG heatmap of attention weights on the [0, 1] scale; hover for values."""
+def pattern(tokens: list[str], weights: list[list[float]], *, cell: int = 22, values: str | None = None) -> str:
+    """A query (rows) x key (columns) SVG heatmap of attention weights on the [0, 1] scale; hover for values.
+
+    With ``values`` (the path of these weights in the page's result JSON, e.g. ``patterns.3``) the cells are
+    drawn as one image, and the page's script reads the values on hover from the result; without it, one
+    rect per cell carries its own hover text and ``data-*`` attributes.
+    """
 
     def tip(q: int, k: int, w: float) -> str:
         return f"{tokens[q]!r} -> {tokens[k]!r}: {w:.3f}"
 
     def attrs(q: int, k: int, w: float) -> dict[str, str]:
-        if css != "w":  # a small multiple: its title says it all, keep the page light
-            return {"class": css}
-        return {"class": css, "data-query": str(q), "data-key": str(k), "data-weight": f"{w:.4f}"}
+        return {"class": "w", "data-query": str(q), "data-key": str(k), "data-weight": f"{w:.4f}"}
 
     labels = _labels(tokens)
+    raster = None if values is None else {"data-values": values, "data-rows": "tokens", "data-columns": "tokens"}
     return heatmap(
         weights,
         rows=labels,
@@ -44,20 +49,22 @@ def pattern(tokens: list[str], weights: list[list[float]], *, cell: int = 22, cs
         cell=cell,
         tip=tip,
         cell_attrs=attrs,
+        raster=raster,
         label="attention weights, query x key",
     )
 
 
 def multiples(result: LayerAttention) -> str:
-    """Every head's pattern at ``result.layer``, small, in a wrapping grid."""
+    """Every head's pattern at ``result.layer``, small, in a wrapping grid; a click enlarges one (CSS focus)."""
     cell = max(6, min(14, 200 // max(1, len(result.tokens))))
     figures = [
         figure(
-            pattern(result.tokens, weights, cell=cell, css="m"),
+            pattern(result.tokens, weights, cell=cell, values=f"patterns.{h}"),
             filename=f"attention-L{result.layer}-H{h}.svg",
             caption=f"head {h}",
             css="multiple",
             data={"head": str(h)},
+            focusable=True,
         )
         for h, weights in enumerate(result.patterns)
     ]
@@ -110,7 +117,9 @@ def render_attention_html(result: LayerAttention, *, title: str) -> str:
         shows=f"Where the heads of layer {result.layer} attend on one prompt ({len(result.tokens)} tokens), "
         "and per-head summaries of every layer.",
         intro=intro,
-        downloads=download_json(result.model_dump_json(), f"attention-L{result.layer}.json", "result JSON"),
+        downloads=download_json(
+            result.model_dump_json(), f"attention-L{result.layer}.json", "result JSON", result=True
+        ),
         sections=[
             (f"Every head of layer {result.layer}", f"{legend(UNIT)}{multiples(result)}"),
             (f"Layer {result.layer}, {shown}", large),

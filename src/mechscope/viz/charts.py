@@ -1,8 +1,9 @@
 """A small chart kit for the reports: an SVG heatmap, a line chart, a colour legend, a table and offline downloads.
 
-Every chart is a standalone SVG document (it carries its ``xmlns``), so the same string is drawn inline in the
-page and offered as a file by `download_svg`, a ``data:`` link that needs no script. Every string that reaches
-the markup goes through ``html.escape`` (labels and tokens are user data); numbers are formatted here.
+Every chart is a standalone SVG document (it carries its ``xmlns``): drawn inline in the page inside a
+`figure`, whose buttons save that same element as an SVG or PNG file (`mechscope.viz.save`). Results download
+as JSON through `download_json`. Every string that reaches the markup goes through ``html.escape`` (labels and
+tokens are user data); numbers are formatted here.
 
 >>> svg = line_chart([Series("p", [0, 2, 3], [0.1, 0.5, 0.9])], x_title="layer", y_title="probability")
 >>> svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"')
@@ -13,13 +14,16 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from urllib.parse import quote
 
 from mechscope.text import show_whitespace
-from mechscope.viz.colors import Scale
+from mechscope.viz.colors import MISSING, Scale, ink
+from mechscope.viz.raster import png_data_uri, rgb
+from mechscope.viz.save import save_buttons
 
 SVG_NS = "http://www.w3.org/2000/svg"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -68,43 +72,85 @@ def heatmap(
     cell: int = 18,
     tip: Callable[[int, int, float], str] | None = None,
     cell_attrs: Callable[[int, int, float], dict[str, str]] | None = None,
+    text: Callable[[int, int, float], str] | None = None,
+    cell_width: int | None = None,
+    raster: dict[str, str] | None = None,
     label: str = "heatmap",
 ) -> str:
     """An SVG heatmap, ``values[row][column]`` coloured on ``scale``, rows and columns labelled, axis titles.
 
-    ``tip(row, column, value)`` is the hover text of a cell (as a ``<title>``); ``cell_attrs`` adds attributes.
+    ``tip(row, column, value)`` is the hover text of a cell (as a ``<title>``); ``cell_attrs`` adds attributes;
+    ``text`` writes a short label in each cell (in black or white, whichever reads on its colour); NaN cells
+    (no value) are drawn in the light grey `MISSING`, off the scale. Cells are ``cell`` pixels high and
+    ``cell_width`` (default ``cell``) wide. ``raster`` (the image's attributes, may be empty) draws the cells
+    as one PNG image instead of one rect each (`mechscope.viz.raster`), for dense grids: ``tip``,
+    ``cell_attrs`` and ``text`` are then not drawn; a ``data-values`` path lets the page's script show values
+    on hover (`mechscope.viz.save`).
     """
     font = max(7, min(11, int(cell * 0.7)))
     chars = 10
+    wide = cell_width or cell
     label_w = int(min(chars, max((len(t) for t in (*rows, *columns)), default=1)) * font * 0.62) + 6
     left, top = 16 + label_w, 16 + label_w
-    width, height = left + len(columns) * cell + 8, top + len(rows) * cell + 8
+    width, height = left + len(columns) * wide + 8, top + len(rows) * cell + 8
     parts = [
         f'<svg xmlns="{SVG_NS}" width="{width}" height="{height}" font-family="ui-monospace, monospace" '
         f'font-size="{font}" role="img" aria-label="{escape(label, quote=True)}">',
-        f'<text x="{left + len(columns) * cell / 2:.1f}" y="11" text-anchor="middle" font-family="sans-serif">'
+        f'<text x="{left + len(columns) * wide / 2:.1f}" y="11" text-anchor="middle" font-family="sans-serif">'
         f"{escape(x_title)}</text>",
         f'<text transform="rotate(-90 11 {top + len(rows) * cell / 2:.1f})" x="11" y="{top + len(rows) * cell / 2:.1f}"'
         f' text-anchor="middle" font-family="sans-serif">{escape(y_title)}</text>',
     ]
     for c, name in enumerate(columns):
-        x, y = left + (c + 0.5) * cell + font / 3, top - 3
+        x, y = left + (c + 0.5) * wide + font / 3, top - 3
         parts.append(
             f'<text transform="rotate(-90 {x:.1f} {y})" x="{x:.1f}" y="{y}">{escape(clip(name, chars))}</text>'
         )
     for r, name in enumerate(rows):
         baseline = top + (r + 0.5) * cell + font / 3
         parts.append(f'<text x="{left - 3}" y="{baseline:.1f}" text-anchor="end">{escape(clip(name, chars))}</text>')
-    for r, row in enumerate(values):
-        for c, value in enumerate(row):
-            extra = _attrs(cell_attrs(r, c, value)) if cell_attrs else ""
-            title = f"<title>{escape(tip(r, c, value))}</title>" if tip else ""
-            parts.append(
-                f'<rect{extra} x="{left + c * cell}" y="{top + r * cell}" width="{cell}" height="{cell}" '
-                f'fill="{scale.colour(value)}">{title}</rect>'
-            )
+
+    def fill(value: float) -> str:
+        return MISSING if math.isnan(value) else scale.colour(value)
+
+    if raster is not None:
+        pixels = [[rgb(fill(value)) for value in row] for row in values]
+        parts.append(
+            f'<image class="raster"{_attrs(raster)} x="{left}" y="{top}" width="{len(columns) * wide}" '
+            f'height="{len(rows) * cell}" preserveAspectRatio="none" style="image-rendering:pixelated" '
+            f'href="{png_data_uri(pixels)}"/>'
+        )
+    else:
+        for r, row in enumerate(values):
+            for c, value in enumerate(row):
+                parts.append(
+                    _cell(left + c * wide, top + r * cell, wide, cell, fill(value), r, c, value, cell_attrs, tip)
+                )
+                if text:
+                    parts.append(
+                        f'<text class="cell-text" x="{left + (c + 0.5) * wide:.1f}" '
+                        f'y="{top + (r + 0.5) * cell + font / 3:.1f}" text-anchor="middle" fill="{ink(fill(value))}" '
+                        f'pointer-events="none">{escape(text(r, c, value))}</text>'
+                    )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _cell(
+    x: float,
+    y: float,
+    width: int,
+    height: int,
+    colour: str,
+    r: int,
+    c: int,
+    value: float,
+    cell_attrs: Callable[[int, int, float], dict[str, str]] | None,
+    tip: Callable[[int, int, float], str] | None,
+) -> str:
+    extra = _attrs(cell_attrs(r, c, value)) if cell_attrs else ""
+    title = f"<title>{escape(tip(r, c, value))}</title>" if tip else ""
+    return f'<rect{extra} x="{x}" y="{y}" width="{width}" height="{height}" fill="{colour}">{title}</rect>'
 
 
 @dataclass
@@ -245,27 +291,41 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str | float | int]], *,
 _URI_SAFE = "=:/;,.-_()'!*~@$+?"
 
 
-def download_svg(svg: str, filename: str) -> str:
-    """A link that saves ``svg`` as ``filename`` offline: a percent-encoded ``data:`` URI, no script."""
-    href = "data:image/svg+xml;charset=utf-8," + quote(svg, safe=_URI_SAFE)
-    return f'<a class="download" download="{escape(filename, quote=True)}" href="{href}">download SVG</a>'
+def download_json(text: str, filename: str, what: str = "JSON", *, result: bool = False) -> str:
+    """A link that saves the JSON ``text`` as ``filename`` offline (a ``data:`` link: it works without script).
 
-
-def download_json(text: str, filename: str, what: str = "JSON") -> str:
-    """A link that saves the JSON ``text`` as ``filename`` offline."""
+    ``result`` marks it as the page's result, which the page's script reads to show values on hover over
+    raster heatmaps (so the numbers are in the page once).
+    """
     href = "data:application/json;charset=utf-8," + quote(text, safe=_URI_SAFE)
-    return f'<a class="download" download="{escape(filename, quote=True)}" href="{href}">download {escape(what)}</a>'
+    marker = " data-result" if result else ""
+    return (
+        f'<a class="download"{marker} download="{escape(filename, quote=True)}" href="{href}">'
+        f"download {escape(what)}</a>"
+    )
 
 
 def figure(
-    svg: str, *, filename: str, caption: str = "", css: str = "chart", data: dict[str, str] | None = None
+    svg: str,
+    *,
+    filename: str,
+    caption: str = "",
+    css: str = "chart",
+    data: dict[str, str] | None = None,
+    scroll: str = "",
+    focusable: bool = False,
 ) -> str:
-    """``svg`` in a ``<figure>`` with its caption and an SVG download link."""
+    """``svg`` in a ``<figure>`` with its caption and the buttons that save it as SVG or PNG (`save_buttons`).
+
+    ``scroll`` (a CSS class) puts the drawing in a `scroller` that opens at its right end; ``focusable`` lets a
+    click or the keyboard focus the figure (the stylesheet enlarges a focused small multiple).
+    """
     text = f"{escape(caption)} " if caption else ""
-    extra = _attrs({f"data-{k}": v for k, v in (data or {}).items()})
+    extra = _attrs({f"data-{k}": v for k, v in (data or {}).items()}) + (' tabindex="0"' if focusable else "")
+    drawing = scroller(svg, css=scroll) if scroll else svg
     return (
-        f'<figure class="{escape(css, quote=True)}"{extra}>{svg}'
-        f"<figcaption>{text}{download_svg(svg, filename)}</figcaption></figure>"
+        f'<figure class="{escape(css, quote=True)}"{extra}>{drawing}'
+        f"<figcaption>{text}{save_buttons(filename)}</figcaption></figure>"
     )
 
 
@@ -291,34 +351,3 @@ INNER = "direction:ltr;display:inline-block"
 def scroller(inner: str, *, css: str = "scroll") -> str:
     """``inner`` in a horizontally scrollable box that opens scrolled to the right (the last columns)."""
     return f'<div class="{escape(css, quote=True)}" style="{SCROLLER}"><div style="{INNER}">{inner}</div></div>'
-
-
-def offline(link: str) -> str:
-    """A kit download link with no literal ``http`` (the SVG namespace, percent-encoded: the file is the same).
-
-    >>> offline('<a href="data:x,http%3A">')
-    '<a href="data:x,%68ttp%3A">'
-    """
-    return link.replace("http", "%68ttp")
-
-
-def inline(markup: str) -> str:
-    """``markup`` with the SVG namespace attributes dropped: inline SVG in HTML does not need them.
-
-    >>> inline('<svg xmlns="http://www.w3.org/2000/svg" width="1"></svg>')
-    '<svg width="1"></svg>'
-    """
-    return markup.replace(f' xmlns="{SVG_NS}"', "")
-
-
-def inline_figure(svg: str, *, filename: str, caption: str = "", css: str = "chart") -> str:
-    """``svg`` drawn in the page (without its ``xmlns``, which HTML does not need) with its download link.
-
-    The downloaded file keeps the namespace: it is the standalone SVG document the kit drew.
-    """
-    text = f"{escape(caption)} " if caption else ""
-    drawn = inline(svg)
-    return (
-        f'<figure class="{escape(css, quote=True)}">{drawn}'
-        f"<figcaption>{text}{offline(download_svg(svg, filename))}</figcaption></figure>"
-    )

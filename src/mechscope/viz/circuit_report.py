@@ -12,7 +12,7 @@ from __future__ import annotations
 from html import escape
 
 from mechscope.causal.results import CircuitGraph, Node
-from mechscope.viz.charts import SVG_NS, download_json, inline, inline_figure, legend, offline, table
+from mechscope.viz.charts import SVG_NS, download_json, figure, legend, table
 from mechscope.viz.colors import Scale, ink
 from mechscope.viz.page import render_page
 
@@ -126,7 +126,7 @@ def render_circuit_html(graph: CircuitGraph) -> str:
     )
     if not inner:
         explain = f'<p class="legend empty">The circuit is empty: {EMPTY}.</p>'
-    drawing = f"{inline(legend(scale))}{explain}" + inline_figure(svg, filename="circuit.svg", caption="The circuit.")
+    drawing = f"{legend(scale)}{explain}" + figure(svg, filename="circuit.svg", caption="The circuit.")
     rows: list[list[str | float | int]] = [
         [n.label, "" if n.layer is None else n.layer, "" if n.position is None else n.position, effect_text(n.effect)]
         for n in sorted(inner, key=lambda n: -abs(n.effect))
@@ -141,6 +141,6 @@ def render_circuit_html(graph: CircuitGraph) -> str:
         f"mechscope circuit: {graph.title}",
         model="",
         shows=f"The components whose {graph.origin} effect passes the threshold, layer by layer.",
-        downloads=offline(download_json(graph.model_dump_json(), "circuit.json", "result JSON")),
+        downloads=download_json(graph.model_dump_json(), "circuit.json", "result JSON"),
         sections=sections,
     )

@@ -26,6 +26,10 @@ _REDS = ((255, 255, 255), (253, 219, 199), (244, 165, 130), (214, 96, 77), (150,
 _BLUE_HALF = tuple((b, g, r) for r, g, b in _REDS)
 
 
+#: Cells with no value (not measured, no such tensor, off the scale) in every heatmap: light grey, not white.
+MISSING = "rgb(236,236,236)"
+
+
 def _ramp(anchors: tuple[tuple[int, int, int], ...], level: float) -> tuple[int, int, int]:
     level = 0.0 if math.isnan(level) else max(0.0, min(1.0, level))
     where = level * (len(anchors) - 1)

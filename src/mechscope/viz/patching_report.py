@@ -5,7 +5,7 @@ effect of patching each (layer, position) from the clean run into the corrupted 
 metric, 1 the clean run's. The effect has one fixed diverging scale, −1 .. 1 (white at 0, red towards the clean
 run, blue past the corrupted one; values beyond are clamped), stated in the legend. A long prompt scrolls
 sideways and opens scrolled to its end, so the last positions (where the answer is usually read) show first;
-this is CSS only. The heatmap downloads as SVG and the result as JSON, offline.
+this is CSS only. The heatmap downloads as SVG or PNG and the result as JSON, offline.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from html import escape
 
 from mechscope.causal.results import PatchingResult
 from mechscope.text import show_whitespace
-from mechscope.viz.charts import download_json, download_svg, heatmap, legend, metric_name, scroller, table, visible
+from mechscope.viz.charts import download_json, figure, heatmap, legend, metric_name, table, visible
 from mechscope.viz.colors import Scale
 from mechscope.viz.page import render_page
 
@@ -69,15 +69,15 @@ def render_patching_html(result: PatchingResult, *, model: str = "") -> str:
     if result.partial:
         intro += "<p><b>Partial result: the sweep was interrupted; only the first layers are shown.</b></p>"
     svg = effect_heatmap(result.layers, result.tokens, result.effects, site=result.site)
-    plain = effect_heatmap(result.layers, result.tokens, result.effects, site=result.site, data=False)
     body = (
         f"{legend(EFFECT)}"
         '<p class="legend">Each cell: the corrupted run with that layer and position patched from the clean run. '
         "0 = the corrupted metric, 1 = the clean metric; values outside −1 .. 1 take the end colours. "
         "Hover a cell for its value. The last positions are shown first; scroll left for the start of the "
         "prompt.</p>"
-        f"{scroller(svg, css='scroll patching')}"
-        f'<p class="downloads">{download_svg(plain, f"patching-{result.site}.svg")}</p>'
+        + figure(
+            svg, filename=f"patching-{result.site}.svg", caption=f"Patching {result.site}.", scroll="scroll patching"
+        )
     )
     top: list[list[str | float | int]] = [
         [layer, position, show_whitespace(result.tokens[position]), effect] for layer, position, effect in result.top(5)

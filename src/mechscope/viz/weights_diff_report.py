@@ -5,34 +5,27 @@ of its largest single tensor's), a layers x block types heatmap of the pooled re
 sequential scale (white 0 .. dark blue at the largest finite value; a legend states it), the most-changed
 tensors (only tensors that changed) and the per-block summaries. A tensor that was zero in the base and
 changed has an infinite relative change: it is shown as "∞" and kept out of the colour scale and the chart's
-axis. The figures can be downloaded as SVG and the result as JSON. Tensor names and checkpoint paths are user
+axis. The figures can be downloaded as SVG or PNG and the result as JSON. Tensor names and checkpoint paths are user
 data and go through ``html.escape`` everywhere.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from html import escape
 
 from mechscope.viz.charts import (
     Series,
     download_json,
-    download_svg,
+    figure,
     heatmap,
-    inline,
-    inline_figure,
     legend,
     line_chart,
     num,
-    offline,
 )
-from mechscope.viz.colors import Scale, ink
+from mechscope.viz.colors import Scale
 from mechscope.viz.page import render_page
 from mechscope.weights.diff_results import ParamDiff, WeightDiff
-
-#: Cells with no tensor, or with an infinite change, are drawn in this colour: off the scale.
-_OFF_SCALE = "rgb(236,236,236)"
 
 
 def _num(value: float) -> str:
@@ -53,16 +46,6 @@ def _scale_max(values: list[float]) -> float:
 def change_scale(result: WeightDiff) -> Scale:
     """The heatmap's one sequential scale: 0 .. the largest finite pooled change of a (layer, block) cell."""
     return Scale("pooled relative change ‖B−A‖/‖A‖", 0.0, _scale_max(list(result.layer_block_changes().values())))
-
-
-def _legend(scale: Scale) -> str:
-    """The kit's legend with its colour bar drawn as a CSS gradient (the page keeps one inline SVG, the chart)."""
-    stops = ", ".join(scale.colour(scale.low + (scale.high - scale.low) * i / 8) for i in range(9))
-    bar = (
-        f'<span class="bar" style="display:inline-block;width:192px;height:12px;vertical-align:middle;'
-        f'border:1px solid #ccc;background:linear-gradient(to right, {stops})"></span>'
-    )
-    return re.sub(r"<svg\b.*?</svg>", bar, legend(scale), count=1, flags=re.S)
 
 
 def _layer_chart(result: WeightDiff) -> str:
@@ -93,7 +76,7 @@ def _layer_chart(result: WeightDiff) -> str:
     return (
         '<p class="legend">"pooled": ‖B−A‖ / ‖A‖ of all the layer\'s tensors as one vector; "largest tensor": '
         f"the largest single tensor's relative change. The axis runs 0 .. {num(high)}.{note}</p>"
-        + inline_figure(svg, filename="weights-diff-layers.svg", caption="Relative change per layer.")
+        + figure(svg, filename="weights-diff-layers.svg", caption="Relative change per layer.")
     )
 
 
@@ -103,23 +86,6 @@ def _heatmap(result: WeightDiff, scale: Scale) -> str:
         return '<p class="legend">No tensor belongs to a numbered layer.</p>'
     blocks = sorted({block for _, block in cells})
     layer_ids = [s.layer_index for s in result.layers]
-    head = "".join(f"<th>{escape(block)}</th>" for block in blocks)
-    rows = []
-    for layer in layer_ids:
-        tds = []
-        for block in blocks:
-            value = cells.get((layer, block))
-            if value is None:
-                tds.append(f'<td class="num" style="background:{_OFF_SCALE}"></td>')
-                continue
-            colour = scale.colour(value) if math.isfinite(value) else _OFF_SCALE
-            tds.append(
-                f'<td class="num" data-layer="{layer}" data-block="{escape(block, quote=True)}" '
-                f'style="background:{colour};color:{ink(colour)}" '
-                f'title="layer {layer}, {escape(block, quote=True)}: {_num(value)}">{_num(value)}</td>'
-            )
-        rows.append(f"<tr><th>{layer}</th>{''.join(tds)}</tr>")
-    table = f'<table class="heatmap"><tr><th>layer \\ block</th>{head}</tr>{"".join(rows)}</table>'
     grid = [[cells.get((layer, block), math.nan) for block in blocks] for layer in layer_ids]
     svg = heatmap(
         [[v if math.isfinite(v) else math.nan for v in row] for row in grid],
@@ -131,13 +97,20 @@ def _heatmap(result: WeightDiff, scale: Scale) -> str:
         tip=lambda r, c, _: (
             f"layer {layer_ids[r]}, {blocks[c]}: " + ("no tensor" if math.isnan(grid[r][c]) else _num(grid[r][c]))
         ),
+        cell_attrs=lambda r, c, v: (
+            {"class": "change", "data-layer": str(layer_ids[r]), "data-block": blocks[c]}
+            | ({"data-value": _num(v)} if not math.isnan(v) else {})
+        ),
+        text=lambda r, c, _: "" if math.isnan(grid[r][c]) else ("∞" if math.isinf(grid[r][c]) else f"{grid[r][c]:.2g}"),
+        cell=20,
+        cell_width=46,
         label="pooled relative change by layer and block",
     )
     return (
-        f"{_legend(scale)}"
+        f"{legend(scale)}"
         '<p class="legend">Each cell is the pooled relative change of that layer\'s tensors of that block type. '
         f'Grey cells: no such tensor, or "∞" (a tensor that was zero in the base), kept off the scale.</p>'
-        f'{table}<p class="downloads">{offline(download_svg(svg, "weights-diff-heatmap.svg"))}</p>'
+        + figure(svg, filename="weights-diff-heatmap.svg", caption="Pooled relative change by layer and block type.")
     )
 
 
@@ -195,12 +168,12 @@ def render_weights_diff_html(result: WeightDiff, *, top: int = 20) -> str:
         f"in the base); rank tolerance: {escape(tolerance)}.</p>"
     )
     heading = f"The {len(listed)} most-changed tensors" if listed else "Most-changed tensors"
-    page = render_page(
+    return render_page(
         "mechscope weight diff",
         model=f"{result.base} → {result.finetuned}",
         shows="How much each tensor, layer and block type of the fine-tuned checkpoint moved from the base.",
         intro=intro,
-        downloads=offline(download_json(result.model_dump_json(), "weights-diff.json", "result JSON")),
+        downloads=download_json(result.model_dump_json(), "weights-diff.json", "result JSON"),
         sections=[
             ("Relative change per layer", _layer_chart(result)),
             ("Pooled relative change by layer and block", _heatmap(result, change_scale(result))),
@@ -208,4 +181,3 @@ def render_weights_diff_html(result: WeightDiff, *, top: int = 20) -> str:
             ("By block type", _block_rows(result)),
         ],
     )
-    return inline(page)
