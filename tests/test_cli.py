@@ -56,6 +56,9 @@ MODEL_COMMANDS = [
     ["steer", "sweep"],
     ["directions", "compute"],
     ["tuned-lens"],
+    ["moe", "info"],
+    ["moe", "trace"],
+    ["moe", "utilization"],
 ]
 GROUP = ("--dtype", "--device", "--device-map", "--attn", "--revision", "--trust-remote-code")
 
@@ -81,7 +84,7 @@ def test_top_level_commands_keep_their_names() -> None:
     names = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
     assert names == {
         *("models", "doctor", "analyze", "compare", "tuned-lens", "attention", "heads", "patch", "ablate"),
-        *("weights", "circuit", "steer", "directions"),
+        *("weights", "circuit", "steer", "directions", "moe"),
     }
 
 
@@ -112,6 +115,19 @@ def test_an_output_path_that_is_a_folder_is_one_line_exit_2(tmp_path: Path) -> N
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0 and "is a folder" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # no temporary file left (hidden or not)
+
+
+def test_analyze_html_log_prob_plots_log_probabilities(tmp_path: Path) -> None:
+    pages = {}
+    for flag in ([], ["--log-prob"]):
+        html = tmp_path / f"lens{len(flag)}.html"
+        result = runner.invoke(
+            app, ["analyze", "-p", "The capital of France is", "--track", " Paris", "--html", str(html), *flag]
+        )
+        assert result.exit_code == 0, result.output
+        pages[bool(flag)] = html.read_text(encoding="utf-8")
+    assert "log probability (ln p)" in pages[True] and "log probability" not in pages[False]
+    assert 'data-file="tracked-tokens-log"' in pages[True] and 'data-file="tracked-tokens"' in pages[False]
 
 
 def test_write_text_output_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:

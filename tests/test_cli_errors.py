@@ -47,6 +47,7 @@ def _files(tmp: Path) -> dict[str, Callable[[], Path]]:
         "latin1": text("latin1.txt", "caf\xe9 au lait\n".encode("latin-1")),
         "not_safetensors": text("fake.safetensors", b"this is not a safetensors file at all"),
         "existing": text("existing.txt", b"x\n"),
+        "empty": text("empty.txt", b"\n   \n"),
     }
 
 
@@ -224,6 +225,18 @@ CASES: list[tuple[str, list[str], str]] = [
         "d.txt",
     ),
     ("weights-verify-no-manifest", ["weights", "verify", "{tmp}"], "manifest"),
+    ("moe-info-dense", ["moe", "info", "-m", "toy"], "has no experts (family llama is dense)"),
+    ("moe-trace-dense", ["moe", "trace", "-m", "toy", "-p", PROMPT], "has no experts"),
+    ("moe-utilization-dense", ["moe", "utilization", "-m", "toy", "-p", PROMPT], "has no experts"),
+    ("moe-trace-layer", ["moe", "trace", "-p", PROMPT, "--layer", "9"], "out of range"),
+    ("moe-trace-empty-prompt", ["moe", "trace", "-p", "  "], "empty"),
+    ("moe-utilization-empty-corpus", ["moe", "utilization", "--prompts", "{empty}"], "corpus is empty"),
+    ("moe-utilization-no-corpus", ["moe", "utilization"], "--prompts"),
+    ("moe-utilization-missing", ["moe", "utilization", "--prompts", "{tmp}/nope.txt"], "nope.txt"),
+    ("moe-utilization-latin1", ["moe", "utilization", "--prompts", "{latin1}"], "UTF-8"),
+    ("moe-utilization-cold", ["moe", "utilization", "-p", PROMPT, "--cold-threshold", "2"], "cold threshold"),
+    ("moe-utilization-batch-size", ["moe", "utilization", "-p", PROMPT, "--batch-size", "0"], "batch-size"),
+    ("moe-utilization-out-folder", ["moe", "utilization", "-p", PROMPT, "--out", "{tmp}"], "folder"),
     (
         "weights-directions-not-safetensors",
         ["weights", "directions", "-m", "{toy}", "-d", "{not_safetensors}"],

@@ -17,7 +17,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "mechscope"
 
-ANALYSES = ("lens", "attention", "causal", "steering", "weights", "checks", "zoo", "testing")
+ANALYSES = ("lens", "attention", "causal", "steering", "weights", "checks", "zoo", "testing", "moe")
 LEVELS = {
     "errors": 0,
     "progress": 0,

@@ -28,6 +28,7 @@ from mechscope.errors import (
 )
 
 if TYPE_CHECKING:
+    from mechscope import moe
     from mechscope.api.analyzer import Analyzer, AsyncAnalyzer
     from mechscope.api.model_analyzer import AnalysisConfig, ModelAnalyzer
     from mechscope.core import ops
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0.dev0"
 
+#: public name -> the module it is (imported on first access).
+_MODULES = {"ops": "mechscope.core.ops", "moe": "mechscope.moe"}
 #: public name -> the module that defines it (imported on first access).
 _LAZY = {
     "Analyzer": "mechscope.api.analyzer",
@@ -89,6 +92,7 @@ __all__ = [
     "__version__",
     "list_organisms",
     "load",
+    "moe",
     "ops",
     "register_organism",
     "wrap",
@@ -96,8 +100,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ops":
-        return importlib.import_module("mechscope.core.ops")
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mechscope' has no attribute '{name}'")

@@ -50,3 +50,7 @@ class WeightFileError(MechscopeError):
 
 class ExportValidationError(MechscopeError):
     """A written result table failed its checks (row count, columns, missing values)."""
+
+
+class MoEError(MechscopeError):
+    """A mixture-of-experts analysis was asked of a model that has no experts."""

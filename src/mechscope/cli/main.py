@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from mechscope.cli import attention, causal, circuit, lens, models, steering, weights
+from mechscope.cli import attention, causal, circuit, lens, models, moe, steering, weights
 
 app = typer.Typer(
     name="mechscope",
@@ -26,6 +26,7 @@ app.add_typer(attention.app)
 app.add_typer(causal.app)
 app.add_typer(weights.app, name="weights")
 app.add_typer(circuit.app, name="circuit")
+app.add_typer(moe.app, name="moe")
 app.add_typer(steering.steer_app, name="steer")
 app.add_typer(steering.directions_app, name="directions")
 

@@ -15,6 +15,9 @@ Conventions shared by every row:
 * ``attn`` is the module returning ``(output, weights)``; ``weights`` is what ``attn_pattern`` reads.
 * ``router`` returns ``(router_logits, top_k_weights, top_k_index)``, as every transformers 5 MoE router
   does; ``experts`` is the packed-experts module called as ``experts(hidden, top_k_index, top_k_weights)``.
+* ``routing`` (MoE families) says how the router turns its logits into the chosen experts' weights, as the
+  family's transformers 5 router ``forward`` computes it, and what else the MoE block holds (a shared
+  expert, its gate, packed or per-module experts); see `RoutingSpec`.
 * ``output_transform`` names the config attributes the model applies, in order, to the unembedding's output
   to get its logits (what each does is in `OUTPUT_TRANSFORMS`); ``residual_scale`` names the config
   attribute the block outputs are multiplied by before being added to the residual (Granite).
@@ -27,6 +30,9 @@ from typing import Literal
 
 Kind = Literal["decoder", "encoder"]
 Op = Literal["multiply", "divide", "softcap"]
+#: ``softmax_topk``: softmax over every expert's logit, then the k largest probabilities are the weights;
+#: ``topk_softmax``: the k largest logits, then a softmax over just those k.
+RouterRule = Literal["softmax_topk", "topk_softmax"]
 
 #: Config attributes that turn the unembedding's output into the model's logits, and how: ``multiply`` and
 #: ``divide`` by the value, ``softcap`` is ``tanh(logits / value) * value``. A value of None is a no-op.
@@ -37,6 +43,27 @@ OUTPUT_TRANSFORMS: dict[str, Op] = {
     "final_logit_softcapping": "softcap",  # Gemma-2/3/4
     "logits_soft_cap": "softcap",  # RecurrentGemma
 }
+
+
+@dataclass(frozen=True)
+class RoutingSpec:
+    """How a MoE family routes, read off its transformers 5 modeling code (``*TopKRouter.forward``).
+
+    Attributes:
+        rule: the order of softmax and top-k (see `RouterRule`).
+        renormalise: whether ``softmax_topk`` divides the k weights by their sum (so that they sum to 1);
+            a string names the config flag that decides (``norm_topk_prob``).
+        shared_expert: path, inside a layer, of an expert every token goes through (None: there is none).
+        shared_expert_gate: path of the linear gate whose sigmoid scales the shared expert (None: ungated).
+        packed_experts: the experts module keeps every expert in 3-D tensors ``[expert, ...]`` (transformers
+            5), rather than one submodule per expert.
+    """
+
+    rule: RouterRule
+    renormalise: bool | str = False
+    shared_expert: str | None = None
+    shared_expert_gate: str | None = None
+    packed_experts: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,7 @@ class FamilySpec:
     experts: str | None = None
     output_transform: tuple[str, ...] = ()
     residual_scale: str | None = None
+    routing: RoutingSpec | None = None
     kind: Kind = "decoder"
     note: str = ""
 
@@ -71,6 +99,8 @@ _LLAMA_LIKE = FamilySpec(
 )
 _POST_NORM = replace(_LLAMA_LIKE, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm")
 _MOE_GATE = replace(_LLAMA_LIKE, router="mlp.gate", experts="mlp.experts")
+# Qwen2/3-MoE and OLMoE renormalise the top-k probabilities only when the config says so.
+_NORM_TOPK = RoutingSpec("softmax_topk", renormalise="norm_topk_prob")
 
 #: One row per transformers ``model_type``.
 FAMILIES: dict[str, FamilySpec] = {
@@ -111,16 +141,23 @@ FAMILIES: dict[str, FamilySpec] = {
         _POST_NORM, output_transform=("final_logit_softcapping",), note="attn_out/mlp_out are the post-block norms"
     ),
     "olmo2": replace(_POST_NORM, note="attn_out/mlp_out are the post-block norms"),
-    "mixtral": _MOE_GATE,
-    "qwen2_moe": replace(_MOE_GATE, note="mlp_out includes the gated shared expert"),
-    "qwen3_moe": _MOE_GATE,
-    "olmoe": _MOE_GATE,
-    "gpt_oss": replace(_LLAMA_LIKE, router="mlp.router", experts="mlp.experts"),
+    "mixtral": replace(_MOE_GATE, routing=RoutingSpec("softmax_topk", renormalise=True)),
+    "qwen2_moe": replace(
+        _MOE_GATE,
+        routing=replace(_NORM_TOPK, shared_expert="mlp.shared_expert", shared_expert_gate="mlp.shared_expert_gate"),
+        note="mlp_out includes the gated shared expert",
+    ),
+    "qwen3_moe": replace(_MOE_GATE, routing=_NORM_TOPK),
+    "olmoe": replace(_MOE_GATE, routing=_NORM_TOPK),
+    "gpt_oss": replace(
+        _LLAMA_LIKE, router="mlp.router", experts="mlp.experts", routing=RoutingSpec("topk_softmax")
+    ),  # its router's logits include a bias
     "granitemoe": replace(
         _LLAMA_LIKE,
         mlp_out="block_sparse_moe",
         router="block_sparse_moe.router",
         experts="block_sparse_moe.experts",
+        routing=RoutingSpec("topk_softmax"),
         output_transform=("logits_scaling",),
         residual_scale="residual_multiplier",
         note="the residual adds attn_out/mlp_out x residual_multiplier; embeddings x embedding_multiplier",

@@ -1,0 +1,51 @@
+"""Mixture-of-experts introspection: how a model routes, one prompt's routing, expert utilization.
+
+``info`` describes the model's routing (`MoEInfo`), ``trace`` one prompt's routing token by token
+(`RoutingTrace`, bit for bit the router's own outputs), ``routing`` streams a corpus's routing batch by
+batch (`RoutingBatch`), and ``utilization`` counts each expert's tokens with the family's load-balancing
+loss (`Utilization`). A dense model raises `mechscope.errors.MoEError`.
+
+The functions share their modules' names (``mechscope.moe.trace`` is both), so they are bound here, after
+their modules are imported; those modules import torch only when a function runs, so that this package and
+its ``results`` import without torch (for the HTML reports).
+
+Example:
+    >>> import mechscope as ms
+    >>> lm = ms.load("toy-moe")
+    >>> ms.moe.info(lm).top_k
+    2
+    >>> step = ms.moe.trace(lm, "The capital of France is").layer(0)
+    >>> len(step.experts) == len(step.weights) == len(step.entropy)
+    True
+    >>> usage = ms.moe.utilization(lm, ["The capital of France is", "Two plus two is"])
+    >>> round(sum(usage.layer(3).share), 6)
+    2.0
+"""
+
+from __future__ import annotations
+
+from mechscope.moe.info import moe_info
+from mechscope.moe.results import LayerRouting, LayerUtilization, MoEInfo, RoutingTrace, Utilization
+from mechscope.moe.routing import RoutingBatch
+from mechscope.moe.routing import routing as _routing
+from mechscope.moe.trace import trace as _trace
+from mechscope.moe.utilization import utilization as _utilization
+
+info = moe_info
+routing = _routing
+trace = _trace
+utilization = _utilization
+
+__all__ = [
+    "LayerRouting",
+    "LayerUtilization",
+    "MoEInfo",
+    "RoutingBatch",
+    "RoutingTrace",
+    "Utilization",
+    "info",
+    "moe_info",
+    "routing",
+    "trace",
+    "utilization",
+]
