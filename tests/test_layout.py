@@ -64,6 +64,7 @@ TORCH_FREE = (
     "mechscope.causal.results",
     "mechscope.attention.results",
     "mechscope.lens.results",
+    "mechscope.moe.results",
     "mechscope.cli.main",
 )
 

@@ -44,7 +44,12 @@ def _attrs(values: dict[str, str]) -> str:
 
 
 def legend(scale: Scale, *, steps: int = 24, width: int = 192) -> str:
-    """A colour bar for ``scale`` that names the quantity and states its minimum and maximum."""
+    """A colour bar for ``scale`` that names the quantity and states its minimum and maximum.
+
+    A categorical scale gets one swatch per category instead, each labelled with its number.
+    """
+    if scale.kind == "categorical":
+        return _swatches(scale)
     step = width / steps
     rects = "".join(
         f'<rect x="{i * step:.1f}" y="0" width="{step + 0.5:.1f}" height="12" '
@@ -58,6 +63,20 @@ def legend(scale: Scale, *, steps: int = 24, width: int = 192) -> str:
         f'data-max="{num(scale.high)}" data-kind="{scale.kind}"><span class="scale-name">{escape(scale.name)}:</span> '
         f'<span class="scale-min">{num(scale.low)}</span> {bar} <span class="scale-max">{num(scale.high)}</span>'
         f"{middle}</div>"
+    )
+
+
+def _swatches(scale: Scale) -> str:
+    count = int(scale.high) + 1
+    items = "".join(
+        f'<span class="swatch" style="display:inline-block;padding:0 4px;margin-right:2px;'
+        f'background:{scale.colour(i)};color:{ink(scale.colour(i))}">{i}</span>'
+        for i in range(count)
+    )
+    return (
+        f'<div class="legend-scale" data-scale="{escape(scale.name, quote=True)}" data-min="0" '
+        f'data-max="{count - 1}" data-kind="categorical"><span class="scale-name">{escape(scale.name)}:</span> '
+        f'<span class="scale-min">0</span> … <span class="scale-max">{count - 1}</span> {items}</div>'
     )
 
 

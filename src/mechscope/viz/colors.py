@@ -26,6 +26,22 @@ _REDS = ((255, 255, 255), (253, 219, 199), (244, 165, 130), (214, 96, 77), (150,
 _BLUE_HALF = tuple((b, g, r) for r, g, b in _REDS)
 
 
+#: The categorical colours (after ColorBrewer "Paired" and Tableau 10): distinct hues, light and dark pairs.
+CATEGORIES = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+)
+
 #: Cells with no value (not measured, no such tensor, off the scale) in every heatmap: light grey, not white.
 MISSING = "rgb(236,236,236)"
 
@@ -61,6 +77,15 @@ def diverging(value: float, limit: float = 1.0) -> str:
     return _css(_ramp(_REDS if level >= 0 else _BLUE_HALF, abs(level)))
 
 
+def categorical(index: int) -> str:
+    """The colour of category ``index`` (cycling through `CATEGORIES`).
+
+    >>> categorical(0), categorical(12) == categorical(0)
+    ('rgb(31,119,180)', True)
+    """
+    return _css(CATEGORIES[index % len(CATEGORIES)])
+
+
 def luminance(css: str) -> float:
     """The relative luminance (0 black .. 1 white) of an ``rgb(r,g,b)`` string.
 
@@ -81,7 +106,8 @@ class Scale:
     """One quantity's colour scale: its name (with unit), its range and its kind.
 
     A sequential scale maps ``low`` .. ``high``; a diverging one maps ``-high`` .. ``high`` with 0 white
-    (``low`` is then ``-high``).
+    (``low`` is then ``-high``); a categorical one gives each integer ``low`` .. ``high`` its own colour of
+    `CATEGORIES` (cycling past 12: a page also writes the category in the cell), for labels such as experts.
     """
 
     name: str
@@ -95,8 +121,15 @@ class Scale:
         limit = abs(limit) or 1.0
         return cls(name, -limit, limit, "diverging")
 
+    @classmethod
+    def categories(cls, name: str, count: int) -> Scale:
+        """A categorical scale of ``count`` categories, 0 .. count - 1."""
+        return cls(name, 0.0, float(max(count, 1) - 1), "categorical")
+
     def colour(self, value: float) -> str:
         """The CSS colour of ``value`` on this scale."""
+        if self.kind == "categorical":
+            return categorical(int(value))
         if self.kind == "diverging":
             return diverging(value, self.high)
         return sequential(value, self.low, self.high)

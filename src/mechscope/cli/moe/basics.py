@@ -77,6 +77,32 @@ def trace(
     _print_trace(result)
 
 
+@app.command("heatmap")
+@one_line_errors
+@model_options(default=DEFAULT_MODEL)
+def heatmap(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text to route.")],
+    model: ModelOptions,
+    html: Annotated[Path, typer.Option("--html", help="Where to write the HTML page.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """An HTML page of one prompt's routing: layers x tokens of top expert, its weight, router entropy.
+
+    Example: mechscope moe heatmap -p "def fib(n):" --html routing.html
+    """
+    from mechscope.moe.trace import trace as route_one
+    from mechscope.viz.moe_report import render_trace_html
+
+    check_outputs(html)
+    lm = model.load()
+    result = route_one(lm, prompt)
+    write_text_output(html, render_trace_html(result, model=lm.source))
+    if as_json:
+        print_json(result)
+        return
+    print_line(f"wrote {html}")
+
+
 def _print_trace(result: RoutingTrace) -> None:
     """Tokens x layers: ``expert:weight`` per top-k slot and the router's entropy (H, nats)."""
     columns: list[str | Column] = [Column("pos", justify="right"), "token"]
@@ -108,6 +134,7 @@ def utilization(
         float, typer.Option("--cold-threshold", help="Experts with a share of tokens below this are cold.")
     ] = 0.01,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the result as JSON to this file.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML page (layers x experts).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Tokens per expert over a corpus, per MoE layer: shares, load entropy, cold experts, balancing loss.
@@ -118,7 +145,7 @@ def utilization(
     from mechscope.errors import InputError
     from mechscope.moe.utilization import utilization as count_experts
 
-    check_outputs(out)
+    check_outputs(out, html)
     at_least(batch_size, 1, "--batch-size")
     if prompts is None and not prompt:
         raise InputError("give a corpus with --prompts FILE (one prompt per line) or prompts with -p")
@@ -127,12 +154,17 @@ def utilization(
     result = count_experts(lm, corpus, batch_size=batch_size, cold_threshold=cold_threshold, progress=not as_json)
     if out is not None:
         write_text_output(out, result.model_dump_json(indent=2))
+    if html is not None:
+        from mechscope.viz.moe_report import render_utilization_html
+
+        write_text_output(html, render_utilization_html(result))
     if as_json:
         print_json(result)
         return
     _print_utilization(result)
-    if out is not None:
-        print_line(f"wrote {out}")
+    for written in (out, html):
+        if written is not None:
+            print_line(f"wrote {written}")
 
 
 def _print_utilization(result: Utilization) -> None:
