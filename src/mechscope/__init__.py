@@ -30,6 +30,7 @@ from mechscope.errors import (
 if TYPE_CHECKING:
     from mechscope import moe
     from mechscope.api.analyzer import Analyzer, AsyncAnalyzer
+    from mechscope.api.expert_router import ExpertRouter
     from mechscope.api.model_analyzer import AnalysisConfig, ModelAnalyzer
     from mechscope.core import ops
     from mechscope.core.cache import Cache
@@ -50,6 +51,7 @@ _MODULES = {"ops": "mechscope.core.ops", "moe": "mechscope.moe"}
 _LAZY = {
     "Analyzer": "mechscope.api.analyzer",
     "AsyncAnalyzer": "mechscope.api.analyzer",
+    "ExpertRouter": "mechscope.api.expert_router",
     "AnalysisConfig": "mechscope.api.model_analyzer",
     "ModelAnalyzer": "mechscope.api.model_analyzer",
     "Cache": "mechscope.core.cache",
@@ -74,6 +76,7 @@ __all__ = [
     "ArchitectureError",
     "AsyncAnalyzer",
     "Cache",
+    "ExpertRouter",
     "HookNotFiredError",
     "InputError",
     "InterventionError",

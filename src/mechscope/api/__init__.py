@@ -5,6 +5,7 @@ The CLI, the web app and the MoE router build on this layer; it imports the anal
 """
 
 from mechscope.api.analyzer import Analyzer, AsyncAnalyzer
+from mechscope.api.expert_router import ExpertRouter
 from mechscope.api.model_analyzer import AnalysisConfig, ModelAnalyzer
 
-__all__ = ["AnalysisConfig", "Analyzer", "AsyncAnalyzer", "ModelAnalyzer"]
+__all__ = ["AnalysisConfig", "Analyzer", "AsyncAnalyzer", "ExpertRouter", "ModelAnalyzer"]

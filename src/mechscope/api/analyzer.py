@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from mechscope.api import tasks
+from mechscope.api import moe_tasks, tasks
 from mechscope.core.lm import LanguageModel, load
 from mechscope.errors import MechscopeError
 
@@ -107,6 +107,9 @@ class Analyzer:
     steer = _sync(tasks.steer)
     directions = _sync(tasks.directions)
     doctor = _sync(tasks.doctor)
+    moe_info = _sync(moe_tasks.moe_info)
+    moe_trace = _sync(moe_tasks.moe_trace)
+    moe_utilization = _sync(moe_tasks.moe_utilization)
 
 
 class AsyncAnalyzer:
@@ -143,3 +146,6 @@ class AsyncAnalyzer:
     steer = _async(tasks.steer)
     directions = _async(tasks.directions)
     doctor = _async(tasks.doctor)
+    moe_info = _async(moe_tasks.moe_info)
+    moe_trace = _async(moe_tasks.moe_trace)
+    moe_utilization = _async(moe_tasks.moe_utilization)

@@ -47,6 +47,16 @@ class MoEInfo(BaseModel):
     packed_experts: bool | None
     aux_loss_coef: float | None
 
+    @property
+    def num_experts(self) -> int:
+        """``n_experts`` under the name MLX-introspection users know."""
+        return self.n_experts
+
+    @property
+    def num_active_experts(self) -> int:
+        """``top_k``: experts each token is routed to (shared experts not counted)."""
+        return self.top_k
+
 
 class LayerRouting(BaseModel):
     """One MoE layer's routing of every token of one prompt.
