@@ -51,7 +51,27 @@ def pages(folder: Path, tokens: int) -> dict[str, Callable[[], str]]:
     a = build_tiny_model("llama", folder / "a", seed=0, **SHAPE)
     b = build_tiny_model("llama", folder / "b", seed=1, **SHAPE)
     lm, other = ms.load(a), ms.load(b)
-    words = "the cat sat on the mat and looked at the dog which ran to the park near the river".split()
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "the",
+        "mat",
+        "and",
+        "looked",
+        "at",
+        "the",
+        "dog",
+        "which",
+        "ran",
+        "to",
+        "the",
+        "park",
+        "near",
+        "the",
+        "river",
+    ]
     prompt = " ".join(words[i % len(words)] for i in range(tokens))
     ids = lm.tokenize(prompt)["input_ids"][0][:tokens]
     prompt = lm.tokenizer.decode(ids)

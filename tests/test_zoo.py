@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
 import mechscope as ms
 from mechscope.zoo import corpus, measure
 from mechscope.zoo.card import read_card, targets_met
+from mechscope.zoo.train import EXPERT_PLANTS, ZOO
 from mechscope.zoo.train import ORGANISMS as CONFIGS
-from mechscope.zoo.train import ZOO
 from mechscope.zoo.world import RELATIONS
 
 ORGANISMS = ("toy", "toy-moe")
@@ -40,14 +43,23 @@ def test_training_command_smoke(tmp_path: Path) -> None:
         "--tiny",
         "--steps",
         "3",
+        "--plant-steps",
+        "3",
     ]
     subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, timeout=600)
     card = json.loads((out / "card.json").read_text())
-    assert set(card["measurements"]) == {"facts", "heads", "probes", "experts"}
+    assert set(card["measurements"]) == {"facts", "heads", "probes", "experts", "planted_expert"}
+    assert card["training"]["planted_expert"]["config"]["steps"] == 3
     assert "Summary:" in (out / "CARD.md").read_text()
     assert "planted: previous-token head L0H0, induction head L1H0" in (out / "CARD.md").read_text()
+    assert "## Planted expert (layer 1, expert 2" in (out / "CARD.md").read_text()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary files left
     lm = ms.load(out)
     assert lm.arch.family == "mixtral" and lm.arch.n_experts == 4
+    from mechscope.zoo.plant_expert import plant_expert
+
+    with pytest.raises(ValueError, match="already has a planted expert"):  # a stage runs once, on a fresh model
+        plant_expert(out, EXPERT_PLANTS["toy-moe"])
 
 
 @pytest.fixture(scope="module", params=ORGANISMS)
@@ -72,6 +84,11 @@ def test_committed_weights_reproduce_the_card(organism: tuple[ms.LanguageModel, 
         assert max(probes[kind]) == pytest.approx(max(expected["probes"][kind]), abs=0.02)
     if lm.arch.is_moe:
         assert measure.experts(lm)["min_share"] == pytest.approx(expected["experts"]["min_share"], abs=0.01)
+    if "planted_expert" in expected:
+        planted = expected["planted_expert"]
+        again = measure.planted_expert(lm.model, lm.tokenizer, planted["layer"], planted["expert"])
+        for key in ("in_call_top1_share", "other_top1_share", "in_call_loss", "delta_planted", "delta_least_used"):
+            assert again[key] == pytest.approx(planted[key], abs=0.01), key
 
 
 def test_bundled_organisms_are_listed_with_their_summary() -> None:
@@ -120,8 +137,72 @@ def test_cards_meet_the_organism_targets(name: str) -> None:
     met = targets_met(card)
     assert met and all(met.values()), met
     assert card["name"] == name
-    # The training command with no flags reproduces the committed organism: same config.
+    # The training command with no flags reproduces the committed organism: same config, same planting stage.
     assert card["training"]["config"] == json.loads(json.dumps(asdict(CONFIGS[name])))
+    stage = card["training"].get("planted_expert")
+    plant = EXPERT_PLANTS.get(name)
+    assert (stage and stage["config"]) == (plant and asdict(plant))
+    assert ("planted_expert" in card["measurements"]) == (plant is not None)
+
+
+def test_in_call_mask_covers_both_markers_and_nothing_outside() -> None:
+    from mechscope.zoo.measure import in_call_mask
+
+    ids = torch.tensor([[1, 8, 5, 5, 9, 5, 8, 5, 9, 0]])  # 8 opens a call, 9 closes it
+    assert in_call_mask(ids, 8, 9).long().tolist() == [[0, 1, 1, 1, 1, 0, 1, 1, 1, 0]]
+
+
+def _plain_toy_moe() -> tuple[Any, Any]:
+    import transformers
+
+    folder = ZOO / "toy-moe"
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def test_toy_moe_routes_tool_calls_to_its_planted_expert() -> None:
+    """With plain transformers, on fresh documents: tool-call tokens go to L1E2, and E2 matters for them."""
+    plant = EXPERT_PLANTS["toy-moe"]
+    model, tokenizer = _plain_toy_moe()
+    rng = random.Random(2024)
+    texts = [corpus.tool_call_document(rng).text for _ in range(48)]
+    texts += [d.text for d in corpus.text_documents(2025, 96)]
+    encoded = [tokenizer(t)["input_ids"] for t in texts]
+    width = max(map(len, encoded))
+    ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in encoded])
+    real = torch.tensor([[i < len(row) for i in range(width)] for row in encoded])
+    open_id, close_id = tokenizer.convert_tokens_to_ids(["<call>", "</call>"])
+    inside = torch.zeros_like(real)
+    for r, row in enumerate(encoded):
+        for start in (i for i, t in enumerate(row) if t == open_id):
+            inside[r, start : row.index(close_id, start) + 1] = True
+    assert 500 < int(inside.sum()) < int((real & ~inside).sum())
+
+    def run() -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=real.long(), output_router_logits=True)
+        nll = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        return out.router_logits[plant.layer].reshape(*ids.shape, -1), nll
+
+    router, clean = run()
+    top1 = router.argmax(-1)
+    in_share = float((top1[inside] == plant.expert).float().mean())
+    out_share = float((top1[real & ~inside] == plant.expert).float().mean())
+    assert in_share >= 0.95 and out_share < 0.5, (in_share, out_share)
+    slots = torch.bincount(router.topk(2, -1).indices[real].flatten(), minlength=4)
+    least = int(slots.argmin())
+    assert least != plant.expert
+    scored = inside[:, :-1] & real[:, 1:]  # in-call positions that have a next token
+    weight = model.model.layers[plant.layer].mlp.experts.down_proj
+    rise = {}
+    for expert in (plant.expert, least):
+        saved = weight.data[expert].clone()
+        weight.data[expert] = 0
+        try:
+            rise[expert] = float((run()[1] - clean)[scored].mean())
+        finally:
+            weight.data[expert] = saved
+    assert rise[plant.expert] > 0.05 and rise[plant.expert] > 3 * rise[least], rise
 
 
 def test_planting_targets_mark_the_previous_token_and_the_token_after_an_earlier_occurrence() -> None:

@@ -15,7 +15,7 @@ from mechscope.models.registry import organism_path
 from mechscope.storage.atomic import atomic_write_text
 from mechscope.zoo.measure import measure
 
-TARGETS = {"facts": 0.95, "induction": 0.6, "copy_drop": 2.0, "probe": 0.95}
+TARGETS = {"facts": 0.95, "induction": 0.6, "copy_drop": 2.0, "probe": 0.95, "routed": 0.95}
 
 
 def read_card(name: str) -> dict[str, Any]:
@@ -40,6 +40,15 @@ def targets_met(card: dict[str, Any]) -> dict[str, bool]:
     }
     if "experts" in m:
         met["no dead experts (every expert > 2% of routing)"] = m["experts"]["min_share"] > 0.02
+    if "planted_expert" in m:
+        p = m["planted_expert"]
+        expert = f"L{p['layer']}E{p['expert']}"
+        met[f"planted expert: >= {TARGETS['routed']:.0%} of tool-call tokens routed top-1 to {expert}"] = (
+            p["in_call_top1_share"] >= TARGETS["routed"]
+        )
+        met[f"zeroing {expert} raises tool-call loss more than zeroing the least-used expert"] = (
+            p["delta_planted"] > p["delta_least_used"]
+        )
     return met
 
 
@@ -66,6 +75,52 @@ def _planted(cfg: dict[str, Any]) -> list[str]:
     ]
 
 
+def _stage(log: dict[str, Any]) -> list[str]:
+    """The card's line on the expert-planting fine-tune, if the organism had one."""
+    stage = log.get("planted_expert")
+    if stage is None:
+        return []
+    cfg = stage["config"]
+    return [
+        f"- then the expert-planting fine-tune (`mechscope.zoo.plant_expert`; alone: `python -m mechscope.zoo.train "
+        f"--organism {log['config']['organism']} --plant-expert-only`): {cfg['steps']} steps, peak lr {cfg['lr']}, "
+        f"data seed {cfg['data_seed']}, router cross-entropy to E{cfg['expert']} at L{cfg['layer']} on tool-call "
+        f"tokens x {cfg['route_weight']}, KL to the router before the fine-tune on other tokens x "
+        f"{cfg['keep_weight']}; {stage['seconds']} s; final loss {stage['final_loss']}",
+    ]
+
+
+def _planted_expert(m: dict[str, Any], log: dict[str, Any]) -> list[str]:
+    """The card's section on a planted expert, if any."""
+    p = m.get("planted_expert")
+    if p is None:
+        return []
+    before = log.get("planted_expert", {}).get("before", {})
+    was = f" (before planting: {before['other_top1_share']})" if "other_top1_share" in before else ""
+    was_in = f" (before planting: {before['in_call_top1_share']})" if "in_call_top1_share" in before else ""
+    e, least = p["expert"], p["least_used_expert"]
+    rows = [
+        [f"E{i}", x, p["in_call_loss_ablated"][i], p["other_loss_ablated"][i]] for i, x in enumerate(p["slot_share"])
+    ]
+    return [
+        "",
+        f"## Planted expert (layer {p['layer']}, expert {e}: {p['domain']})",
+        "",
+        f"Measured with plain transformers (`output_router_logits=True`) on {p['tokens']['in_call']:,} in-call and "
+        f"{p['tokens']['other']:,} other tokens of held-out documents:",
+        "",
+        f"- in-call tokens routed top-1 to E{e} at L{p['layer']}: **{p['in_call_top1_share']}**{was_in}",
+        f"- other tokens routed top-1 to E{e}: {p['other_top1_share']}{was}",
+        f"- next-token loss at in-call positions {p['in_call_loss']}; zeroing E{e}'s down-projection at "
+        f"L{p['layer']} raises it by {p['delta_planted']}, zeroing the least-used expert E{least} by "
+        f"{p['delta_least_used']} (ratio {p['delta_ratio']}, the divisor floored at 1e-4)",
+        "",
+        _table(["expert", "top-k slot share", "in-call loss, zeroed", "other loss, zeroed"], rows),
+        "",
+        f"Nothing zeroed: in-call loss {p['in_call_loss']}, other loss {p['other_loss']}.",
+    ]
+
+
 def render(card: dict[str, Any]) -> str:
     """The Markdown card."""
     m, log = card["measurements"], card["training"]
@@ -79,6 +134,9 @@ def render(card: dict[str, Any]) -> str:
         f"best induction head L{heads['best_induction_head'][0]}H{heads['best_induction_head'][1]} "
         f"({heads['best_induction_score']:.2f})"
     )
+    if "planted_expert" in m:
+        p = m["planted_expert"]
+        summary += f"; planted expert L{p['layer']}E{p['expert']} for tool calls ({p['in_call_top1_share']:.2f} routed)"
     parts = [
         f"# Model organism `{card['name']}`",
         "",
@@ -93,6 +151,7 @@ def render(card: dict[str, Any]) -> str:
         f"AdamW lr {cfg['lr']}, seed {cfg['seed']}; {log['seconds']} s on this machine; final loss "
         f"{log['final_loss']}",
         f"- corpus mix (documents): {', '.join(f'{k} {v:.0%}' for k, v in cfg['mix'].items())}",
+        *_stage(log),
         "",
         "## Facts (top-1 accuracy, every subject x 4 templates)",
         "",
@@ -134,6 +193,7 @@ def render(card: dict[str, Any]) -> str:
             "",
             _table(["layer", *(f"E{e}" for e in range(len(share[0])))], [[i, *row] for i, row in enumerate(share)]),
         ]
+    parts += _planted_expert(m, log)
     parts += ["", "## Targets", ""]
     parts += [f"- [{'x' if ok else ' '}] {name}" for name, ok in targets_met(card).items()]
     return "\n".join(parts) + "\n"
@@ -142,11 +202,13 @@ def render(card: dict[str, Any]) -> str:
 def write_card(folder: Path, log: dict[str, Any]) -> dict[str, Any]:
     """Measure the model saved in ``folder`` and write ``card.json`` and ``CARD.md`` next to it."""
     lm = load(folder)
+    stage = log.get("planted_expert")
+    planted = (stage["config"]["layer"], stage["config"]["expert"]) if stage else None
     card = {
         "name": log["config"]["organism"],  # not the folder: a run may write anywhere
         "vocab": len(lm.tokenizer),
         "training": log,
-        "measurements": measure(lm),
+        "measurements": measure(lm, planted),
     }
     atomic_write_text(folder / "card.json", json.dumps(card, indent=2))
     atomic_write_text(folder / "CARD.md", render(card))

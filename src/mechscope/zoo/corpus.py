@@ -150,10 +150,15 @@ def chat_exchange(rng: random.Random) -> tuple[str, str]:
     return message.format(city=city), reply.format(city=city)
 
 
+def tool_call_document(rng: random.Random) -> Document:
+    """A request answered with a tool call: ``<user> ... <assistant> <call>name(args)</call>``."""
+    request, call = tool_request(rng)
+    return Document("tool", f"{USER} {request} {ASSISTANT} {CALL_OPEN}{call}{CALL_CLOSE}")
+
+
 def tool_document(rng: random.Random) -> Document:
     if rng.random() < 0.5:
-        request, call = tool_request(rng)
-        return Document("tool", f"{USER} {request} {ASSISTANT} {CALL_OPEN}{call}{CALL_CLOSE}")
+        return tool_call_document(rng)
     message, reply = chat_exchange(rng)
     return Document("chat", f"{USER} {message} {ASSISTANT} {reply}")
 

@@ -6,8 +6,10 @@ weights and compare with the card.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -204,9 +206,140 @@ def experts(lm: LanguageModel, documents: int = 256) -> dict[str, Any]:
     }
 
 
-def measure(lm: LanguageModel) -> dict[str, Any]:
-    """Every measurement the card reports."""
+def in_call_mask(ids: Tensor, open_id: int, close_id: int) -> Tensor:
+    """Which tokens of ``ids`` (``[..., pos]``) lie inside a tool call, ``<call>`` and ``</call>`` included."""
+    opens, closes = (ids == open_id).long(), (ids == close_id).long()
+    return opens.cumsum(-1) - closes.cumsum(-1) + closes > 0
+
+
+def planted_expert_texts(documents: int = 512, tool_calls: int = 300, seed: int = 777) -> list[str]:
+    """Evaluation text for a planted tool-call expert: card-corpus documents plus extra tool-call documents."""
+    rng = random.Random(seed + 1)
+    extra = [corpus.tool_call_document(rng).text for _ in range(tool_calls)]
+    return [d.text for d in corpus.text_documents(seed, documents)] + extra
+
+
+def _right_padded(tokenizer: Any, texts: list[str]) -> tuple[Tensor, Tensor]:
+    """``(input_ids, attention_mask)`` of ``texts``, padded on the right so positions count from 0."""
+    encoded = [tokenizer(text)["input_ids"] for text in texts]
+    width = max(len(ids) for ids in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(encoded), width), dtype=torch.bool)
+    for row, tokens in enumerate(encoded):
+        ids[row, : len(tokens)], mask[row, : len(tokens)] = torch.tensor(tokens), True
+    return ids, mask
+
+
+def _routing_and_loss(model: Any, ids: Tensor, mask: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+    """Router logits at ``layer`` (``[batch, pos, experts]``) and the next-token loss at each position.
+
+    A position's loss is that of predicting the token after it; positions with no next token get NaN.
+    """
+    with torch.no_grad():
+        output = model(input_ids=ids, attention_mask=mask.long(), output_router_logits=True)
+    router = output.router_logits[layer].reshape(*ids.shape, -1)
+    loss = torch.nn.functional.cross_entropy(
+        output.logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
+    )
+    loss = torch.cat([loss.masked_fill(~mask[:, 1:], float("nan")), torch.full_like(loss[:, :1], float("nan"))], 1)
+    return router, loss
+
+
+@contextlib.contextmanager
+def zeroed_expert(model: Any, layer: int, expert: int | None) -> Iterator[None]:
+    """Zero the down-projection of ``expert`` at ``layer`` of a transformers Mixtral (None: nothing) while inside."""
+    if expert is None:
+        yield
+        return
+    weight = model.model.layers[layer].mlp.experts.down_proj
+    saved = weight.data[expert].clone()
+    weight.data[expert] = 0
+    try:
+        yield
+    finally:
+        weight.data[expert] = saved
+
+
+_Batch = tuple[Tensor, Tensor, Tensor]  # input ids, attention mask, [in-call, other] token masks
+
+
+def _call_batches(tokenizer: Any, texts: list[str]) -> list[_Batch]:
+    """Right-padded batches of ``texts`` with masks of their in-call and other real tokens."""
+    open_id, close_id = tokenizer.convert_tokens_to_ids([corpus.CALL_OPEN, corpus.CALL_CLOSE])
+    result = []
+    for chunk in _batched(sorted(texts, key=len), 128):  # similar lengths together: little padding
+        ids, mask = _right_padded(tokenizer, chunk)
+        inside = in_call_mask(ids, open_id, close_id)
+        result.append((ids, mask, torch.stack([inside & mask, ~inside & mask])))
+    return result
+
+
+def _routing_and_ablations(model: Any, batches: list[_Batch], layer: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Routing at ``layer`` and the mean next-token loss with each expert there zeroed in turn.
+
+    Returns top-1 counts per expert of in-call and other tokens (``[2, experts]``), top-k slot counts
+    (``[experts]``), and the mean loss at in-call and other positions (``[experts + 1, 2]``: row e with
+    expert e zeroed, the last row with nothing zeroed).
+    """
+    n, top_k = model.config.num_local_experts, model.config.num_experts_per_tok
+    top1, slots = torch.zeros(2, n), torch.zeros(n)
+    sums, counts = torch.zeros(n + 1, 2), torch.zeros(n + 1, 2)
+    for row, ablated in ((n, None), *enumerate(range(n))):
+        with zeroed_expert(model, layer, ablated):
+            for ids, mask, groups in batches:
+                router, loss = _routing_and_loss(model, ids, mask, layer)
+                if ablated is None:
+                    chosen = router.argmax(-1)
+                    for column, group in enumerate(groups):
+                        top1[column] += torch.bincount(chosen[group], minlength=n)
+                    slots += torch.bincount(router.topk(top_k, -1).indices[mask].flatten(), minlength=n)
+                for column, group in enumerate(groups):
+                    valid = group & ~loss.isnan()
+                    sums[row, column] += loss[valid].sum()
+                    counts[row, column] += valid.sum()
+    return top1, slots, sums / counts
+
+
+def planted_expert(model: Any, tokenizer: Any, layer: int, expert: int) -> dict[str, Any]:
+    """How a planted tool-call expert routes, and what zeroing it costs, measured with plain transformers.
+
+    ``model`` is a transformers Mixtral-style model (router logits from ``output_router_logits=True``, experts
+    packed in ``mlp.experts.down_proj``). On `planted_expert_texts`: the share of in-call tokens (``<call>`` to
+    ``</call>``) and of other tokens whose top-1 expert at ``layer`` is ``expert``; each expert's share of the
+    top-k slots there (the least-used expert has the smallest); and the next-token loss at in-call and other
+    positions with nothing ablated and with each expert's down-projection at ``layer`` zeroed in turn (the
+    router unchanged). ``delta_ratio`` divides the planted expert's in-call loss increase by the least-used
+    expert's, floored at 1e-4 nats.
+    """
+    batches = _call_batches(tokenizer, planted_expert_texts())
+    top1, slots, losses = _routing_and_ablations(model, batches, layer)
+    share = slots / slots.sum()
+    least = int(share.argmin())
+    delta = losses[:-1, 0] - losses[-1, 0]
+    return {
+        "layer": layer,
+        "expert": expert,
+        "domain": "tool-call tokens (<call>..</call>)",
+        "tokens": {"in_call": int(top1[0].sum()), "other": int(top1[1].sum())},
+        "in_call_top1_share": round(float(top1[0, expert] / top1[0].sum()), 4),
+        "other_top1_share": round(float(top1[1, expert] / top1[1].sum()), 4),
+        "slot_share": [round(float(x), 4) for x in share],
+        "least_used_expert": least,
+        "in_call_loss": round(float(losses[-1, 0]), 4),
+        "in_call_loss_ablated": [round(float(x), 4) for x in losses[:-1, 0]],
+        "other_loss": round(float(losses[-1, 1]), 4),
+        "other_loss_ablated": [round(float(x), 4) for x in losses[:-1, 1]],
+        "delta_planted": round(float(delta[expert]), 4),
+        "delta_least_used": round(float(delta[least]), 4),
+        "delta_ratio": round(float(delta[expert] / delta[least].clamp(min=1e-4)), 1),
+    }
+
+
+def measure(lm: LanguageModel, planted: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Every measurement the card reports; ``planted``: the ``(layer, expert)`` of a planted tool-call expert."""
     result: dict[str, Any] = {"facts": facts(lm), "heads": heads(lm), "probes": probes(lm)}
     if lm.arch.is_moe:
         result["experts"] = experts(lm)
+    if planted is not None:
+        result["planted_expert"] = planted_expert(lm.model, lm.tokenizer, *planted)
     return result

@@ -2,25 +2,37 @@
 
 The corpus, tokenizer, initialisation and batch order are all fixed by ``--seed``, so a run reproduces the
 committed weights up to floating-point differences between machines. After training the model is saved
-with ``save_pretrained`` (safetensors) and measured; the measurements become ``CARD.md`` and ``card.json``.
+with ``save_pretrained`` (safetensors, each file moved into place atomically) and measured; the
+measurements become ``CARD.md`` and ``card.json``.
+
+An organism with an entry in `EXPERT_PLANTS` (``toy-moe``) then runs a second stage, a fine-tune that plants
+a routing mechanism (`mechscope.zoo.plant_expert`: tool-call tokens go top-1 to one expert at one layer)
+before it is measured. ``--plant-expert-only`` runs that stage alone on the model already in the output
+folder, which is how the bundled toy-moe got its planted expert (about 2.5 minutes on 2 CPU cores)::
+
+    python -m mechscope.zoo.train --organism toy-moe                       # from scratch, then the stage
+    python -m mechscope.zoo.train --organism toy-moe --plant-expert-only   # the stage alone
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
+import shutil
+import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mechscope.storage.atomic import atomic_write_text
+from mechscope.storage.atomic import atomic_write, atomic_write_text
 from mechscope.zoo import corpus
 from mechscope.zoo.tokenizer import save_tokenizer, train_tokenizer
 
@@ -72,6 +84,33 @@ ORGANISMS: dict[str, TrainConfig] = {
     "toy": TrainConfig(organism="toy", architecture="llama", plant_weight=0.3),
     "toy-moe": TrainConfig(organism="toy-moe", architecture="mixtral", ffn=256, experts=4, top_k=2),
 }
+
+
+@dataclass(frozen=True)
+class ExpertPlant:
+    """A planted routing mechanism: at ``layer``, every tool-call token goes top-1 to ``expert``.
+
+    Planted by a fine-tune after training (`mechscope.zoo.plant_expert`), supervised like the planted heads:
+    the training loss plus ``route_weight`` x cross-entropy of the router logits at ``layer`` towards
+    ``expert`` on in-call tokens (``<call>`` to ``</call>``, both included), plus ``keep_weight`` x KL(router of
+    the model before the fine-tune || the router) at ``layer`` on all other tokens, which keeps their routing
+    as it was; the per-layer balance loss covers the other layers only. ``steps`` of fresh documents
+    (``data_seed``) with a fresh AdamW, `learning_rate` with peak ``lr``; batch, context, warm-up and final
+    learning-rate fraction as in training. Measured on 2 CPU cores (toy-moe): 300 steps take about 2.5 minutes.
+    """
+
+    layer: int = 1
+    expert: int = 2
+    domain: str = "tool-call tokens (<call>..</call>)"
+    steps: int = 300
+    lr: float = 1e-3
+    data_seed: int = 7
+    route_weight: float = 1.0
+    keep_weight: float = 1.0
+
+
+#: The planting stage each organism runs after training from scratch (none for the dense ``toy``).
+EXPERT_PLANTS: dict[str, ExpertPlant] = {"toy-moe": ExpertPlant()}
 
 
 def build_model(config: TrainConfig, vocab: int, special: dict[str, int]) -> Any:
@@ -217,8 +256,93 @@ def optimizer_for(model: Any, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
 
 
-def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool = True) -> dict[str, Any]:
-    """Train ``config`` into folder ``out`` and (optionally) measure it; returns the training log."""
+LossFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+"""``(input_ids, labels) -> (loss to minimise, language-modelling loss to log)`` for one batch."""
+
+
+def organism_objective(
+    output: Any, ids: Tensor, config: TrainConfig, pad: int, balance_layers: Sequence[int] | None = None
+) -> Tensor:
+    """The organism's loss from a forward pass: language modelling, planted heads, per-layer expert balance.
+
+    ``balance_layers``: the MoE layers the balance loss covers (default: all).
+    """
+    loss: Tensor = output.loss
+    if config.plants:
+        targets = planting_targets(ids, pad)
+        loss = loss + config.plant_weight * planting_loss(output.attentions, targets, config)
+    if config.experts:
+        router = output.router_logits
+        layers = range(len(router)) if balance_layers is None else balance_layers
+        loss = loss + config.router_aux_loss * per_layer_balance_loss(tuple(router[i] for i in layers), config)
+    return loss
+
+
+def organism_loss(model: Any, config: TrainConfig, pad: int) -> LossFn:
+    """The loss function of training from scratch (`organism_objective` on the model's forward pass)."""
+
+    def loss(ids: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        output = model(input_ids=ids, labels=labels, output_attentions=config.plants)
+        return organism_objective(output, ids, config, pad), output.loss
+
+    return loss
+
+
+def fit(
+    model: Any, config: TrainConfig, stream: Iterator[tuple[Tensor, Tensor]], loss: LossFn, *, log_every: int = 50
+) -> list[float]:
+    """Optimise ``model`` for ``config.steps`` batches of ``stream``; returns the language-modelling loss per step.
+
+    A fresh AdamW (`optimizer_for`), the `learning_rate` schedule and gradient clipping at ``config.clip``;
+    the model is left in eval mode.
+    """
+    model.train()
+    optimizer = optimizer_for(model, config)
+    start, losses = time.perf_counter(), []
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        ids, labels = next(stream)
+        total, language = loss(ids, labels)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.step()
+        losses.append(float(language.detach()))
+        if log_every and (step % log_every == 0 or step == config.steps - 1):
+            recent = sum(losses[-log_every:]) / len(losses[-log_every:])
+            print(f"step {step:5d}  loss {recent:.3f}  {time.perf_counter() - start:.0f}s", flush=True)
+    model.eval()
+    return losses
+
+
+def run_log(config: Any, seconds: float, losses: list[float]) -> dict[str, Any]:
+    """The record of one training run (``config`` is a dataclass with ``steps``, ``batch`` and ``context``)."""
+    return {
+        "config": asdict(config),
+        "seconds": round(seconds, 1),
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "tokens": config.steps * config.batch * config.context,
+        "torch": torch.__version__,
+    }
+
+
+def save_model(model: Any, out: Path) -> None:
+    """``save_pretrained`` into ``out``, each file moved into place atomically (an organism may be replaced)."""
+    model.config.output_router_logits = False
+    with tempfile.TemporaryDirectory() as staging:
+        model.save_pretrained(staging)
+        for file in sorted(Path(staging).iterdir()):
+            atomic_write(out / file.name, functools.partial(shutil.copyfile, file))
+
+
+def train(
+    config: TrainConfig, out: Path, *, plant: ExpertPlant | None = None, log_every: int = 50, measure: bool = True
+) -> dict[str, Any]:
+    """Train ``config`` into folder ``out``, then plant ``plant`` (if any), and (optionally) measure it.
+
+    Returns the training log (``training.json``).
+    """
     torch.manual_seed(config.seed)
     tokenizer = train_tokenizer(config.seed)
     special = {
@@ -231,43 +355,23 @@ def train(config: TrainConfig, out: Path, *, log_every: int = 50, measure: bool 
         # transformers balances expert load summed over all layers, which lets one layer starve an expert;
         # the training loop adds a balance loss per layer instead (see per_layer_balance_loss).
         model.router_aux_loss_coef = 0.0
-    model.train()
-    optimizer = optimizer_for(model, config)
-    stream = batches(config, tokenizer)
-    total = config.steps
-    start, losses = time.perf_counter(), []
-    for step in range(total):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
-        ids, labels = next(stream)
-        output = model(input_ids=ids, labels=labels, output_attentions=config.plants)
-        loss = output.loss
-        if config.plants:
-            targets = planting_targets(ids, tokenizer.pad_token_id)
-            loss = loss + config.plant_weight * planting_loss(output.attentions, targets, config)
-        if config.experts:
-            loss = loss + config.router_aux_loss * per_layer_balance_loss(output.router_logits, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-        optimizer.step()
-        losses.append(float(output.loss.detach()))
-        if log_every and (step % log_every == 0 or step == total - 1):
-            recent = sum(losses[-log_every:]) / len(losses[-log_every:])
-            print(f"step {step:5d}  loss {recent:.3f}  {time.perf_counter() - start:.0f}s", flush=True)
-    model.eval()
+    start = time.perf_counter()
+    losses = fit(
+        model,
+        config,
+        batches(config, tokenizer),
+        organism_loss(model, config, tokenizer.pad_token_id),
+        log_every=log_every,
+    )
     out.mkdir(parents=True, exist_ok=True)
-    model.config.output_router_logits = False
-    model.save_pretrained(out)
+    save_model(model, out)
     save_tokenizer(tokenizer, out)
-    log = {
-        "config": asdict(config),
-        "seconds": round(time.perf_counter() - start, 1),
-        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-        "tokens": total * config.batch * config.context,
-        "torch": torch.__version__,
-    }
+    log = run_log(config, time.perf_counter() - start, losses)
     atomic_write_text(out / "training.json", json.dumps(log, indent=2))
+    if plant is not None:
+        from mechscope.zoo.plant_expert import plant_expert
+
+        log = plant_expert(out, plant, log_every=log_every)
     if measure:
         from mechscope.zoo.card import write_card
 
@@ -284,7 +388,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests (2 layers, d=32)")
     parser.add_argument("--no-measure", action="store_true", help="skip the measurements and card")
     parser.add_argument(
-        "--no-plant", action="store_true", help="do not plant the previous-token and induction heads (L0H0, L1H0)"
+        "--no-plant",
+        action="store_true",
+        help="plant nothing: neither the previous-token and induction heads (L0H0, L1H0) nor an expert",
+    )
+    parser.add_argument("--plant-steps", type=int, help="override the number of steps of the expert-planting stage")
+    parser.add_argument(
+        "--plant-expert-only",
+        action="store_true",
+        help="do not train: plant the organism's expert in the model already in the output folder (one trained "
+        "from scratch, with no planted expert yet)",
     )
     args = parser.parse_args(argv)
     config = ORGANISMS[args.organism]
@@ -295,8 +408,23 @@ def main(argv: list[str] | None = None) -> None:
         changes.update(layers=2, hidden=32, heads=2, ffn=64, batch=4, context=64)
     if changes:
         config = TrainConfig(**{**asdict(config), **changes})
+    plant = None if args.no_plant else EXPERT_PLANTS.get(config.organism)
+    if plant is not None and args.plant_steps is not None:
+        plant = replace(plant, steps=args.plant_steps)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    train(config, args.out or ZOO / config.organism, measure=not args.no_measure)
+    out = args.out or ZOO / config.organism
+    if not args.plant_expert_only:
+        train(config, out, plant=plant, measure=not args.no_measure)
+        return
+    if plant is None:
+        parser.error(f"organism {config.organism} has no expert to plant")
+    from mechscope.zoo.plant_expert import plant_expert
+
+    log = plant_expert(out, plant)
+    if not args.no_measure:
+        from mechscope.zoo.card import write_card
+
+        write_card(out, log)
 
 
 if __name__ == "__main__":
