@@ -130,6 +130,19 @@ def test_analyze_html_log_prob_plots_log_probabilities(tmp_path: Path) -> None:
     assert 'data-file="tracked-tokens-log"' in pages[True] and 'data-file="tracked-tokens"' in pages[False]
 
 
+def test_atomic_write_gives_files_the_usual_mode(tmp_path: Path) -> None:
+    import os
+
+    from mechscope.storage.atomic import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        written = atomic_write_text(tmp_path / "out.txt", "x")
+    finally:
+        os.umask(previous)
+    assert written.stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0600
+
+
 def test_write_text_output_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     from mechscope.cli.output import write_text_output
 

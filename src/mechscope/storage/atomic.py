@@ -51,6 +51,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     temporary = Path(name)
     try:
         write(temporary)
+        # mkstemp creates the file 0600; give the result the mode a plain open() would (0666 less the umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(temporary, target)
