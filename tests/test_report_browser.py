@@ -36,7 +36,7 @@ from mechscope.attention.results import LayerAttention
 from mechscope.attention.summary import layer_attention
 from mechscope.causal.results import AblationEffect, AblationResult, CircuitGraph, Edge, Node, PatchingResult
 from mechscope.lens.logit import LogitLens
-from mechscope.lens.results import Comparison, LayerComparison, LensGrid, LensResult, TokenScore
+from mechscope.lens.results import LensGrid, LensResult
 from mechscope.viz.ablation_report import render_ablation_html
 from mechscope.viz.attention_report import render_attention_html
 from mechscope.viz.circuit_report import EMPTY, effect_text, render_circuit_html
@@ -47,6 +47,7 @@ from mechscope.viz.save import SCRIPT
 from mechscope.viz.weights_diff_report import render_weights_diff_html
 from mechscope.weights.diff_results import ParamDiff, WeightDiff
 from tests.pages import PNG_SIGNATURE, png_size
+from tests.samples import comparison, head_sweep
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
@@ -310,17 +311,6 @@ def patching(tokens: list[str], prompt: str = PROMPT) -> PatchingResult:
     )
 
 
-def head_sweep(prompt: str = PROMPT, metric: str = "p(␣Paris)") -> AblationResult:
-    effects = [
-        AblationEffect(component="head", layer=layer, index=head, metric=0.5 - 0.1 * head, delta=-0.1 * head)
-        for layer in range(2)
-        for head in range(3)
-    ]
-    return AblationResult(
-        prompt=prompt, component="head", method="zero", clean_metric=0.5, effects=effects, metric=metric
-    )
-
-
 def criterion_sweep(word: str = "Paris") -> AblationResult:
     effects = [
         AblationEffect(component="mlp", layer=i, text=f"text {i}: {word}\nline two", criterion=i % 2 == 0)
@@ -363,38 +353,6 @@ def empty_graph() -> CircuitGraph:
         origin="patching",
         nodes=[Node(id="input", label="input"), Node(id="output", label="output")],
         edges=[],
-    )
-
-
-def comparison(token: str = " the", prompt: str = PROMPT, token_level: bool = True) -> Comparison:
-    def score(text: str, prob: float) -> TokenScore:
-        return TokenScore(token=text, token_id=0, prob=prob, logit=1.0)
-
-    return Comparison(
-        prompt=prompt,
-        model_a="a",
-        model_b="b",
-        token_level=token_level,
-        reason=None if token_level else "the models have different tokenizers",
-        predicted_a=token,
-        predicted_b=" Paris",
-        layers=[
-            LayerComparison(
-                layer_a=0, layer_b=0, top_a=score(token, 0.2), top_b=score(token, 0.3), same_top=True, kl_a_to_b=0.5
-            ),
-            LayerComparison(
-                layer_a=1, layer_b=2, top_a=score(" a", 0.4), top_b=score(token, 0.1), same_top=False, kl_a_to_b=None
-            ),
-            LayerComparison(
-                layer_a=2,
-                layer_b=4,
-                top_a=score(" Paris", 0.9),
-                top_b=score(" Paris", 0.8),
-                same_top=True,
-                kl_a_to_b=0.1 if token_level else None,
-            ),
-        ],
-        first_divergence=1,
     )
 
 

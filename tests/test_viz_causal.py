@@ -11,6 +11,7 @@ from mechscope.causal.results import AblationEffect, AblationResult, PatchingRes
 from mechscope.viz.ablation_report import render_ablation_html
 from mechscope.viz.patching_report import render_patching_html
 from tests.pages import assert_self_contained, figure_svgs
+from tests.samples import head_sweep
 
 HOSTILE = "<script>alert(1)</script>"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -112,19 +113,8 @@ def test_patching_report_loads_old_json_without_metric() -> None:
     assert "not recorded" in Page(render_patching_html(old)).header
 
 
-def head_sweep(metric: str = "p(␣Paris)") -> AblationResult:
-    effects = [
-        AblationEffect(component="head", layer=layer, index=head, metric=0.5 - 0.1 * head, delta=-0.1 * head)
-        for layer in range(2)
-        for head in range(3)
-    ]
-    return AblationResult(
-        prompt=HOSTILE, component="head", method="zero", clean_metric=0.5, effects=effects, metric=metric
-    )
-
-
 def test_ablation_head_sweep_heatmap() -> None:
-    html = render_ablation_html(head_sweep(HOSTILE), model="toy")
+    html = render_ablation_html(head_sweep(HOSTILE, HOSTILE), model="toy")
     assert HOSTILE not in html
     page = Page(html)
     assert page.scripts == 1 and HOSTILE in page.header  # named, but escaped
@@ -180,7 +170,9 @@ def test_ablation_criterion_table_shows_each_text() -> None:
 @pytest.mark.parametrize("kind", ["patching", "ablation"])
 def test_downloads_decode(kind: str) -> None:
     html = (
-        render_patching_html(patching_result(["x"] * 40)) if kind == "patching" else render_ablation_html(head_sweep())
+        render_patching_html(patching_result(["x"] * 40))
+        if kind == "patching"
+        else render_ablation_html(head_sweep(HOSTILE))
     )
     [svg] = svg_downloads(Page(html))
     assert svg.tag == f"{SVG}svg" and int(svg.get("width", "0")) > 0

@@ -7,12 +7,12 @@ import re
 import xml.etree.ElementTree as ET
 
 from mechscope.causal.results import CircuitGraph, Edge, Node
-from mechscope.lens.results import Comparison, LayerComparison, TokenScore
 from mechscope.viz.circuit_report import EMPTY, render_circuit_html
 from mechscope.viz.compare_report import render_compare_html
 from mechscope.viz.weights_diff_report import render_weights_diff_html
 from mechscope.weights.diff_results import ParamDiff, WeightDiff
 from tests.pages import assert_self_contained, figure_svgs
+from tests.samples import comparison
 
 EVIL = "<script>alert(1)</script>"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -80,40 +80,8 @@ def test_circuit_escapes_labels() -> None:
     _svg_downloads(page)
 
 
-def _comparison(token_level: bool = True) -> Comparison:
-    def score(token: str, prob: float) -> TokenScore:
-        return TokenScore(token=token, token_id=0, prob=prob, logit=1.0)
-
-    return Comparison(
-        prompt=EVIL,
-        model_a="a",
-        model_b="b",
-        token_level=token_level,
-        reason=None if token_level else "the models have different tokenizers",
-        predicted_a=EVIL,
-        predicted_b=" Paris",
-        layers=[
-            LayerComparison(
-                layer_a=0, layer_b=0, top_a=score(EVIL, 0.2), top_b=score(EVIL, 0.3), same_top=True, kl_a_to_b=0.5
-            ),
-            LayerComparison(
-                layer_a=1, layer_b=2, top_a=score(" the", 0.4), top_b=score(EVIL, 0.1), same_top=False, kl_a_to_b=None
-            ),
-            LayerComparison(
-                layer_a=2,
-                layer_b=4,
-                top_a=score(" Paris", 0.9),
-                top_b=score(" Paris", 0.8),
-                same_top=True,
-                kl_a_to_b=0.1 if token_level else None,
-            ),
-        ],
-        first_divergence=1,
-    )
-
-
 def test_compare_has_kl_plot_with_axis_titles() -> None:
-    page = render_compare_html(_comparison())
+    page = render_compare_html(comparison(EVIL, EVIL))
     assert EVIL not in page
     assert_self_contained(page)
     assert page.count('class="layer"') == 3 and 'data-same="false"' in page
@@ -126,7 +94,7 @@ def test_compare_has_kl_plot_with_axis_titles() -> None:
 
 
 def test_compare_without_token_level_says_why() -> None:
-    page = render_compare_html(_comparison(token_level=False))
+    page = render_compare_html(comparison(EVIL, EVIL, token_level=False))
     assert "not compared token by token" in page and "different tokenizers" in page
     assert _svg_downloads(page) == []
 

@@ -22,7 +22,7 @@ def moe_trace(lm: LanguageModel, prompt: str, *, layers: Sequence[int] | None = 
     """One prompt's routing on each MoE layer, equal to the router modules' own outputs."""
     from mechscope.moe.trace import trace
 
-    return trace(lm, prompt, layers=None if layers is None else list(layers))
+    return trace(lm, prompt, layers=layers)
 
 
 def moe_utilization(

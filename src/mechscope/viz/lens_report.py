@@ -59,17 +59,16 @@ def _heatmap(grid: LensGrid) -> str:
 def _curves(result: LensResult, *, log_prob: bool) -> str:
     if not result.token_evolutions or not result.layer_predictions:
         return ""
+    floor = math.log(LOG_FLOOR)
+
+    def ys(probs: list[float]) -> list[float]:
+        return [math.log(max(p, LOG_FLOOR)) for p in probs] if log_prob else probs
+
+    series = [
+        Series(show_whitespace(e.token), e.layers, ys(e.probs), data={"token": e.token})
+        for e in result.token_evolutions
+    ]
     if log_prob:
-        floor = math.log(LOG_FLOOR)
-        series = [
-            Series(
-                e.token.replace(" ", "␣"),
-                e.layers,
-                [max(floor, math.log(max(p, LOG_FLOOR))) for p in e.probs],
-                data={"token": e.token},
-            )
-            for e in result.token_evolutions
-        ]
         svg = line_chart(
             series,
             x_title="layer",
@@ -82,9 +81,6 @@ def _curves(result: LensResult, *, log_prob: bool) -> str:
             f"Log-probability (natural log) of each tracked token at the last position; clipped at ln {LOG_FLOOR:g}."
         )
         return figure(svg, filename="tracked-tokens-log.svg", caption=caption)
-    series = [
-        Series(e.token.replace(" ", "␣"), e.layers, e.probs, data={"token": e.token}) for e in result.token_evolutions
-    ]
     svg = line_chart(series, x_title="layer", y_title="probability", label="tracked token probabilities by layer")
     return figure(svg, filename="tracked-tokens.svg", caption="Probability of each tracked token at the last position.")
 
