@@ -65,6 +65,7 @@ TORCH_FREE = (
     "mechscope.attention.results",
     "mechscope.lens.results",
     "mechscope.moe.results",
+    "mechscope.moe.intervention_results",
     "mechscope.cli.main",
 )
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mechscope.attention.results import HeadRoles, LayerAttention
+from mechscope.causal.ablation import Ablator
 from mechscope.causal.results import AblationResult, AttributionResult, PatchingResult
 from mechscope.checks.doctor import DoctorReport
 from mechscope.core.lm import LanguageModel
@@ -141,10 +142,13 @@ def ablate(
     resample_from: str | None = None,
     max_new_tokens: int = 20,
     progress: bool = False,
+    indices: Sequence[int] | None = None,
+    ablator: Ablator | None = None,
 ) -> AblationResult:
     """An ablation sweep measured by the probability of ``target`` or by a text ``criterion``.
 
-    ``criterion`` is ``contains:<text>``, ``regex:<pattern>`` or ``function_call``.
+    ``criterion`` is ``contains:<text>``, ``regex:<pattern>`` or ``function_call``; ``indices`` and
+    ``ablator`` are `mechscope.causal.sweep`'s (some heads or experts; a custom ablation such as the experts').
     """
     from mechscope.causal import TargetProb, parse_criterion, sweep
 
@@ -160,6 +164,8 @@ def ablate(
         resample_from=resample_from,
         max_new_tokens=max_new_tokens,
         progress=progress,
+        indices=indices,
+        ablator=ablator,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
@@ -33,6 +34,11 @@ from mechscope.errors import InputError
 from mechscope.progress import track
 
 E = TypeVar("E", bound=StrEnum)
+
+#: A custom ablation: ``ablator(lm, group)`` is a context manager under which batch row ``r`` has the component
+#: ``group[r]`` (a ``(layer, index)``) knocked out, e.g. `mechscope.moe.expert_ablation` (router edits). Its
+#: ``method`` attribute, if any, names it in the result.
+Ablator = Callable[[LanguageModel, list[tuple[int, int | None]]], AbstractContextManager[object]]
 
 
 class Component(StrEnum):
@@ -173,21 +179,28 @@ def sweep(
     resample_from: str | None = None,
     max_new_tokens: int = 20,
     progress: bool = False,
+    indices: Sequence[int] | None = None,
+    ablator: Ablator | None = None,
 ) -> AblationResult:
     """Ablate each component of one kind in turn (batched) and measure with ``metric`` or ``criterion``.
 
+    ``indices`` restricts a head or expert sweep to those heads or experts. ``ablator`` replaces the sweep's
+    own ops (and ``method``) with a custom per-row ablation (see `Ablator`); the batching stays the same.
     Stopping the sweep with Ctrl-C returns what was measured so far with ``partial=True``.
     """
     component, method = _choice(Component, component, "component"), _choice(Method, method, "method")
     if (metric is None) == (criterion is None):
         raise InputError("give exactly one of a logit metric or a text criterion")
+    if ablator is not None and method is not Method.ZERO:
+        raise InputError(f"a custom ablator replaces the method; leave method='zero' (got '{method.value}')")
     if component is Component.EXPERT and not lm.arch.is_moe:
         raise InputError(f"{lm.arch.family} has no experts to ablate")
     chosen = list(lm.arch.moe_layers if component is Component.EXPERT else range(lm.arch.n_layers))
     if layers is not None:
         chosen = resolve_layers(layers, lm.arch.n_layers)
     prompt_ids = lm.tokenize([prompt])["input_ids"]
-    result = AblationResult(prompt=prompt, component=component.value, method=method.value, effects=[])
+    label = str(getattr(ablator, "method", method.value))
+    result = AblationResult(prompt=prompt, component=component.value, method=label, effects=[])
     result.metric = getattr(metric, "name", None)
     if metric is not None:
         with torch.no_grad():
@@ -199,7 +212,7 @@ def sweep(
         result.criterion = getattr(criterion, "__name__", None) or "criterion"
         result.clean_text = lm.generate(prompt, max_new_tokens=max_new_tokens)
         result.clean_criterion = criterion(result.clean_text)
-    groups = _groups(lm, component, chosen)
+    groups = _groups(lm, component, chosen, indices)
     steps = track(groups, f"ablating {component.value}", enabled=progress)  # advances as groups finish
     try:
         for group in steps:
@@ -216,6 +229,7 @@ def sweep(
                 resample_from,
                 max_new_tokens,
                 result.clean_metric,
+                ablator,
             )
     except KeyboardInterrupt:
         result.partial = True
@@ -238,12 +252,19 @@ def grid(
     return joined
 
 
-def _groups(lm: LanguageModel, component: Component, layers: list[int]) -> list[list[tuple[int, int | None]]]:
+def _groups(
+    lm: LanguageModel, component: Component, layers: list[int], indices: Sequence[int] | None = None
+) -> list[list[tuple[int, int | None]]]:
     """Batches of ``(layer, index)`` ablations that one forward pass evaluates together."""
-    if component is Component.HEAD:
-        return [[(layer, head) for head in range(lm.arch.n_heads)] for layer in layers]
-    if component is Component.EXPERT:
-        return [[(layer, expert) for expert in range(lm.arch.n_experts)] for layer in layers]
+    if component in (Component.HEAD, Component.EXPERT):
+        base = _SITE[component]
+        count = lm.arch.n_heads if component is Component.HEAD else lm.arch.n_experts
+        chosen = list(range(count)) if indices is None else list(dict.fromkeys(indices))
+        for layer in layers:
+            lm.sites([f"{base}.{layer}.{index}" for index in chosen])  # SiteError naming the valid range
+        return [[(layer, index) for index in chosen] for layer in layers]
+    if indices is not None:
+        raise InputError(f"indices= picks heads or experts; the {component.value} component has none")
     return [[(layer, None) for layer in layers]]
 
 
@@ -260,14 +281,19 @@ def _run_group(
     resample_from: str | None,
     max_new_tokens: int,
     clean_metric: float | None,
+    ablator: Ablator | None = None,
 ) -> list[AblationEffect]:
     base = _SITE[component]
     sites = [
         f"{base}.{layer}.{index}" if component is Component.EXPERT else f"{base}.{layer}" for layer, index in group
     ]
-    replacements = _replacements(lm, sorted(set(sites)), method, prompt_ids, reference, resample_from)
+    replacements = (
+        {}
+        if ablator is not None
+        else _replacements(lm, sorted(set(sites)), method, prompt_ids, reference, resample_from)
+    )
     plan: dict[str | Site, RowOp] = {}
-    for row, ((_, index), site) in enumerate(zip(group, sites, strict=True)):
+    for row, ((_, index), site) in enumerate(zip(group, sites, strict=True) if ablator is None else ()):
         value = replacements[site]
         if component is Component.HEAD and value is not None:
             value = value[..., index, :]  # this head's slice of the all-heads activation
@@ -280,7 +306,7 @@ def _run_group(
             plan[site] = RowOp((*previous.rows, row), (*previous.values, fill), (*previous.index, slot))
     name = component.value
     effects = []
-    with lm.intervene(plan):
+    with lm.intervene(plan) if ablator is None else ablator(lm, group):
         if metric is not None:
             with torch.no_grad():
                 values = metric(lm.forward(prompt_ids.expand(len(group), -1)))

@@ -119,16 +119,21 @@ def ablate(
         max_new_tokens=max_new_tokens,
         progress=not as_json,
     )
+    emit_ablation(result, lm.source, out=out, html=html, as_json=as_json)
+
+
+def emit_ablation(result: AblationResult, model: str, *, out: Path | None, html: Path | None, as_json: bool) -> None:
+    """Write a sweep's JSON (``out``) and HTML table (``html``), then print it as JSON or as a table."""
     if out is not None:
         write_text_output(out, result.model_dump_json(indent=2))
     if html is not None:
         from mechscope.viz.ablation_report import render_ablation_html
 
-        write_text_output(html, render_ablation_html(result, model=lm.source))
+        write_text_output(html, render_ablation_html(result, model=model))
     if as_json:
         print_json(result)
         return
-    _print_ablation(result, logit_metric=target is not None)
+    _print_ablation(result, logit_metric=result.clean_metric is not None)
 
 
 def _print_ablation(result: AblationResult, *, logit_metric: bool) -> None:

@@ -24,27 +24,48 @@ Example:
 
 from __future__ import annotations
 
+from mechscope.moe.compare import compare as _compare
 from mechscope.moe.info import moe_info
+from mechscope.moe.intervention_results import LayerComparison, RouteResult, RoutingComparison
+from mechscope.moe.interventions import (
+    ExpertAblation,
+    LayerEdit,
+    RoutingOverride,
+    expert_ablation,
+    override,
+)
 from mechscope.moe.results import LayerRouting, LayerUtilization, MoEInfo, RoutingTrace, Utilization
+from mechscope.moe.route import reroute
 from mechscope.moe.routing import RoutingBatch
 from mechscope.moe.routing import routing as _routing
 from mechscope.moe.trace import trace as _trace
 from mechscope.moe.utilization import utilization as _utilization
 
 info = moe_info
+compare = _compare
 routing = _routing
 trace = _trace
 utilization = _utilization
 
 __all__ = [
+    "ExpertAblation",
+    "LayerComparison",
+    "LayerEdit",
     "LayerRouting",
     "LayerUtilization",
     "MoEInfo",
+    "RouteResult",
     "RoutingBatch",
+    "RoutingComparison",
+    "RoutingOverride",
     "RoutingTrace",
     "Utilization",
+    "compare",
+    "expert_ablation",
     "info",
     "moe_info",
+    "override",
+    "reroute",
     "routing",
     "trace",
     "utilization",

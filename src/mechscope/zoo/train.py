@@ -8,7 +8,7 @@ measurements become ``CARD.md`` and ``card.json``.
 An organism with an entry in `EXPERT_PLANTS` (``toy-moe``) then runs a second stage, a fine-tune that plants
 a routing mechanism (`mechscope.zoo.plant_expert`: tool-call tokens go top-1 to one expert at one layer)
 before it is measured. ``--plant-expert-only`` runs that stage alone on the model already in the output
-folder, which is how the bundled toy-moe got its planted expert (about 2.5 minutes on 2 CPU cores)::
+folder, which is how the bundled toy-moe got its planted expert (about 2.5 minutes on 2 otherwise idle CPU cores)::
 
     python -m mechscope.zoo.train --organism toy-moe                       # from scratch, then the stage
     python -m mechscope.zoo.train --organism toy-moe --plant-expert-only   # the stage alone
@@ -96,7 +96,7 @@ class ExpertPlant:
     the model before the fine-tune || the router) at ``layer`` on all other tokens, which keeps their routing
     as it was; the per-layer balance loss covers the other layers only. ``steps`` of fresh documents
     (``data_seed``) with a fresh AdamW, `learning_rate` with peak ``lr``; batch, context, warm-up and final
-    learning-rate fraction as in training. Measured on 2 CPU cores (toy-moe): 300 steps take about 2.5 minutes.
+    learning-rate fraction as in training. On 2 otherwise idle CPU cores (toy-moe) 300 steps take about 2.5 minutes.
     """
 
     layer: int = 1

@@ -1,0 +1,9 @@
+"""``mechscope moe`` commands (being built for issue 17; see `mechscope.cli.moe`)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Adds this module's commands to ``app`` (none yet)."""
