@@ -22,12 +22,10 @@ medians of wall time and of process CPU time (less disturbed by other jobs on a 
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from alternate import alternate  # benchmarks/alternate.py (the script's folder is on sys.path)
 
 import mechscope as ms
 from mechscope.core.batching import plan_batches
@@ -72,24 +70,15 @@ def main() -> None:
         "routing": lambda: sum(b.tokens for b in ms.moe.routing(lm, prompts, batch_size=args.batch_size)),
         "utilization": lambda: ms.moe.utilization(lm, prompts, batch_size=args.batch_size),
     }
-    for run in variants.values():
-        run()  # warm-up
-    wall: dict[str, list[float]] = {name: [] for name in variants}
-    cpu: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.reps):
-        for name in random.sample(list(variants), len(variants)):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            variants[name]()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    base_wall, base_cpu = statistics.median(wall["plain"]), statistics.median(cpu["plain"])
+    wall, cpu = alternate(variants, args.reps)
+    base_wall, base_cpu = wall["plain"], cpu["plain"]
     print(f"{args.prompts} prompts, {tokens} tokens, batch size {args.batch_size}, median of {args.reps}")
     print("| variant | wall | prompts/s | ratio to plain (wall) | ratio to plain (CPU) |\n|---|---:|---:|---:|---:|")
     for name in variants:
-        seconds = statistics.median(wall[name])
+        seconds = wall[name]
         print(
             f"| {name} | {seconds:.2f} s | {args.prompts / seconds:.0f} | {seconds / base_wall:.3f} | "
-            f"{statistics.median(cpu[name]) / base_cpu:.3f} |"
+            f"{cpu[name] / base_cpu:.3f} |"
         )
 
 

@@ -74,7 +74,7 @@ def test_head_sweep_is_one_batched_pass_per_layer(toy: ms.LanguageModel) -> None
         result = sweep(toy, PROMPT, component="head", metric=TargetProb(toy, " Paris"))
     finally:
         handle.remove()
-    assert passes == 1 + toy.arch.n_layers  # the clean run, then one pass per layer with a row per head
+    assert passes == toy.arch.n_layers  # one pass per layer with a row per head (the first adds the clean row)
     assert len(result.effects) == toy.arch.n_layers * toy.arch.n_heads
     single = next(e for e in result.effects if (e.layer, e.index) == (3, 0))
     with toy.intervene({"head_out.3.0": ms.ops.zero()}):
@@ -153,3 +153,19 @@ def test_kl_to_clean_metric_and_grid(toy: ms.LanguageModel) -> None:
         KLToClean()(torch.zeros(1, 2, 3))
     both = grid(toy, PROMPT, ["attn", "mlp"], metric=TargetProb(toy, " Paris"))
     assert both.component == "attn+mlp" and len(both.effects) == 2 * toy.arch.n_layers
+
+
+@pytest.mark.parametrize(("component", "method"), [("mlp", "zero"), ("head", "zero"), ("attn", "resample")])
+def test_the_clean_row_of_the_first_pass_is_the_plain_forward(
+    toy: ms.LanguageModel, component: str, method: str
+) -> None:
+    """The sweep measures its clean run as an extra, untouched row of its first batched pass."""
+    metric = TargetProb(toy, " Paris")
+    other = "The capital of Spain is"  # resample: activations from a prompt of the same length
+    result = sweep(toy, PROMPT, component=component, method=method, metric=metric, layers=[0, 1], resample_from=other)
+    with torch.no_grad():
+        plain = float(metric(toy.forward(PROMPT))[0])
+    assert result.clean_metric == pytest.approx(plain, abs=1e-6)
+    assert {e.delta for e in result.effects} != {0.0}  # the ablated rows were changed, the clean one was not
+    for effect in result.effects:
+        assert effect.delta == pytest.approx(effect.metric - plain, abs=1e-6)

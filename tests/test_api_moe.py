@@ -40,3 +40,45 @@ def test_analyzer_moe_methods_match_the_functions() -> None:
     assert analyzer.moe_trace(PROMPTS[0], layers=[1]).layers[0].layer == 1
     usage = asyncio.run(analyzer.aio.moe_utilization(PROMPTS, cold_threshold=0.2))
     assert usage == ms.moe.utilization(analyzer.lm, PROMPTS, cold_threshold=0.2)
+
+
+def test_expert_router_runs_every_analysis_like_the_library() -> None:
+    """Each awaited method equals the `mechscope.moe` function on the same model (results are deterministic)."""
+    corpus = [*PROMPTS, "<call>time(city=Rome)</call>", "The capital of Spain is Madrid.", "One plus one is two"]
+
+    async def main(router: ms.ExpertRouter) -> dict[str, object]:
+        return {
+            "specialization": await router.specialization({"calls": corpus[1:4:2], "text": corpus[::2]}),
+            "context": await router.context(" is", corpus),
+            "pipeline": await router.pipeline(corpus),
+            "coactivation": await router.coactivation(corpus, layer_idx=1),
+            "predict": await router.predict(corpus * 4, from_layers=[1], to_layers=[1]),
+            "vocab": await router.vocab(corpus, layers=[1], top_k=5),
+            "compression": await router.analyze_compression(corpus, layer_idx=1),
+            "ablate": await router.ablate(PROMPTS[0], layers=[1], target=" Paris"),
+            "route": await router.route(PROMPTS[0], force={1: 2}, target=" Paris"),
+            "compare": await router.compare(router, corpus),
+        }
+
+    async def run() -> tuple[ms.LanguageModel, dict[str, object]]:
+        async with await ms.ExpertRouter.from_pretrained("toy-moe") as router:
+            return router.lm, await main(router)
+
+    lm, got = asyncio.run(run())
+    expected = {
+        "specialization": ms.moe.specialization(lm, {"calls": corpus[1:4:2], "text": corpus[::2]}),
+        "context": ms.moe.context(lm, " is", corpus),
+        "pipeline": ms.moe.pipeline(lm, corpus),
+        "coactivation": ms.moe.coactivation(lm, corpus, layer=1),
+        "predict": ms.moe.predict(lm, corpus * 4, from_layers=[1], to_layers=[1]),
+        "vocab": ms.moe.vocab(lm, prompts=corpus, layers=[1], top_k=5),
+        "compression": ms.moe.compression(lm, 1, prompts=corpus),
+        "ablate": ms.Analyzer(lm).moe_ablate(PROMPTS[0], layers=[1], target=" Paris"),
+        "route": ms.moe.reroute(lm, PROMPTS[0], force={1: 2}, target=" Paris"),
+        "compare": ms.moe.compare(lm, lm, corpus),
+    }
+    for name, value in expected.items():
+        assert got[name] == value, name
+    assert got["route"].routed_share[1][2] == 1.0  # type: ignore[attr-defined]
+    ablation = got["ablate"]
+    assert [e.index for e in ablation.effects] == list(range(lm.arch.n_experts))  # type: ignore[attr-defined]

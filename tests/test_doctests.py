@@ -15,12 +15,10 @@ import importlib
 import io
 import pkgutil
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 import mechscope
 
@@ -80,14 +78,7 @@ class Outcome:
     report: str
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a busy shared machine, two threads contending for two cores make the toy's
-    forward passes (and so the whole run) many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @functools.cache

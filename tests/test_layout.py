@@ -43,6 +43,11 @@ SIBLINGS = {
         "circuit_report",
         "compare_report",
         "weights_diff_report",
+        "moe_report",
+        "moe_specialization_report",
+        "moe_paths_report",
+        "moe_vocab_report",
+        "moe_compression_report",
     ),
 }
 #: Modules allowed over 500 lines, with the reason.
@@ -66,6 +71,20 @@ TORCH_FREE = (
     "mechscope.lens.results",
     "mechscope.moe.results",
     "mechscope.moe.intervention_results",
+    "mechscope.moe.path_results",
+    "mechscope.moe.vocab_results",
+    "mechscope.moe.vocab",
+    "mechscope.moe.readout",
+    "mechscope.moe.specialization_results",
+    "mechscope.moe.domain_sets",
+    "mechscope.moe.token_types",
+    "mechscope.moe.specialization",
+    "mechscope.moe.context",
+    "mechscope.cli.moe.corpus",
+    "mechscope.cli.moe.experts",
+    "mechscope.moe.compression_results",
+    "mechscope.moe.compression",
+    "mechscope.cli.moe.compression",
     "mechscope.cli.main",
 )
 

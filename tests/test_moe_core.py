@@ -23,17 +23,11 @@ from mechscope.cli.main import app
 from mechscope.errors import InputError, MoEError, SiteError
 from mechscope.moe.results import Utilization
 from mechscope.testing.tiny_models import build_tiny_model
-from tests.conftest import MOE_FAMILIES, PROMPTS
+from tests.conftest import MOE_CORPUS, MOE_FAMILIES, PROMPTS
 
 Loader = Callable[..., ms.LanguageModel]
 
-CORPUS = [
-    *PROMPTS,
-    "Rain",
-    "The weather is cold and windy in the winter, and snow fell on the hills.",
-    "A dog likes to run",
-    "The train to London leaves at 9:30 from platform 4.",
-]
+CORPUS = MOE_CORPUS
 
 
 def _router_outputs(lm: ms.LanguageModel) -> tuple[dict[int, Any], list[Any]]:

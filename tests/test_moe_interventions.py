@@ -241,7 +241,7 @@ def test_an_expert_sweep_is_one_pass_and_each_row_is_the_expert_alone(
         )
     finally:
         handle.remove()
-    assert passes == [1, moe.arch.n_experts]  # the clean run, then every expert of the layer in one batch
+    assert passes == [moe.arch.n_experts + 1]  # every expert of the layer and the clean row, in one batch
     assert result.method == ("zero (renormalised)" if renormalise else "zero")
     assert [(e.layer, e.index) for e in result.effects] == [(layer, e) for e in range(moe.arch.n_experts)]
     for effect in result.effects:
@@ -310,7 +310,7 @@ def test_ablating_the_planted_expert_hurts_tool_calls_more_than_the_least_used(t
     least = int(torch.tensor(ms.moe.utilization(toy_moe, calls + texts).layer(layer).share).argmin())
     assert least != expert
     losses = {
-        name: _in_call_loss(toy_moe, calls, in_call_mask, zero)
+        name: _in_call_loss(toy_moe, calls, in_call_mask, layer, zero)
         for name, zero in (("clean", None), ("planted", expert), ("least", least))
     }
     planted_rise, least_rise = losses["planted"] - losses["clean"], losses["least"] - losses["clean"]
@@ -318,14 +318,14 @@ def test_ablating_the_planted_expert_hurts_tool_calls_more_than_the_least_used(t
     assert planted_rise > 0.05 and planted_rise > 10 * max(least_rise, 1e-3)
 
 
-def _in_call_loss(lm: ms.LanguageModel, texts: list[str], in_call: Any, zero: int | None) -> float:
-    """Mean next-token loss (nats) at tokens inside ``<call>..</call>``, with expert ``zero`` ablated."""
+def _in_call_loss(lm: ms.LanguageModel, texts: list[str], in_call: Any, layer: int, zero: int | None) -> float:
+    """Mean next-token loss (nats) at tokens inside ``<call>..</call>``, with expert ``zero`` at ``layer`` ablated."""
     from mechscope.zoo import corpus
 
     open_id, close_id = lm.tokenizer.convert_tokens_to_ids([corpus.CALL_OPEN, corpus.CALL_CLOSE])
     encoded = lm.tokenize(texts)
     ids, mask = encoded["input_ids"], encoded["attention_mask"].bool()
-    with torch.no_grad(), ms.moe.override(lm, zero={} if zero is None else {1: zero}):
+    with torch.no_grad(), ms.moe.override(lm, zero={} if zero is None else {layer: zero}):
         logits = lm.forward(encoded)
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), ids[:, 1:], reduction="none")
     where = in_call(ids, open_id, close_id)[:, 1:] & mask[:, 1:] & mask[:, :-1]

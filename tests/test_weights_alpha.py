@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from threadpoolctl import threadpool_limits
 
 from mechscope.weights.stats import MIN_EIGENVALUES, StatsOptions, power_law_alpha, tensor_stats
 
@@ -19,14 +17,7 @@ MINILM = Path(minilm_package.__file__).parent / "model"
 RTOL = 1e-9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One BLAS/LAPACK thread: on a shared machine threaded SVDs of these small matrices are ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def reference_alpha(eigenvalues: np.ndarray) -> float:

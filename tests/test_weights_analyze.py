@@ -7,14 +7,13 @@ import hashlib
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from threadpoolctl import threadpool_limits
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -31,15 +30,7 @@ MINILM = Path(minilm_package.__file__).parent / "model"
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One BLAS/LAPACK thread for torch and numpy: on a shared CI machine, threads spinning while they
-    wait for busy cores make small SVDs a hundred times slower (numpy's reference ranks took 80 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _numpy_rank(array: np.ndarray) -> int:

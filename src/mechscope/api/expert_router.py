@@ -3,6 +3,8 @@
     async with await ExpertRouter.from_pretrained("toy-moe") as router:
         router.info.num_experts, router.info.num_active_experts
         usage = await router.utilization(prompts)
+        analysis = await router.analyze_compression(prompts, layer_idx=2)
+        len(analysis.merge_candidates or [])
 
 Each method awaits one function of `mechscope.api.moe_tasks` run by an `Analyzer` in a worker thread (one
 call at a time on the model), so an event loop stays responsive while the model computes; results are the
@@ -27,8 +29,14 @@ from typing import Any
 
 from mechscope.api import moe_tasks
 from mechscope.api.analyzer import Analyzer
+from mechscope.causal.results import AblationResult
 from mechscope.core.lm import LanguageModel
+from mechscope.moe.compression_results import Compression
+from mechscope.moe.intervention_results import RouteResult, RoutingComparison
+from mechscope.moe.path_results import Coactivation, Pipeline, RoutingPrediction
 from mechscope.moe.results import MoEInfo, RoutingTrace, Utilization
+from mechscope.moe.specialization_results import ContextRouting, Specialization
+from mechscope.moe.vocab_results import VocabContribution
 
 
 class ExpertRouter:
@@ -75,3 +83,51 @@ class ExpertRouter:
         return await self.analyzer.aio.run(
             moe_tasks.moe_utilization, prompts, batch_size=batch_size, cold_threshold=cold_threshold
         )
+
+    # The analyses below take `mechscope.moe`'s keyword options (``batch_size``, ``layers``, ...) as they are.
+
+    async def specialization(self, domains: Any = None, **options: Any) -> Specialization:
+        """Domain, vocabulary and token-type specialization per expert (`mechscope.moe.specialization`)."""
+        return await self.analyzer.aio.run(moe_tasks.moe_specialization, domains, **options)
+
+    async def context(self, token: str, prompts: Sequence[str], **options: Any) -> ContextRouting:
+        """How one token routes across its contexts in ``prompts`` (`mechscope.moe.context`)."""
+        return await self.analyzer.aio.run(moe_tasks.moe_context, token, prompts, **options)
+
+    async def pipeline(self, prompts: Sequence[str], **options: Any) -> Pipeline:
+        """Expert transitions between layers and the frequent full paths (`mechscope.moe.pipeline`)."""
+        return await self.analyzer.aio.run(moe_tasks.moe_pipeline, prompts, **options)
+
+    async def coactivation(self, prompts: Sequence[str], layer_idx: int, **options: Any) -> Coactivation:
+        """``P(j | i)`` over all pairs of experts chosen together at one layer (`mechscope.moe.coactivation`)."""
+        return await self.analyzer.aio.run(moe_tasks.moe_coactivation, prompts, layer=layer_idx, **options)
+
+    async def predict(self, prompts: Sequence[str], **options: Any) -> RoutingPrediction:
+        """Linear probes from the residual to later layers' routing (`mechscope.moe.predict`)."""
+        return await self.analyzer.aio.run(moe_tasks.moe_predict, prompts, **options)
+
+    async def vocab(self, prompts: Sequence[str] | None = None, **options: Any) -> VocabContribution:
+        """The tokens each expert promotes and suppresses, from weights and a corpus (`mechscope.moe.vocab`)."""
+        return await self.analyzer.aio.run(moe_tasks.moe_vocab, prompts=prompts, **options)
+
+    async def analyze_compression(self, prompts: Sequence[str] | None, layer_idx: int, **options: Any) -> Compression:
+        """Expert similarity, merge candidates, cold experts and the SVD overlay of one layer, measured.
+
+        `mechscope.moe.compression`; ``verify=`` applies edits to the layer in memory and measures them.
+        """
+        return await self.analyzer.aio.run(moe_tasks.moe_compression, layer_idx, prompts=prompts, **options)
+
+    async def ablate(self, prompt: str, **options: Any) -> AblationResult:
+        """Zero each expert of each (chosen) layer in turn, one batched pass per layer (`moe_tasks.moe_ablate`)."""
+        return await self.analyzer.aio.run(moe_tasks.moe_ablate, prompt, **options)
+
+    async def route(self, prompt: str, **options: Any) -> RouteResult:
+        """Score or generate with experts forced, forbidden or zeroed, next to the clean run (`moe.reroute`)."""
+        return await self.analyzer.aio.run(moe_tasks.moe_route, prompt, **options)
+
+    async def compare(self, other: ExpertRouter, prompts: Sequence[str], **options: Any) -> RoutingComparison:
+        """This model's routing against ``other``'s on one corpus (`mechscope.moe.compare`).
+
+        Runs on this router's worker; ``other``'s model must not be in use elsewhere meanwhile.
+        """
+        return await self.analyzer.aio.run(moe_tasks.moe_compare, other.lm, prompts, **options)

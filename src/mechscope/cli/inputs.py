@@ -60,3 +60,25 @@ def finite(value: float, option: str) -> float:
     if not math.isfinite(value):
         raise InputError(f"{option} must be a finite number, got {value}")
     return value
+
+
+def read_corpus(path: Path | None, prompts: list[str] | None) -> list[str]:
+    """A corpus: the lines of ``--prompts FILE``, then every ``-p``; one of them is needed.
+
+    Raises:
+        InputError: neither is given, the file cannot be read, or the corpus has no prompt.
+    """
+    corpus = optional_corpus(path, prompts)
+    if corpus is None:
+        raise InputError("give a corpus with --prompts FILE (one prompt per line) or prompts with -p")
+    return corpus
+
+
+def optional_corpus(path: Path | None, prompts: list[str] | None) -> list[str] | None:
+    """`read_corpus` where a corpus is optional: None when neither ``--prompts`` nor ``-p`` is given."""
+    if path is None and not prompts:
+        return None
+    corpus = [*(read_lines(path, "corpus file") if path is not None else []), *(prompts or [])]
+    if not corpus:
+        raise InputError("the corpus is empty; give at least one prompt (one per line of the prompts file)")
+    return corpus

@@ -141,15 +141,12 @@ def utilization(
 
     Example: mechscope moe utilization --prompts corpus.txt --json
     """
-    from mechscope.cli.inputs import at_least, read_lines
-    from mechscope.errors import InputError
+    from mechscope.cli.inputs import at_least, read_corpus
     from mechscope.moe.utilization import utilization as count_experts
 
     check_outputs(out, html)
     at_least(batch_size, 1, "--batch-size")
-    if prompts is None and not prompt:
-        raise InputError("give a corpus with --prompts FILE (one prompt per line) or prompts with -p")
-    corpus = [*(read_lines(prompts, "corpus file") if prompts is not None else []), *(prompt or [])]
+    corpus = read_corpus(prompts, prompt)
     lm = model.load()
     result = count_experts(lm, corpus, batch_size=batch_size, cold_threshold=cold_threshold, progress=not as_json)
     if out is not None:

@@ -169,16 +169,12 @@ def compare(
 
     Example: mechscope moe compare --model1 toy-moe --model2 ./toy-moe-tuned --prompts corpus.txt
     """
-    from mechscope.cli.inputs import at_least, read_lines
+    from mechscope.cli.inputs import at_least, read_corpus
     from mechscope.moe.compare import compare as compare_routing
 
     check_outputs(out)
     at_least(batch_size, 1, "--batch-size")
-    if prompts is None and not prompt:
-        raise InputError("give a corpus with --prompts FILE (one prompt per line) or prompts with -p")
-    corpus = [*(read_lines(prompts, "corpus file") if prompts is not None else []), *(prompt or [])]
-    if not corpus:
-        raise InputError("the corpus is empty; give at least one prompt (one per line of the prompts file)")
+    corpus = read_corpus(prompts, prompt)
     result = compare_routing(model1.load(), model2.load(), corpus, batch_size=batch_size, progress=not as_json)
     if out is not None:
         write_text_output(out, result.model_dump_json(indent=2))
