@@ -298,6 +298,11 @@ def test_span_mask_counts_from_open_to_close_included() -> None:
 
     ids = torch.tensor([5, 1, 7, 7, 2, 7, 1, 2, 2, 7])
     assert span_mask(ids, 1, 2).tolist() == [False, True, True, True, True, False, True, True, False, False]
+    # Markers of several tokens (a model without them in its vocabulary): from the opening run's first token
+    # to the closing run's last; a lone 3 or 4 opens and closes nothing.
+    runs = torch.tensor([3, 5, 3, 4, 7, 8, 9, 4, 8, 9, 7, 3])
+    expected = [False, False, True, True, True, True, True, False, False, False, False, False]
+    assert span_mask(runs, [3, 4], [8, 9]).tolist() == expected
 
 
 # ----------------------------------------------------------------- the planted expert on toy-moe
@@ -370,7 +375,7 @@ def test_bad_inputs_are_one_line_errors(toy_moe: ms.LanguageModel, load_tiny: Lo
     with pytest.raises(SiteError, match="out of range"):
         context(toy_moe, " Paris", OUTSIDE, layers=[9])
     with pytest.raises(InputError, match="span marker"):
-        specialization(toy_moe, [Domain("a", ("The sea",), ("<call>", "Paris Rome"))])
+        specialization(toy_moe, [Domain("a", ("The sea",), ("<call>", ""))])
     with pytest.raises(InputError, match="no token lies between"):
         specialization(toy_moe, [Domain("a", ("The sea",), ("<call>", "</call>"))])
     with pytest.raises(InputError, match="has no prompt"):

@@ -1,14 +1,14 @@
 """Domains for expert specialization: named prompt sets, read from a folder of text files.
 
 A domain is one UTF-8 ``.txt`` file, one prompt per line (blank lines skipped); its name is the file's stem.
-A file may start with one directive line, ``# span: OPEN CLOSE``: then only the tokens from an ``OPEN``
-token to the next ``CLOSE`` token, both included, count for the domain (each marker must be one token of
-the model's tokenizer). The rest of each prompt still runs through the model, as context, but is not
-counted. That is how a domain can be "the tokens of tool calls" without its prompts being calls alone, which
-would route differently (routing depends on context). No other line is read as a directive. The choice
-matters: on toy-moe, whose expert 2 takes every tool-call token at layer 1, the ``tool_calls`` prompts give
-E2 a top-1 share of 1.00 counted inside the span, but 0.61 counted whole (the requests around the calls
-are ordinary text).
+A file may start with one directive line, ``# span: OPEN CLOSE``: then only the tokens from an ``OPEN`` marker
+to the next ``CLOSE`` marker, both included, count for the domain (a marker the model's vocabulary lacks is
+matched as the run of tokens it splits into). The rest of each prompt still runs through the model, as
+context, but is not counted. That is how a domain can be "the tokens of tool calls" without its prompts being
+calls alone, which would route differently (routing depends on context). No other line is read as a directive.
+The choice matters: on toy-moe, whose expert 2 takes every tool-call token at layer 1, the ``tool_calls``
+prompts give E2 a top-1 share of 1.00 counted inside the span, but 0.61 counted whole (the requests around the
+calls are ordinary text).
 
 The default set (`default_domains`, shipped in ``mechscope/moe/domains``) was generated once from the
 organisms' own corpus generators (`mechscope.zoo.corpus`, seed 2024): one file of facts per relation

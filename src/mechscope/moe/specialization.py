@@ -102,7 +102,7 @@ def specialization(
     Raises:
         MoEError: the model has no experts.
         SiteError: a layer is outside the model or has no router.
-        InputError: no domain, an empty domain or prompt, a span marker that is not one token, a domain with
+        InputError: no domain, an empty domain or prompt, a span marker without tokens, a domain with
             no token inside its span, or a ratio below 1.
     """
     require_moe(lm)
@@ -191,26 +191,42 @@ def _normalised_entropy(values: list[float]) -> float:
     return entropy / math.log(len(values))
 
 
-def _span_ids(lm: LanguageModel, domain: Domain) -> tuple[int, int] | None:
-    """The token ids of a domain's span markers, each checked to be one token."""
+def _span_ids(lm: LanguageModel, domain: Domain) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The token ids of a domain's two span markers (a marker may be several tokens in a model without it)."""
     if domain.span is None:
         return None
     found = []
     for marker in domain.span:
-        ids = lm.tokenizer(marker, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise InputError(
-                f"domain {domain.name!r}: the span marker {marker!r} is {len(ids)} tokens for this model; "
-                "span markers must be single tokens"
-            )
-        found.append(int(ids[0]))
+        ids = tuple(int(i) for i in lm.tokenizer(marker, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise InputError(f"domain {domain.name!r}: the span marker {marker!r} has no tokens for this model")
+        found.append(ids)
     return found[0], found[1]
 
 
-def span_mask(ids: Tensor, open_id: int, close_id: int) -> Tensor:
-    """Which tokens of one prompt's ``ids`` lie from an ``open_id`` to the next ``close_id``, both included."""
-    opens, closes = (ids == open_id).long(), (ids == close_id).long()
+def span_mask(ids: Tensor, opening: int | Sequence[int], closing: int | Sequence[int]) -> Tensor:
+    """Which tokens of one prompt's ``ids`` lie from an opening marker to the next closing one, both included.
+
+    A marker is one token id or a run of them (as a model without the marker in its vocabulary splits it):
+    the span opens at the first token of the opening run and closes at the last token of the closing run.
+    """
+    opens = _run_starts(ids, opening).long()
+    ends = _run_starts(ids, closing)
+    length = 1 if isinstance(closing, int) else len(closing)
+    closes = ends.roll(length - 1).long() if length > 1 else ends.long()  # mark the run's last token
     return (opens.cumsum(-1) - closes.cumsum(-1) + closes) > 0
+
+
+def _run_starts(ids: Tensor, run: int | Sequence[int]) -> Tensor:
+    """``[len(ids)]`` bool: a copy of ``run`` starts at this position."""
+    import torch
+
+    pattern = torch.tensor([run] if isinstance(run, int) else list(run), dtype=ids.dtype)
+    starts = torch.zeros(ids.shape[0], dtype=torch.bool)
+    if pattern.numel() <= ids.shape[0]:
+        windows = ids.unfold(0, pattern.numel(), 1)
+        starts[: windows.shape[0]] = (windows == pattern).all(-1)
+    return starts
 
 
 class _Sparse:
@@ -258,7 +274,7 @@ class _Counts:
         lm: LanguageModel,
         layers: list[int],
         owner: list[int],
-        spans: list[tuple[int, int] | None],
+        spans: list[tuple[tuple[int, ...], tuple[int, ...]] | None],
         n_domains: int,
     ) -> None:
         import torch

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from mechscope.moe.results import RoutingTrace, Utilization
 
 app = typer.Typer(
-    help="Mixture-of-experts routing: the router's rule, one prompt's routing, utilization.", no_args_is_help=True
+    help="Mixture-of-experts models: routing, specialization, expert vocabulary, interventions, compression.",
+    no_args_is_help=True,
 )
 
 #: The bundled MoE organism: the default model of these commands.
