@@ -685,3 +685,59 @@ def test_hostile_strings_stay_text(view: Viewer, kind: str) -> None:
         assert tip.is_visible() and EVIL in tip.inner_text()
         view.check()
         assert page.locator("img, [onerror]").count() == 0
+
+
+# --- 10. the mixture-of-experts pages --------------------------------------------------------------------------
+
+MOE_PAGES = {
+    "moe-trace": ("moe-trace.json", 1),
+    "moe-utilization": ("moe-utilization.json", 1),
+    "moe-specialization": ("moe-specialization.json", 1),
+    "moe-pipeline": ("moe-pipeline.json", 1),
+    "moe-coactivation": ("moe-coactivation.json", 1),
+    "moe-predict": ("moe-predict.json", 1),
+    "moe-vocab": ("moe-vocab.json", 0),
+    "moe-compression": ("moe-compression.json", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def moe_pages() -> dict[str, tuple[str, BaseModel]]:
+    """Each MoE page drawn from a real result on the toy-moe organism (small corpus)."""
+    from mechscope.viz import moe_compression_report, moe_paths_report, moe_report, moe_vocab_report
+    from mechscope.viz import moe_specialization_report as spec
+    from mechscope.zoo.corpus import text_documents
+
+    lm = ms.load("toy-moe")
+    corpus = [d.text for d in text_documents(seed=5, count=24) if d.text]
+    results: dict[str, BaseModel] = {
+        "moe-trace": ms.moe.trace(lm, corpus[0]),
+        "moe-utilization": ms.moe.utilization(lm, corpus),
+        "moe-specialization": ms.moe.specialization(lm, {"a": corpus[:12], "b": corpus[12:]}),
+        "moe-pipeline": ms.moe.pipeline(lm, corpus),
+        "moe-coactivation": ms.moe.coactivation(lm, corpus, layer=1),
+        "moe-predict": ms.moe.predict(lm, corpus, from_layers=[1], to_layers=[1]),
+        "moe-vocab": ms.moe.vocab(lm, layers=[1], top_k=5, prompts=corpus),
+        "moe-compression": ms.moe.compression(lm, 1, prompts=corpus, ranks=[4]),
+    }
+    renderers: dict[str, Callable[[Any], str]] = {
+        "moe-trace": moe_report.render_trace_html,
+        "moe-utilization": moe_report.render_utilization_html,
+        "moe-specialization": spec.render_specialization_html,
+        "moe-pipeline": moe_paths_report.render_pipeline_html,
+        "moe-coactivation": moe_paths_report.render_coactivation_html,
+        "moe-predict": moe_paths_report.render_prediction_html,
+        "moe-vocab": moe_vocab_report.render_vocab_html,
+        "moe-compression": moe_compression_report.render_compression_html,
+    }
+    return {kind: (renderers[kind](result), result) for kind, result in results.items()}
+
+
+@pytest.mark.parametrize("kind", list(MOE_PAGES))
+def test_moe_pages_draw_and_download(view: Viewer, moe_pages: dict[str, tuple[str, BaseModel]], kind: str) -> None:
+    html, result = moe_pages[kind]
+    filename, least_figures = MOE_PAGES[kind]
+    page = view.show(html, kind)
+    view.check()  # no console error: the page's one script ran under its Content-Security-Policy
+    assert check_figure_downloads(page) >= least_figures
+    check_json(page, filename, type(result), result)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from mechscope.cli import attention, causal, circuit, lens, models, moe, steering, weights
+from mechscope.cli import attention, causal, circuit, lens, models, moe, steer_rollouts, steer_train, steering, weights
 
 app = typer.Typer(
     name="mechscope",
@@ -27,6 +27,8 @@ app.add_typer(causal.app)
 app.add_typer(weights.app, name="weights")
 app.add_typer(circuit.app, name="circuit")
 app.add_typer(moe.app, name="moe")
+steer_train.register(steering.steer_app)  # steer train, lr-sweep
+steer_rollouts.register(steering.steer_app)  # steer rollouts
 app.add_typer(steering.steer_app, name="steer")
 app.add_typer(steering.directions_app, name="directions")
 
