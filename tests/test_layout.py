@@ -85,6 +85,8 @@ TORCH_FREE = (
     "mechscope.moe.compression_results",
     "mechscope.moe.compression",
     "mechscope.cli.moe.compression",
+    "mechscope.steering.train_results",
+    "mechscope.steering.rollout_results",
     "mechscope.cli.main",
 )
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0.dev0"
 
 #: public name -> the module it is (imported on first access).
-_MODULES = {"ops": "mechscope.core.ops", "moe": "mechscope.moe"}
+_MODULES = {"ops": "mechscope.core.ops", "moe": "mechscope.moe", "steering": "mechscope.steering"}
 #: public name -> the module that defines it (imported on first access).
 _LAZY = {
     "Analyzer": "mechscope.api.analyzer",
@@ -98,6 +98,7 @@ __all__ = [
     "moe",
     "ops",
     "register_organism",
+    "steering",
     "wrap",
 ]
 

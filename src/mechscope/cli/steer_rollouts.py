@@ -1,9 +1,146 @@
-"""``mechscope steer`` commands (being built for issue 18)."""
+"""``mechscope steer rollouts``: steered rollouts next to vanilla and prompted baselines, optionally scored."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+from rich.table import Column
+
+from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line_errors
+from mechscope.cli.output import print_json, print_line, print_table
+
+if TYPE_CHECKING:
+    from mechscope.core.lm import LanguageModel
+    from mechscope.steering.directions import Direction
+
+
+def load_vectors(paths: list[Path], lm: LanguageModel, *, force: bool = False) -> dict[str, Direction]:
+    """Name -> direction for each ``.safetensors`` direction file or trained-run folder (named by its stem).
+
+    Raises:
+        InputError: a path that is neither.
+    """
+    from mechscope.errors import InputError
+    from mechscope.steering.directions import Direction
+
+    vectors: dict[str, Direction] = {}
+    for path in paths:
+        if path.is_dir():
+            from mechscope.steering.vector import SteeringVector  # type: ignore[import-not-found,unused-ignore]
+
+            direction: Direction = SteeringVector.from_pretrained(path, lm).direction
+        elif path.suffix == ".safetensors":
+            direction = Direction.load(path, lm, force=force)
+        elif not path.exists():
+            raise InputError(f"no vector at '{path}'; give a .safetensors direction file or a trained run folder")
+        else:
+            raise InputError(f"'{path}' is not a vector: give a .safetensors direction file or a trained run folder")
+        name = path.stem if path.is_file() else path.resolve().name
+        unique, n = name, 2
+        while unique in vectors or unique in ("vanilla", "prompted"):
+            unique, n = f"{name}-{n}", n + 1
+        vectors[unique] = direction
+    return vectors
 
 
 def register(app: typer.Typer) -> None:
-    """Adds this module's commands to ``app`` (none yet)."""
+    """Adds ``rollouts`` to the ``steer`` sub-app."""
+    app.command("rollouts")(steer_rollouts)
+
+
+@one_line_errors
+@model_options
+def steer_rollouts(
+    model: ModelOptions,
+    questions: Annotated[Path, typer.Option("--questions", help='JSONL {"question": ...} or one per line.')],
+    vectors: Annotated[
+        list[Path], typer.Option("--vectors", help="Direction .safetensors files or trained run folders.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for rollouts.parquet (and scores).")],
+    scales: Annotated[str, typer.Option("--scales", help="learned and/or numbers, e.g. learned,-4,4.")] = "learned",
+    normalize: Annotated[
+        bool, typer.Option("--normalize", help="A number s adds s x unit(vector) x mean residual norm.")
+    ] = False,
+    rollouts: Annotated[int, typer.Option("--rollouts", help="Samples per question and condition.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Base seed of the sampling.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 40,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (0 = greedy).")] = 1.0,
+    prompted_prefix: Annotated[
+        str | None, typer.Option("--prompted-prefix", help="Persona prefix of the prompted baseline.")
+    ] = None,
+    prompted_suffix: Annotated[
+        str | None, typer.Option("--prompted-suffix", help="Persona text after the prompt (start of the answer).")
+    ] = None,
+    prompted_system_prompt: Annotated[
+        str | None, typer.Option("--prompted-system-prompt", help="System prompt of the prompted baseline.")
+    ] = None,
+    system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="System prompt of every row.")] = None,
+    classifier_data: Annotated[
+        Path | None, typer.Option("--classifier-data", help='JSONL {"text": ..., "label": 0|1} to score with.')
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per generate call.")] = 16,
+    no_fluency: Annotated[bool, typer.Option("--no-fluency", help="Skip the perplexity measure.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Use vectors computed on another model.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rollouts for every vector x scale, next to vanilla and prompted baselines; scored with --classifier-data.
+
+    Example: mechscope steer rollouts -m toy --questions q.jsonl --vectors pirate.safetensors --scales learned,4
+    --prompted-prefix "<pirate> " --classifier-data labelled.jsonl -o rollouts/
+    """
+    from mechscope.cli.output import check_outputs, write_text_output
+    from mechscope.errors import InputError
+    from mechscope.steering.rollout import parse_scales
+    from mechscope.steering.rollout import rollouts as run_rollouts
+    from mechscope.steering.rollout_results import read_labelled, read_questions
+
+    asked = read_questions(questions)
+    chosen = parse_scales(scales)
+    labelled = read_labelled(classifier_data) if classifier_data is not None else None
+    if output.exists() and not output.is_dir():
+        raise InputError(f"-o '{output}' is a file; give a folder for rollouts.parquet")
+    output.mkdir(parents=True, exist_ok=True)
+    check_outputs(output / "rollouts.parquet")
+    lm = model.load()
+    result = run_rollouts(
+        lm,
+        asked,
+        load_vectors(list(vectors), lm, force=force),
+        scales=chosen,
+        normalize=normalize,
+        rollouts=rollouts,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        system_prompt=system_prompt,
+        prompted_prefix=prompted_prefix,
+        prompted_suffix=prompted_suffix,
+        prompted_system_prompt=prompted_system_prompt,
+        batch_size=batch_size,
+        dataset=questions.stem,
+        progress=not as_json,
+    )
+    result.to_parquet(output / "rollouts.parquet")
+    if labelled is None:
+        if as_json:
+            print_json({"rollouts": str(output / "rollouts.parquet"), "rows": len(result.rows)}, indent=None)
+        else:
+            print_line(f"wrote {len(result.rows)} rollouts to {output / 'rollouts.parquet'}")
+        return
+    from mechscope.steering.evaluate import EmbeddingClassifier
+    from mechscope.steering.scoring import score_rollouts, summary_rows
+
+    classifier = EmbeddingClassifier().fit(*labelled)
+    evaluation = score_rollouts(result, classifier, lm=None if no_fluency else lm, batch_size=batch_size)
+    evaluation.to_parquet(output / "scores.parquet")
+    summary = evaluation.summary_json()
+    write_text_output(output / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if as_json:
+        print_json(summary, indent=None)
+        return
+    headers = ["condition", "rows", "score [95% CI]", "vs vanilla [95% CI]", "perplexity (x vanilla)", "judge"]
+    columns: list[str | Column] = [*headers, "success"]
+    print_table(f"{evaluation.dataset} on {evaluation.model}", columns, summary_rows(evaluation))

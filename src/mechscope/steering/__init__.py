@@ -1,1 +1,43 @@
-"""Activation steering: directions from contrast sets, steered generation, sweeps and evaluation."""
+"""Activation steering: directions from contrast sets, trained vectors, steered generation and evaluation.
+
+``train`` fits one steering vector on the language-model loss of target completions with the model frozen
+(`TrainResult`, a compact `SteeringVector` checkpoint; ``lr_sweep`` over learning rates); ``rollouts``
+generates with several vectors and scales next to the vanilla and the prompted model, and
+``score_rollouts`` scores them (classifier, fluency, bootstrap intervals). Directions from contrast sets are
+in `mechscope.steering.directions`, steered generation in `mechscope.steering.generate`.
+
+The names are loaded on first use, so that the results modules (``train_results``, ``rollout_results``)
+import without torch, for the HTML reports.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> the module that defines it.
+_NAMES = {
+    "Direction": "mechscope.steering.directions",
+    "diff_of_means": "mechscope.steering.directions",
+    "train": "mechscope.steering.trainer",
+    "lr_sweep": "mechscope.steering.trainer",
+    "TrainResult": "mechscope.steering.train_results",
+    "LRSweep": "mechscope.steering.train_results",
+    "SteeringVector": "mechscope.steering.vector",
+    "rollouts": "mechscope.steering.rollout",
+    "Rollouts": "mechscope.steering.rollout_results",
+    "RolloutEvaluation": "mechscope.steering.rollout_results",
+    "score_rollouts": "mechscope.steering.scoring",
+    "HttpJudge": "mechscope.steering.scoring",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mechscope.steering' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value

