@@ -12,7 +12,20 @@ from __future__ import annotations
 
 import typer
 
-from mechscope.cli import attention, causal, circuit, lens, models, moe, steer_rollouts, steer_train, steering, weights
+from mechscope.cli import (
+    attention,
+    causal,
+    circuit,
+    lens,
+    models,
+    moe,
+    steer_compare,
+    steer_rollouts,
+    steer_search,
+    steer_train,
+    steering,
+    weights,
+)
 
 app = typer.Typer(
     name="mechscope",
@@ -29,6 +42,8 @@ app.add_typer(circuit.app, name="circuit")
 app.add_typer(moe.app, name="moe")
 steer_train.register(steering.steer_app)  # steer train, lr-sweep
 steer_rollouts.register(steering.steer_app)  # steer rollouts
+steer_compare.register(steering.steer_app)  # steer compare
+steer_search.register(steering.steer_app)  # steer search
 app.add_typer(steering.steer_app, name="steer")
 app.add_typer(steering.directions_app, name="directions")
 
