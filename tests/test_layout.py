@@ -48,6 +48,7 @@ SIBLINGS = {
         "moe_paths_report",
         "moe_vocab_report",
         "moe_compression_report",
+        "steer_compare_report",
     ),
 }
 #: Modules allowed over 500 lines, with the reason.
@@ -87,6 +88,7 @@ TORCH_FREE = (
     "mechscope.cli.moe.compression",
     "mechscope.steering.train_results",
     "mechscope.steering.rollout_results",
+    "mechscope.steering.compare_results",
     "mechscope.cli.main",
 )
 

@@ -29,6 +29,8 @@ _NAMES = {
     "RolloutEvaluation": "mechscope.steering.rollout_results",
     "score_rollouts": "mechscope.steering.scoring",
     "HttpJudge": "mechscope.steering.scoring",
+    "compare_vectors": "mechscope.steering.compare_vectors",
+    "VectorComparison": "mechscope.steering.compare_results",
 }
 
 __all__ = sorted(_NAMES)

@@ -58,7 +58,7 @@ SCHEDULES = ("constant", "cosine")
 POSITIONS = ("all", "prompt", "completion")
 Init = str | Path | Tensor | Direction | SteeringVector | None
 #: Arguments that may change between a run and its resumption.
-_RESUMABLE = ("progress", "resume")
+_RESUMABLE = ("progress", "resume", "data_path")  # a moved data file resumes if its hash matches
 
 
 def _check_args(args: dict[str, Any]) -> None:
@@ -196,6 +196,8 @@ def train(
     args["init"] = None if init is None else (str(init) if isinstance(init, str | Path) else type(init).__name__)
     layer = args["layer"] = resolve_layer(layer, lm.arch.n_layers)
     _check_args(args)
+    # Where the data came from, for `steer compare` to rebuild the validation split (the hash checks it).
+    args["data_path"] = str(Path(data).resolve()) if isinstance(data, str | Path) else None
     folder = Path(out) if out is not None else None
     _check_out(folder, resume)
     say = echo or (_echo if progress else None)
