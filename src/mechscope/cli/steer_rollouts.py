@@ -15,6 +15,34 @@ from mechscope.cli.output import print_json, print_line, print_table
 if TYPE_CHECKING:
     from mechscope.core.lm import LanguageModel
     from mechscope.steering.directions import Direction
+    from mechscope.steering.scoring import HttpJudge
+
+JudgeUrlOpt = Annotated[
+    str | None, typer.Option("--judge-url", help="OpenAI-compatible endpoint of an LLM judge (off by default).")
+]
+JudgeModelOpt = Annotated[str | None, typer.Option("--judge-model", help="Model name the judge endpoint serves.")]
+JudgePromptOpt = Annotated[
+    str | None, typer.Option("--judge-prompt", help="Judge prompt template with {text} (and optionally {trait}).")
+]
+
+
+def make_judge(url: str | None, model: str | None, prompt: str | None) -> HttpJudge | None:
+    """The `HttpJudge` that ``--judge-url/--judge-model/--judge-prompt`` describe, or None without a URL.
+
+    Raises:
+        InputError: a model or prompt without a URL, a URL without a model, or a bad URL / template.
+    """
+    from mechscope.errors import InputError
+
+    if url is None:
+        if model is not None or prompt is not None:
+            raise InputError("--judge-model and --judge-prompt need --judge-url")
+        return None
+    if not model:
+        raise InputError("--judge-url needs --judge-model (the model name the endpoint serves)")
+    from mechscope.steering.scoring import DEFAULT_JUDGE_PROMPT, HttpJudge
+
+    return HttpJudge(url, model, prompt if prompt is not None else DEFAULT_JUDGE_PROMPT)
 
 
 def load_vectors(paths: list[Path], lm: LanguageModel, *, force: bool = False) -> dict[str, Direction]:
@@ -29,7 +57,7 @@ def load_vectors(paths: list[Path], lm: LanguageModel, *, force: bool = False) -
     vectors: dict[str, Direction] = {}
     for path in paths:
         if path.is_dir():
-            from mechscope.steering.vector import SteeringVector  # type: ignore[import-not-found,unused-ignore]
+            from mechscope.steering.vector import SteeringVector
 
             direction: Direction = SteeringVector.from_pretrained(path, lm).direction
         elif path.suffix == ".safetensors":
@@ -84,6 +112,9 @@ def steer_rollouts(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per generate call.")] = 16,
     no_fluency: Annotated[bool, typer.Option("--no-fluency", help="Skip the perplexity measure.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Use vectors computed on another model.")] = False,
+    judge_url: JudgeUrlOpt = None,
+    judge_model: JudgeModelOpt = None,
+    judge_prompt: JudgePromptOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rollouts for every vector x scale, next to vanilla and prompted baselines; scored with --classifier-data.
@@ -100,6 +131,9 @@ def steer_rollouts(
     asked = read_questions(questions)
     chosen = parse_scales(scales)
     labelled = read_labelled(classifier_data) if classifier_data is not None else None
+    judge = make_judge(judge_url, judge_model, judge_prompt)
+    if judge is not None and labelled is None:
+        raise InputError("the judge scores next to the classifier; give --classifier-data too")
     if output.exists() and not output.is_dir():
         raise InputError(f"-o '{output}' is a file; give a folder for rollouts.parquet")
     output.mkdir(parents=True, exist_ok=True)
@@ -134,9 +168,11 @@ def steer_rollouts(
     from mechscope.steering.scoring import score_rollouts, summary_rows
 
     classifier = EmbeddingClassifier().fit(*labelled)
-    evaluation = score_rollouts(result, classifier, lm=None if no_fluency else lm, batch_size=batch_size)
+    evaluation = score_rollouts(result, classifier, lm=None if no_fluency else lm, judge=judge, batch_size=batch_size)
     evaluation.to_parquet(output / "scores.parquet")
     summary = evaluation.summary_json()
+    if judge is not None:
+        summary["judge"] = {"url": judge.url, "model": judge.model, "refusals": judge.refusals}
     write_text_output(output / "summary.json", json.dumps(summary, indent=2) + "\n")
     if as_json:
         print_json(summary, indent=None)
@@ -144,3 +180,5 @@ def steer_rollouts(
     headers = ["condition", "rows", "score [95% CI]", "vs vanilla [95% CI]", "perplexity (x vanilla)", "judge"]
     columns: list[str | Column] = [*headers, "success"]
     print_table(f"{evaluation.dataset} on {evaluation.model}", columns, summary_rows(evaluation))
+    if judge is not None:
+        print_line(f"judge {judge.model}: {judge.refusals} of {len(evaluation.rows)} rollouts refused")
