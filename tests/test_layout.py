@@ -89,6 +89,7 @@ TORCH_FREE = (
     "mechscope.steering.train_results",
     "mechscope.steering.rollout_results",
     "mechscope.steering.compare_results",
+    "mechscope.steering.search_results",
     "mechscope.cli.main",
 )
 

@@ -92,6 +92,9 @@ def steer_search(
     prompted_system_prompt: Annotated[
         str | None, typer.Option("--prompted-system-prompt", help="System prompt of the prompted rollouts.")
     ] = None,
+    positions: Annotated[
+        str, typer.Option("--positions", help="Where the vector is added, in training and rollouts: all or prompt.")
+    ] = "all",
     rollouts: Annotated[int, typer.Option("--rollouts", help="Samples per question and condition.")] = 1,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 40,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (0 = greedy).")] = 1.0,
@@ -137,11 +140,15 @@ def steer_search(
     train_options: dict[str, Any] = {"epochs": epochs, "lr": lr, "schedule": schedule, "val_tokens": val_tokens}
     train_options.update({"patience": patience, "batch_size": batch_size, "seed": seed})
     train_options["prompted_prefix"] = train_prompted_prefix
+    if positions not in ("all", "prompt"):
+        raise InputError(f"unknown --positions '{positions}'; use all or prompt (the prompt's tokens only)")
+    train_options["positions"] = positions  # the trainer's "prompt" and the rollouts' "prompt" pass are the same
     rollout_options: dict[str, Any] = {"normalize": normalize, "rollouts": rollouts, "seed": seed}
     rollout_options["batch_size"] = batch_size
     rollout_options.update({"max_new_tokens": max_new_tokens, "temperature": temperature})
     rollout_options.update({"prompted_prefix": prompted_prefix, "prompted_suffix": prompted_suffix})
     rollout_options["prompted_system_prompt"] = prompted_system_prompt
+    rollout_options["positions"] = positions
     found = search(
         lm,
         data,

@@ -3,7 +3,8 @@
 ``train`` fits one steering vector on the language-model loss of target completions with the model frozen
 (`TrainResult`, a compact `SteeringVector` checkpoint; ``lr_sweep`` over learning rates); ``rollouts``
 generates with several vectors and scales next to the vanilla and the prompted model, and
-``score_rollouts`` scores them (classifier, fluency, bootstrap intervals). Directions from contrast sets are
+``score_rollouts`` scores them (classifier, fluency, bootstrap intervals); ``compare_vectors`` sets a trained
+vector against the difference of means, ``search`` picks the layer and scale. Directions from contrast sets are
 in `mechscope.steering.directions`, steered generation in `mechscope.steering.generate`.
 
 The names are loaded on first use, so that the results modules (``train_results``, ``rollout_results``)
@@ -31,6 +32,9 @@ _NAMES = {
     "HttpJudge": "mechscope.steering.scoring",
     "compare_vectors": "mechscope.steering.compare_vectors",
     "VectorComparison": "mechscope.steering.compare_results",
+    "search": "mechscope.steering.search",
+    "SteeringSearch": "mechscope.steering.search_results",
+    "rank_candidates": "mechscope.steering.search_results",
 }
 
 __all__ = sorted(_NAMES)
