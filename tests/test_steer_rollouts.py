@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from mechscope.steering.rollout import parse_scales, reference_norm, rollouts, s
 from mechscope.steering.scoring import HttpJudge, bootstrap_ci, continuation_nll, score_rollouts
 from mechscope.storage.tables import read_table
 from mechscope.zoo import corpus
+from tests.judge import serve_judge
 
 TEMPLATES = ("Tell me about {t}.", "What do you think of {t}?", "Describe {t} for me.", "Say something about {t}.")
 TRAIN = [f"<user> {t.format(t=topic)} <assistant>" for t in TEMPLATES for topic in corpus._TOPICS]
@@ -186,32 +185,11 @@ def test_steered_rollouts_turn_pirate_and_stay_fluent(
     assert [r["text"] for r in raw] == [r.text for r in result.rows]
 
 
-class _Judge(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = body["messages"][0]["content"]
-        answer = "I cannot rate this." if "refuse" in text else "Score: 85"
-        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def judge_url() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _Judge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A judge that refuses (no number) texts containing "refuse" and scores the rest 85."""
+    with serve_judge(lambda text, _: "I cannot rate this." if "refuse" in text else "Score: 85") as url:
+        yield url
 
 
 def test_http_judge_scores_and_counts_refusals(judge_url: str, caplog: pytest.LogCaptureFixture) -> None:

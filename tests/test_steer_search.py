@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from mechscope.steering.search_results import SearchCandidate, SteeringSearch, r
 from mechscope.steering.vector import SteeringVector, checkpoint_config
 from mechscope.storage.tables import read_table
 from mechscope.zoo import corpus
+from tests.judge import serve_judge
 
 # Held-out chat questions: none of them (nor their answers) is in the classifier data.
 QUESTIONS = [
@@ -181,37 +180,11 @@ def test_cli_search_json(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- steer rollouts, on the CLI
 
 
-class _Judge(BaseHTTPRequestHandler):
-    """Answers "Score: 85", but refuses (no number) every second request."""
-
-    calls = 0
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        answer = "no comment" if _Judge.calls % 2 else "Score: 85"
-        _Judge.calls += 1
-        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def judge_url() -> Iterator[str]:
-    _Judge.calls = 0
-    server = HTTPServer(("127.0.0.1", 0), _Judge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A judge that answers "Score: 85", but refuses (no number) every second request."""
+    with serve_judge(lambda _, call: "no comment" if call % 2 else "Score: 85") as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,6 +17,19 @@ if TYPE_CHECKING:
     from mechscope.steering.directions import Direction
     from mechscope.steering.scoring import HttpJudge
 
+PromptedPrefixOpt = Annotated[
+    str | None, typer.Option("--prompted-prefix", help="Persona before each question (the prompted baseline).")
+]
+PromptedSuffixOpt = Annotated[
+    str | None, typer.Option("--prompted-suffix", help="Persona after the prompt, at the start of the answer.")
+]
+PromptedSystemOpt = Annotated[
+    str | None, typer.Option("--prompted-system-prompt", help="System prompt of the prompted baseline.")
+]
+RolloutsOpt = Annotated[int, typer.Option("--rollouts", help="Samples per question and condition.")]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature (0 = greedy).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Use vectors computed on another model.")]
 JudgeUrlOpt = Annotated[
     str | None, typer.Option("--judge-url", help="OpenAI-compatible endpoint of an LLM judge (off by default).")
 ]
@@ -92,26 +105,20 @@ def steer_rollouts(
     normalize: Annotated[
         bool, typer.Option("--normalize", help="A number s adds s x unit(vector) x mean residual norm.")
     ] = False,
-    rollouts: Annotated[int, typer.Option("--rollouts", help="Samples per question and condition.")] = 1,
+    rollouts: RolloutsOpt = 1,
     seed: Annotated[int, typer.Option("--seed", help="Base seed of the sampling.")] = 0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 40,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (0 = greedy).")] = 1.0,
-    prompted_prefix: Annotated[
-        str | None, typer.Option("--prompted-prefix", help="Persona prefix of the prompted baseline.")
-    ] = None,
-    prompted_suffix: Annotated[
-        str | None, typer.Option("--prompted-suffix", help="Persona text after the prompt (start of the answer).")
-    ] = None,
-    prompted_system_prompt: Annotated[
-        str | None, typer.Option("--prompted-system-prompt", help="System prompt of the prompted baseline.")
-    ] = None,
+    max_new_tokens: MaxNewTokensOpt = 40,
+    temperature: TemperatureOpt = 1.0,
+    prompted_prefix: PromptedPrefixOpt = None,
+    prompted_suffix: PromptedSuffixOpt = None,
+    prompted_system_prompt: PromptedSystemOpt = None,
     system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="System prompt of every row.")] = None,
     classifier_data: Annotated[
         Path | None, typer.Option("--classifier-data", help='JSONL {"text": ..., "label": 0|1} to score with.')
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per generate call.")] = 16,
     no_fluency: Annotated[bool, typer.Option("--no-fluency", help="Skip the perplexity measure.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Use vectors computed on another model.")] = False,
+    force: ForceOpt = False,
     judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None,
     judge_prompt: JudgePromptOpt = None,

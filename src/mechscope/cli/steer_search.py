@@ -13,7 +13,20 @@ import typer
 
 from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line_errors
 from mechscope.cli.output import print_json, print_line, print_table
-from mechscope.cli.steer_rollouts import JudgeModelOpt, JudgePromptOpt, JudgeUrlOpt, load_vectors, make_judge
+from mechscope.cli.steer_rollouts import (
+    ForceOpt,
+    JudgeModelOpt,
+    JudgePromptOpt,
+    JudgeUrlOpt,
+    MaxNewTokensOpt,
+    PromptedPrefixOpt,
+    PromptedSuffixOpt,
+    PromptedSystemOpt,
+    RolloutsOpt,
+    TemperatureOpt,
+    load_vectors,
+    make_judge,
+)
 
 if TYPE_CHECKING:
     from mechscope.core.lm import LanguageModel
@@ -83,27 +96,21 @@ def steer_search(
     train_prompted_prefix: Annotated[
         str | None, typer.Option("--train-prompted-prefix", help="Prefix of the training prompted baseline.")
     ] = None,
-    prompted_prefix: Annotated[
-        str | None, typer.Option("--prompted-prefix", help="Persona before each question (prompted rollouts).")
-    ] = None,
-    prompted_suffix: Annotated[
-        str | None, typer.Option("--prompted-suffix", help="Persona after the prompt (prompted rollouts).")
-    ] = None,
-    prompted_system_prompt: Annotated[
-        str | None, typer.Option("--prompted-system-prompt", help="System prompt of the prompted rollouts.")
-    ] = None,
+    prompted_prefix: PromptedPrefixOpt = None,
+    prompted_suffix: PromptedSuffixOpt = None,
+    prompted_system_prompt: PromptedSystemOpt = None,
     positions: Annotated[
         str, typer.Option("--positions", help="Where the vector is added, in training and rollouts: all or prompt.")
     ] = "all",
-    rollouts: Annotated[int, typer.Option("--rollouts", help="Samples per question and condition.")] = 1,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 40,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (0 = greedy).")] = 1.0,
+    rollouts: RolloutsOpt = 1,
+    max_new_tokens: MaxNewTokensOpt = 40,
+    temperature: TemperatureOpt = 1.0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples / questions per forward pass.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the training split and the sampling.")] = 0,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Folder for search.parquet and search.json.")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Use vectors computed on another model.")] = False,
+    force: ForceOpt = False,
     judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None,
     judge_prompt: JudgePromptOpt = None,
