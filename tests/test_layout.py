@@ -17,7 +17,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "mechscope"
 
-ANALYSES = ("lens", "attention", "causal", "steering", "weights", "checks", "zoo", "testing", "moe")
+ANALYSES = ("lens", "attention", "causal", "steering", "weights", "checks", "zoo", "testing", "moe", "probing")
 LEVELS = {
     "errors": 0,
     "progress": 0,
@@ -90,6 +90,7 @@ TORCH_FREE = (
     "mechscope.steering.rollout_results",
     "mechscope.steering.compare_results",
     "mechscope.steering.search_results",
+    "mechscope.probing.results",
     "mechscope.cli.main",
 )
 
