@@ -48,8 +48,6 @@ def compare(
         InputError: the models differ in experts, top-k or MoE layers; the corpus is empty; a prompt is
             empty or tokenizes differently in the two models.
     """
-    from mechscope.core.bulk import token_ids
-
     require_moe(lm_a)
     require_moe(lm_b)
     _same_architecture(lm_a, lm_b)
@@ -57,20 +55,19 @@ def compare(
         raise InputError("compare takes a list of prompts (a corpus), not one string")
     if len(prompts) == 0:
         raise InputError("the corpus is empty; give at least one prompt (one per line of the prompts file)")
-    ids_a, ids_b = token_ids(lm_a, prompts), token_ids(lm_b, prompts)
-    for i, (a, b) in enumerate(zip(ids_a, ids_b, strict=True)):
-        if a != b:
-            raise InputError(
-                f"the two tokenizers split prompt {i} differently; routing is compared token by token, so both "
-                "models need the same tokenizer"
-            )
     stream_a = routing(lm_a, prompts, batch_size=batch_size, max_tokens=max_tokens, with_logits=True, progress=progress)
     stream_b = routing(lm_b, prompts, batch_size=batch_size, max_tokens=max_tokens, with_logits=True)
     sums = {layer: [0.0, 0.0, 0.0] for layer in lm_a.arch.moe_layers}
     tokens = 0
     for batch_a, batch_b in zip(stream_a, stream_b, strict=True):
-        if batch_a.rows.tolist() != batch_b.rows.tolist():  # same lengths give the same plan; check anyway
-            raise InputError("the two models batched the corpus differently; compare needs the same tokenizer")
+        # Routing is compared token by token: both tokenizers must split every prompt alike (then both plan the
+        # same batches, bucketed by length).
+        same = batch_a.rows.tolist() == batch_b.rows.tolist() and batch_a.lengths.tolist() == batch_b.lengths.tolist()
+        if not same or not bool((batch_a.input_ids.cpu() == batch_b.input_ids.cpu()).all()):
+            raise InputError(
+                "the two tokenizers split the corpus differently; routing is compared token by token, so both "
+                "models need the same tokenizer"
+            )
         for layer, row in sums.items():
             for i, value in enumerate(_layer_sums(batch_a, batch_b, layer)):
                 row[i] += value

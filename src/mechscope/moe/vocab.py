@@ -78,31 +78,15 @@ _QUADRATURE_BATCH = 1 << 22
 
 def _expert(module: nn.Module, expert: int) -> dict[str, Tensor]:
     """One expert's float64 tensors in ``nn.Linear`` orientation: ``gate, up [h, d]``, ``down [d, h]``, biases."""
-    from mechscope.moe.packed import packed_tensors
+    from mechscope.moe.packed import read_experts
 
-    flags = ("is_concatenated", "is_transposed", "has_bias", "has_gate")
-    if not all(hasattr(module, name) for name in flags) or not hasattr(module, "_apply_gate"):
+    if not hasattr(module, "_apply_gate"):
         raise ArchitectureError(
-            f"{type(module).__name__} does not declare its layout and gate (transformers' "
-            "use_experts_implementation); the weights-only read-out needs both"
+            f"{type(module).__name__} does not declare its gate (transformers' use_experts_implementation); "
+            "the weights-only read-out runs it"
         )
-    if not module.has_gate or getattr(module, "has_post_expert_norm", False):
-        raise ArchitectureError(f"{type(module).__name__}: only gate/up/down experts without a post-norm are supported")
-    params = packed_tensors(module)
-    gate_up = params["gate_up_proj"][expert].detach()
-    down = params["down_proj"][expert].detach()
-    if module.is_transposed:
-        gate_up, down = gate_up.T, down.T  # -> [2h, d] and [d, h]
-    out = {"down": down.double()}
-    pairs = [("gate", "up", gate_up)]
-    if module.has_bias:
-        pairs.append(("gate_bias", "up_bias", params["gate_up_proj_bias"][expert].detach()))
-        out["down_bias"] = params["down_proj_bias"][expert].detach().double()
-    for gate_name, up_name, both in pairs:
-        half = both.shape[0] // 2
-        gate, up = (both[:half], both[half:]) if module.is_concatenated else (both[0::2], both[1::2])
-        out[gate_name], out[up_name] = gate.double(), up.double()
-    return out
+    views = read_experts(module, copy=False).expert(expert)  # views of the packed tensors: one expert copied
+    return {name: tensor.double() for name, tensor in views.items()}
 
 
 def expected_output(module: nn.Module, expert: int, inputs: NormAffine, nodes: int = QUADRATURE_NODES) -> Tensor:
