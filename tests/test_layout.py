@@ -22,6 +22,7 @@ LEVELS = {
     "errors": 0,
     "progress": 0,
     "text": 0,
+    "toyworld": 0,
     "storage": 0,
     "models": 0,
     "core": 1,
@@ -49,6 +50,8 @@ SIBLINGS = {
         "moe_vocab_report",
         "moe_compression_report",
         "steer_compare_report",
+        "probe_battery_report",
+        "probing_report",
     ),
 }
 #: Modules allowed over 500 lines, with the reason.
@@ -91,6 +94,10 @@ TORCH_FREE = (
     "mechscope.steering.compare_results",
     "mechscope.steering.search_results",
     "mechscope.probing.results",
+    "mechscope.probing.geometry_results",
+    "mechscope.probing.direction_results",
+    "mechscope.probing.battery_results",
+    "mechscope.probing.analysis_results",
     "mechscope.cli.main",
 )
 
@@ -137,7 +144,7 @@ def test_dependencies_point_one_way(package: str) -> None:
             assert LEVELS[target] <= LEVELS[package], f"{where} imports {name}, a layer above it"
             if package == "storage":
                 assert target in ("storage", "errors"), f"{where} imports {name}: storage knows no model"
-            if package in ("progress", "errors", "text"):
+            if package in ("progress", "errors", "text") or (package == "toyworld" and target != "toyworld"):
                 raise AssertionError(f"{where} imports {name}: a bottom module imports nothing of mechscope")
             if target != package and package in ANALYSES:
                 assert target not in ANALYSES, f"{where} imports {name}: analyses share code through core"

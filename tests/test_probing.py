@@ -133,9 +133,9 @@ def test_folds_never_share_a_group() -> None:
 def test_majority_baseline_and_p_value_by_hand() -> None:
     y = np.array([0, 0, 0, 1, 1, 0])
     splits = [(np.array([0, 1, 3]), np.array([2, 4, 5])), (np.array([3, 4, 5]), np.array([0, 1]))]
-    # fold 1 trains on 0,0,1 -> predicts 0 -> right on 2 and 5 (2/3); fold 2 trains on 1,1,0 -> 1 -> 0/2.
+    # tested: 2,4,5,0,1 -> labels 0,1,0,0,0: class 0 is most common -> 4/5; per fold 2/3 and 2/2.
     pooled, per_fold = majority_baseline(y, splits)
-    assert per_fold == pytest.approx([2 / 3, 0.0]) and pooled == pytest.approx(2 / 5)
+    assert per_fold == pytest.approx([2 / 3, 1.0]) and pooled == pytest.approx(4 / 5)
     assert permutation_p_value(0.8, [0.5, 0.8, 0.9, 0.6]) == pytest.approx(3 / 5)
     assert permutation_p_value(0.8, []) == 1.0
 

@@ -14,8 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 import mechscope as ms
+from mechscope.core.direction import Direction
 from mechscope.errors import InputError
-from mechscope.steering.directions import Direction, diff_of_means
+from mechscope.steering.directions import diff_of_means
 from mechscope.steering.rollout import parse_scales, reference_norm, rollouts, seed_for
 from mechscope.steering.scoring import HttpJudge, bootstrap_ci, continuation_nll, score_rollouts
 from mechscope.storage.tables import read_table
@@ -30,11 +31,11 @@ HELD_OUT = [
     for t in ("I want to hear about {t}.", "Write a note about {t}.")
     for topic in HELD_OUT_TOPICS
 ]
-# Measured on the bundled toy (greedy, 24 tokens, 20 held-out questions): the last-position difference of means
-# between the chat prompt with and without the <pirate> marker, at layer 2, added in the prompt pass only
-# (coefficient 1, "learned") turns 20 of 20 answers pirate at perplexity 8.8 vs vanilla 4.2 (2.1x); at every
-# position it also turns them pirate but breaks the text (perplexity 700-1900). Layers 0-1 need more.
-LAYER = 2
+# Measured on the bundled toy (greedy, 24 tokens, the 10 "please." questions below): the last-position difference
+# of means between the chat prompt with and without the <pirate> marker, at layer 3, added in the prompt pass
+# only (coefficient 1, "learned"), turns 9 of 10 answers pirate at 2.0x vanilla's perplexity (the prompted
+# baseline: 10 of 10 at 1.6x); at layers 1-2 it turns all 10 but at 4.7-7.5x.
+LAYER = 3
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +170,13 @@ def test_steered_rollouts_turn_pirate_and_stay_fluent(
     rate = {c: 0.0 for c in result.conditions}
     for row in result.rows:
         rate[row.condition] += (corpus.style_of(row.text) == "pirate") / len(questions)
-    # Measured on 20 such questions: vanilla 0.05, prompted 1.0, steered 1.0 (by the marker words).
+    # Measured on these 10 questions: vanilla 0.0, prompted 1.0, steered 0.9 (by the marker words).
     assert rate["pirate@learned"] >= 0.8 and rate["vanilla"] <= 0.2
     evaluation = score_rollouts(result, classifier, lm=toy)
     steered, vanilla = evaluation.condition("pirate@learned"), evaluation.condition("vanilla")
     assert steered.delta_vs_vanilla is not None and steered.delta_vs_vanilla.low > 0
     assert steered.score.low <= steered.score.mean <= steered.score.high
-    # Perplexity under the vanilla model: measured 2.1x vanilla's; text broken by steering is 20-1000x.
+    # Perplexity under the vanilla model: measured 2.0x vanilla's; text broken by steering is 20-1000x.
     assert steered.perplexity_ratio is not None and steered.perplexity_ratio < 3.0 and steered.success
     assert vanilla.perplexity_ratio == 1.0 and vanilla.success is None
     assert len(evaluation.per_question) == len(questions) * 3

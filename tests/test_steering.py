@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import mechscope as ms
-from mechscope.steering.directions import Direction, diff_of_means, from_prompts, pca_of_differences
+from mechscope.core.direction import Direction
+from mechscope.steering.directions import diff_of_means, from_prompts, pca_of_differences
 from mechscope.steering.generate import generate_with_steering, probability_shift, sweep
 from mechscope.zoo import corpus
 
@@ -26,9 +27,9 @@ HELD_OUT_TOPICS = (
     "the bridge",
     "the village",
 )
-# Measured on the bundled toy: with the layer-1 direction, coefficient 4 turns 20 of 20 held-out prompts pirate
-# (coefficient 2: 6 of 20; the planted heads leave style weaker in the early layers than it was without them).
-STEER_LAYER, STRENGTH = 1, 4.0
+# Measured on the bundled toy: with the layer-1 direction, coefficient 6 turns 20 of 20 held-out prompts pirate
+# (coefficient 4: 18 of 20, 2: 7 of 20; the planted heads leave style weaker in the early layers).
+STEER_LAYER, STRENGTH = 1, 6.0
 HELD_OUT = [
     f"{corpus.FORMAL} {t.format(t=topic)}"
     for t in ("I want to hear about {t}.", "Write a note about {t}.")
@@ -51,7 +52,7 @@ def pirate(toy: ms.LanguageModel) -> Direction:
 def test_style_direction_switches_the_register(toy: ms.LanguageModel, pirate: Direction) -> None:
     plain = [corpus.style_of(t) for t in toy.generate(HELD_OUT, max_new_tokens=16)]
     steered = [corpus.style_of(t) for t in generate_with_steering(toy, HELD_OUT, pirate, STRENGTH, max_new_tokens=16)]
-    assert plain.count("pirate") <= 0.2 * len(HELD_OUT)  # measured here: 2 of 20 (7 formal, the rest neutral)
+    assert plain.count("pirate") <= 0.2 * len(HELD_OUT)  # measured here: 2 of 20 (12 formal, the rest neutral)
     assert steered.count("pirate") >= 0.8 * len(HELD_OUT)  # measured here: 20 of 20
 
 

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 import mechscope as ms
 from mechscope.cli.main import app
+from mechscope.core.direction import Direction
 from mechscope.errors import ArchitectureError, InputError, SiteError
 from mechscope.models.block_weights import BLOCK_WEIGHTS
 from mechscope.models.families import FAMILIES
-from mechscope.steering.directions import Direction
 from mechscope.weights.direction_sets import load_directions
 from mechscope.weights.directions import directions_through_weights, readout, resolve_layers
 from mechscope.weights.directions_results import DirectionsResult

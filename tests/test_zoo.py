@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 import mechscope as ms
+from mechscope.toyworld.facts import RELATIONS
 from mechscope.zoo import corpus, measure
 from mechscope.zoo.card import read_card, targets_met
 from mechscope.zoo.train import EXPERT_PLANTS, ZOO
 from mechscope.zoo.train import ORGANISMS as CONFIGS
-from mechscope.zoo.world import RELATIONS
 
 ORGANISMS = ("toy", "toy-moe")
 
@@ -48,7 +48,7 @@ def test_training_command_smoke(tmp_path: Path) -> None:
     ]
     subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, timeout=600)
     card = json.loads((out / "card.json").read_text())
-    assert set(card["measurements"]) == {"facts", "heads", "probes", "experts", "planted_expert"}
+    assert set(card["measurements"]) == {"facts", "heads", "probes", "probe_majority", "experts", "planted_expert"}
     assert card["training"]["planted_expert"]["config"]["steps"] == 3
     assert "Summary:" in (out / "CARD.md").read_text()
     assert "planted: previous-token head L0H0, induction head L1H0" in (out / "CARD.md").read_text()
@@ -79,9 +79,13 @@ def test_committed_weights_reproduce_the_card(organism: tuple[ms.LanguageModel, 
     assert facts["emerges_at_layer"] == expected["facts"]["emerges_at_layer"]
     heads = measure.heads(lm)
     assert abs(heads["best_induction_score"] - expected["heads"]["best_induction_score"]) <= 0.05
-    probes = measure.probes(lm)
-    for kind in ("style", "tool"):
-        assert max(probes[kind]) == pytest.approx(max(expected["probes"][kind]), abs=0.02)
+    probes = measure.probes(lm, card["training"]["config"]["tools"])
+    assert probes["majority"] == expected["probe_majority"]
+    for kind, accuracies in expected["probes"].items():
+        # toy-moe's tool-type set holds out 24 prompts: one prompt is 0.04, and LBFGS on so few can land a few
+        # prompts apart under another thread count; every other set holds out 96 or more.
+        tolerance = 0.13 if kind == "tool_type" else 0.02
+        assert probes["accuracy"][kind] == pytest.approx(accuracies, abs=tolerance), kind
     if lm.arch.is_moe:
         assert measure.experts(lm)["min_share"] == pytest.approx(expected["experts"]["min_share"], abs=0.01)
     if "planted_expert" in expected:

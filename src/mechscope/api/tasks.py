@@ -13,10 +13,10 @@ from mechscope.attention.results import HeadRoles, LayerAttention
 from mechscope.causal.ablation import Ablator
 from mechscope.causal.results import AblationResult, AttributionResult, PatchingResult
 from mechscope.checks.doctor import DoctorReport
+from mechscope.core.direction import Direction
 from mechscope.core.lm import LanguageModel
 from mechscope.lens.results import Comparison, LensGrid, LensResult
 from mechscope.lens.tuned import TunedLens
-from mechscope.steering.directions import Direction
 from mechscope.steering.generate import Phase, SteeringSweep
 
 

@@ -1,4 +1,8 @@
-"""``mechscope circuit ...``: circuit graphs from ablation or patching results (no model is loaded)."""
+"""``mechscope circuit export``: circuit graphs from ablation or patching results (no model is loaded).
+
+The probing pipeline's commands (dataset, collect, analyze, directions, visualize, probes, steer) join this
+sub-app from `mechscope.cli.circuit_data`, `mechscope.cli.circuit_probes` and `mechscope.cli.circuit_analysis`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,10 @@ import typer
 from mechscope.cli.options import one_line_errors
 from mechscope.cli.output import check_outputs, console, err_console, write_text_output
 
-app = typer.Typer(help="Circuit graphs from ablation or patching results.", no_args_is_help=True)
+app = typer.Typer(
+    help="Circuit graphs from ablation or patching results; labelled prompts, activations, probes and directions.",
+    no_args_is_help=True,
+)
 
 
 #: Graph formats by file suffix.

@@ -16,6 +16,9 @@ from mechscope.cli import (
     attention,
     causal,
     circuit,
+    circuit_analysis,
+    circuit_data,
+    circuit_probes,
     lens,
     models,
     moe,
@@ -38,6 +41,9 @@ app.add_typer(lens.app)
 app.add_typer(attention.app)
 app.add_typer(causal.app)
 app.add_typer(weights.app, name="weights")
+circuit_data.register(circuit.app)  # circuit dataset, collect
+circuit_probes.register(circuit.app)  # circuit probes run, init
+circuit_analysis.register(circuit.app)  # circuit analyze, directions, visualize, steer
 app.add_typer(circuit.app, name="circuit")
 app.add_typer(moe.app, name="moe")
 steer_train.register(steering.steer_app)  # steer train, lr-sweep

@@ -13,8 +13,8 @@ from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line
 from mechscope.cli.output import print_json, print_line, print_table
 
 if TYPE_CHECKING:
+    from mechscope.core.direction import Direction
     from mechscope.core.lm import LanguageModel
-    from mechscope.steering.directions import Direction
     from mechscope.steering.scoring import HttpJudge
 
 PromptedPrefixOpt = Annotated[
@@ -64,8 +64,8 @@ def load_vectors(paths: list[Path], lm: LanguageModel, *, force: bool = False) -
     Raises:
         InputError: a path that is neither.
     """
+    from mechscope.core.direction import Direction
     from mechscope.errors import InputError
-    from mechscope.steering.directions import Direction
 
     vectors: dict[str, Direction] = {}
     for path in paths:

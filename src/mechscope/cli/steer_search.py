@@ -29,8 +29,8 @@ from mechscope.cli.steer_rollouts import (
 )
 
 if TYPE_CHECKING:
+    from mechscope.core.direction import Direction
     from mechscope.core.lm import LanguageModel
-    from mechscope.steering.directions import Direction
     from mechscope.steering.rollout_results import Interval
     from mechscope.steering.search_results import SteeringSearch
 

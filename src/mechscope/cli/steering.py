@@ -16,8 +16,8 @@ from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line
 from mechscope.cli.output import console, print_json, print_table, visible
 
 if TYPE_CHECKING:
+    from mechscope.core.direction import Direction
     from mechscope.core.lm import LanguageModel
-    from mechscope.steering.directions import Direction
 
 steer_app = typer.Typer(help="Steer generation with direction vectors.", invoke_without_command=True)
 directions_app = typer.Typer(help="Compute and inspect direction vectors.", no_args_is_help=True)
@@ -36,8 +36,8 @@ def _load_direction(path: Path, lm: LanguageModel, layer: int | None, *, force: 
     Raises:
         SiteError: ``layer`` is outside the model.
     """
+    from mechscope.core.direction import Direction
     from mechscope.core.layers import resolve_layer
-    from mechscope.steering.directions import Direction
 
     moved = resolve_layer(layer, lm.arch.n_layers) if layer is not None else None  # the cheap check first
     direction = Direction.load(path, lm, force=force)

@@ -3,8 +3,9 @@
 A `PromptDataset` is a list of `LabelledPrompt` (prompt, integer label, sub-label, template id, metadata),
 saved as JSON. `tool_prompt_dataset` builds the built-in set: requests answered with a tool call (label 1,
 sub-label the tool's name, over eight tools) against chit-chat (label 0), each kind from several templates
-with random slot values. Its wording and markers (``<user> ... <assistant>``) are those of the organisms'
-corpus (`mechscope.zoo.corpus`; four of the tools are the corpus's own), so it runs on ``toy``.
+with random slot values. Its wording is the toy world's (`mechscope.toyworld.assistant`), on which the ``toy``
+organism was trained, so a probe on ``toy`` asks about wording the model knows; which templates the probe
+itself sees is what `split_by_template` decides.
 
 `split_by_template` puts every template wholly on one side, so that a probe is tested on wording it never
 saw: a probe that only memorised a phrasing fails there.
@@ -34,84 +35,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from mechscope.errors import InputError
 from mechscope.storage.atomic import atomic_write_text
+from mechscope.toyworld.assistant import ASSISTANT, CHAT_TEMPLATES, TOOL_TEMPLATES, USER, slots
 
-USER, ASSISTANT = "<user>", "<assistant>"
 TOOL, NO_TOOL = 1, 0
 CHAT = "chat"
-
-# The slot values. Cities are capitals of the organisms' world (single tokens on ``toy``).
-_CITIES = (
-    *("Paris", "Berlin", "Rome", "Madrid", "Lisbon", "Tokyo", "Beijing", "Moscow", "Cairo", "Nairobi"),
-    *("Ottawa", "Lima", "Havana", "Athens", "Vienna", "Budapest", "Warsaw", "Oslo", "Stockholm", "Helsinki"),
-    *("Dublin", "Brussels", "Amsterdam", "Bern", "Ankara", "Delhi", "Bangkok", "Hanoi", "Seoul", "Jakarta"),
-)
-_NAMES = ("Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hugo", "Ida", "Jonas")
-_LANGUAGES = ("French", "German", "Spanish", "Italian", "Japanese")
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_TOPICS = ("the sea", "the weather", "the market", "the ship", "dinner", "the journey", "the town", "the garden")
-_WORDS = ("hello", "thank you", "good night", "the train", "a cup of tea", "my friend")
-
-#: tool -> ``(request, call)`` templates. The first four tools and their first templates are the corpus's.
-TOOL_TEMPLATES: dict[str, tuple[tuple[str, str], ...]] = {
-    "weather": (
-        ("What's the weather in {city}?", "weather(city={city})"),
-        ("Will it rain in {city} tomorrow?", "weather(city={city})"),
-        ("Is it cold in {city} right now?", "weather(city={city})"),
-    ),
-    "time": (
-        ("What time is it in {city}?", "time(city={city})"),
-        ("Tell me the local time in {city}.", "time(city={city})"),
-        ("Is it morning or evening in {city} now?", "time(city={city})"),
-    ),
-    "convert": (
-        ("How much is {n} euros in dollars?", "convert(amount={n}, unit=EUR, to=USD)"),
-        ("Convert {n} dollars to euros.", "convert(amount={n}, unit=USD, to=EUR)"),
-        ("What are {n} pounds worth in euros?", "convert(amount={n}, unit=GBP, to=EUR)"),
-    ),
-    "search": (
-        ("Find flights to {city}.", "search(query=flights {city})"),
-        ("Look up hotels in {city}.", "search(query=hotels {city})"),
-        ("Search for restaurants in {city}.", "search(query=restaurants {city})"),
-    ),
-    "calendar": (
-        ("Add a meeting with {name} on {day}.", "calendar(event=meeting {name}, day={day})"),
-        ("Put lunch with {name} in my calendar for {day}.", "calendar(event=lunch {name}, day={day})"),
-        ("What is on my calendar for {day}?", "calendar(day={day})"),
-    ),
-    "email": (
-        ("Send an email to {name} about {topic}.", "email(to={name}, subject={topic})"),
-        ("Email {name} that I will be late.", "email(to={name}, subject=late)"),
-        ("Write to {name} and ask about {topic}.", "email(to={name}, subject={topic})"),
-    ),
-    "translate": (
-        ("Translate {word} into {lang}.", "translate(text={word}, to={lang})"),
-        ("How do you say {word} in {lang}?", "translate(text={word}, to={lang})"),
-        ("What is {word} in {lang}?", "translate(text={word}, to={lang})"),
-    ),
-    "reminder": (
-        ("Remind me to call {name} on {day}.", "reminder(task=call {name}, day={day})"),
-        ("Set a reminder for {day} to pay the rent.", "reminder(task=rent, day={day})"),
-        ("Remind me about {topic} on {day}.", "reminder(task={topic}, day={day})"),
-    ),
-}
-
-#: ``(message, reply)`` chit-chat templates; the first ten are the corpus's.
-CHAT_TEMPLATES: tuple[tuple[str, str], ...] = (
-    ("How are you today?", "I am fine, thank you for asking."),
-    ("Tell me a joke.", "Why did the cat sit on the computer? To keep an eye on the mouse."),
-    ("What is your favourite colour?", "I like blue, like the sky over the sea."),
-    ("Good morning!", "Good morning to you too. I hope you slept well."),
-    ("Thank you for your help.", "You are welcome. It was a pleasure."),
-    ("Do you like music?", "Yes, I enjoy a quiet song in the evening."),
-    ("What did you do on the weekend?", "I read a long book and went for a walk."),
-    ("Can you recommend a book?", "Try a story about the sea and a brave sailor."),
-    ("I visited {city} last year.", "That sounds lovely. {city} is a beautiful city."),
-    ("My friend lives in {city}.", "How nice. I hope you visit your friend in {city} soon."),
-    ("My sister {name} loves {topic}.", "That is lovely. {name} has good taste."),
-    ("I had a long day on {day}.", "I am sorry to hear that. I hope you can rest now."),
-    ("I am learning {lang} this year.", "Good luck! {lang} is a beautiful language."),
-    ("Let us talk about {topic}.", "Gladly. What would you like to say about it?"),
-)
 
 
 class LabelledPrompt(BaseModel):
@@ -196,33 +123,21 @@ class PromptDataset(BaseModel):
 ToolPromptDataset = PromptDataset
 
 
-def _slots(rng: random.Random) -> dict[str, str]:
-    return {
-        "city": rng.choice(_CITIES),
-        "n": str(rng.randint(2, 500)),
-        "name": rng.choice(_NAMES),
-        "day": rng.choice(_DAYS),
-        "topic": rng.choice(_TOPICS),
-        "lang": rng.choice(_LANGUAGES),
-        "word": rng.choice(_WORDS),
-    }
-
-
 def _fill(rng: random.Random, message: str, answer: str, seen: set[str]) -> tuple[str, dict[str, str]]:
     """A prompt from ``message`` with fresh slots, avoiding repeats where a few tries allow."""
     for _ in range(20):
-        slots = _slots(rng)
-        text = f"{USER} {message.format(**slots)} {ASSISTANT}"
+        values = slots(rng)
+        text = f"{USER} {message.format(**values)} {ASSISTANT}"
         if text not in seen:
             break
     seen.add(text)
-    return text, {"answer": answer.format(**slots)}
+    return text, {"answer": answer.format(**values)}
 
 
 def tool_prompt_dataset(per_tool: int = 25, seed: int = 0, chat: int | None = None) -> PromptDataset:
     """The built-in set: ``per_tool`` requests for each of eight tools (label 1) and chit-chat (label 0).
 
-    Each tool has three request templates and the chit-chat fourteen; prompts cycle through their kind's
+    Each tool has four request templates and the chit-chat eighteen; prompts cycle through their kind's
     templates, with random slot values (cities, amounts, names, days), and end with
     ``<assistant>`` (where the model decides whether to call a tool). ``metadata["answer"]`` is the expected
     call (``weather(city=Paris)``) or reply.

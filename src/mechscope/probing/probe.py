@@ -6,8 +6,10 @@ logistic probe is a ``Pipeline(StandardScaler, LogisticRegression)``, so the sca
 (fitting it on all the data first, as the original pipeline did, leaks the test folds into training); the
 difference-of-means probe takes its class means and threshold from the training folds.
 
-An accuracy means little alone, so the result carries what to compare it with: the majority baseline (each
-fold's training majority class, scored on its test fold), the control task (the same probe trained on
+An accuracy means little alone, so the result carries what to compare it with: the majority baseline (the
+accuracy of always guessing the most common class; never below 1/K for K balanced classes; a fold's own
+training majority is no baseline under grouped folds, where it is often that fold's test minority), the
+control task (the same probe trained on
 shuffled labels; selectivity = accuracy - control accuracy) and a permutation p-value. Where every group has
 a single label (a template always makes one class), whole groups are shuffled, so the null keeps the data's
 structure; otherwise single labels are.
@@ -20,14 +22,15 @@ scikit-learn is imported when a probe runs (``pip install scikit-learn``).
 >>> features = rng.normal(size=(80, 5)) + 6.0 * labels[:, None]
 >>> groups = np.arange(80) // 5                      # 16 templates of 5 prompts, each of one class
 >>> score = probe(features, labels, groups, permutations=20)
->>> score.accuracy, score.majority, round(score.p_value, 3)  # a fold's training majority is its test minority
-(1.0, 0.375, 0.048)
+>>> score.accuracy, score.majority, round(score.p_value, 3)
+(1.0, 0.5, 0.048)
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -99,14 +102,21 @@ def _classifier(method: ProbeMethod, seed: int) -> _Classifier:
 def template_folds(y: np.ndarray, groups: np.ndarray, folds: int = 5, seed: int = 0) -> list[Split]:
     """``(train, test)`` index arrays of a stratified grouped k-fold: no group is on both sides of a split.
 
-    ``min(folds, number of groups)`` folds; folds that come out empty are dropped.
+    ``min(folds, groups, groups of the rarest class)`` folds; folds that come out empty are dropped.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_groups = len(np.unique(groups))
-    k = min(folds, n_groups)
-    if k < 2:
+    if n_groups < 2:
         raise InputError(f"grouped cross-validation needs at least two groups (templates); got {n_groups}")
+    # Stratified folds cannot outnumber the groups of the rarest class.
+    per_class = [len(np.unique(groups[y == c])) for c in np.unique(y)]
+    k = min(folds, n_groups, *per_class)
+    if k < 2:
+        raise InputError(
+            f"class {int(np.argmin(per_class))} occurs in only one template; held-out evaluation needs every class "
+            "in at least two templates"
+        )
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "the least populated class has fewer members than n_splits"
@@ -130,14 +140,14 @@ def heldout_predictions(
 
 
 def majority_baseline(y: np.ndarray, splits: Sequence[Split]) -> tuple[float, list[float]]:
-    """Pooled and per-fold accuracy of predicting each fold's training majority class (ties: the smaller)."""
-    correct, per_fold = 0, []
-    for train, test in splits:
-        values, counts = np.unique(y[train], return_counts=True)
-        hits = int((y[test] == values[int(np.argmax(counts))]).sum())
-        correct += hits
-        per_fold.append(hits / len(test))
-    return correct / sum(len(test) for _, test in splits), per_fold
+    """Pooled and per-fold accuracy of always guessing the class most common among the tested examples.
+
+    Ties go to the smaller class index.
+    """
+    tested = np.concatenate([test for _, test in splits])
+    common = int(np.argmax(np.bincount(y[tested])))
+    per_fold = [float((y[test] == common).mean()) for _, test in splits]
+    return float((y[tested] == common).mean()), per_fold
 
 
 def permutation_p_value(observed: float, null: Sequence[float]) -> float:
@@ -179,6 +189,8 @@ def probe(
 ) -> ProbeScore:
     """Score a linear probe for ``labels`` on ``features`` ``[n, d]``, held out by ``groups`` (template ids).
 
+    `probe_predictions` returns the same score with each example's held-out prediction.
+
     Args:
         features: one row per example.
         labels: one label per example (any values; ``diff_means`` needs exactly two).
@@ -192,6 +204,22 @@ def probe(
     Raises:
         InputError: mismatched lengths, non-finite features, fewer than two classes or groups.
     """
+    return probe_predictions(
+        features, labels, groups, folds=folds, seed=seed, permutations=permutations, method=method
+    )[0]
+
+
+def probe_predictions(
+    features: np.ndarray,
+    labels: Sequence[Any] | np.ndarray,
+    groups: Sequence[Any] | np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    permutations: int = 100,
+    method: ProbeMethod = "logistic",
+) -> tuple[ProbeScore, HeldOut]:
+    """`probe`'s score and the held-out evidence behind it (for bootstrap intervals over examples)."""
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2:
         raise InputError(f"features must be [n, d], got shape {list(x.shape)}")
@@ -210,7 +238,8 @@ def probe(
         raise InputError(f"the difference-of-means probe takes two classes, not {len(classes)}")
     group_ids = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
     splits = template_folds(y, group_ids, folds, seed)
-    accuracy, per_fold = _accuracy(heldout_predictions(x, y, splits, method, seed), y, splits)
+    predictions = heldout_predictions(x, y, splits, method, seed)
+    accuracy, per_fold = _accuracy(predictions, y, splits)
     majority, _ = majority_baseline(y, splits)
     rng = np.random.default_rng(seed)
     null = []
@@ -218,7 +247,7 @@ def probe(
         shuffled = shuffle_labels(y, group_ids, rng)
         null.append(_accuracy(heldout_predictions(x, shuffled, splits, method, seed), shuffled, splits)[0])
     control = float(np.mean(null))
-    return ProbeScore(
+    score = ProbeScore(
         method=method,
         accuracy=accuracy,
         fold_accuracies=per_fold,
@@ -233,3 +262,21 @@ def probe(
         n_classes=len(classes),
         seed=seed,
     )
+    return score, HeldOut(y=y, predictions=predictions, splits=list(splits), groups=group_ids)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out evidence of a probe: class indices ``y``, each example's held-out prediction, the splits.
+
+    `majority_on` rescores the majority baseline on any subset of examples (a bootstrap resample).
+    """
+
+    y: np.ndarray
+    predictions: np.ndarray
+    splits: list[Split]
+    groups: np.ndarray
+
+    def majority_on(self, rows: np.ndarray) -> float:
+        """The majority baseline on examples ``rows``: the share of their most common class."""
+        return float(np.bincount(self.y[rows]).max() / len(rows))

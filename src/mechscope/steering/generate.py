@@ -17,11 +17,11 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
+from mechscope.core.direction import Direction
 from mechscope.core.layers import resolve_layer
 from mechscope.core.lm import LanguageModel
 from mechscope.core.ops import OpContext
 from mechscope.errors import InputError
-from mechscope.steering.directions import Direction
 
 Phase = Literal["all", "prompt", "generated"]
 

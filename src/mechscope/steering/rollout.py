@@ -38,10 +38,10 @@ from typing import Any
 
 import torch
 
+from mechscope.core.direction import Direction
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError
 from mechscope.progress import bar
-from mechscope.steering.directions import Direction
 from mechscope.steering.generate import Phase, steering_ops
 from mechscope.steering.rollout_results import BASELINES, RolloutRow, Rollouts
 

@@ -9,8 +9,8 @@ model (no steering), conditioned on its prompt: the prompt is tokenized as `Lang
 perplexity is ``exp`` of the mean of its rows' ``nll``; ``perplexity_ratio`` divides it by vanilla's. A steered
 condition is ``fluent`` when that ratio is at most ``max_perplexity_ratio`` (default 3), and a ``success``
 only when it is fluent *and* its per-question score difference from vanilla has a CI above 0. On-trait text is
-less likely under the vanilla model even when fluent (measured on ``toy``: steered pirate answers 2.1x vanilla's
-perplexity, the prompted baseline's 1.2x), while a vector that breaks the text ("Shiver be a visit Xe Xe")
+less likely under the vanilla model even when fluent (measured on ``toy``: steered pirate answers 2.0x vanilla's
+perplexity, the prompted baseline's 1.6x), while a vector that breaks the text ("Shiver be a visit Xe Xe")
 gives 20-1000x.
 
 **Confidence intervals.** Percentile bootstrap over questions: a condition's per-question means (over its

@@ -38,10 +38,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mechscope.core.direction import Direction
 from mechscope.core.layers import resolve_layer
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError
-from mechscope.steering.directions import Direction
 from mechscope.steering.rollout import Scale, parse_scale, rollouts, scale_label
 from mechscope.steering.rollout_results import RolloutEvaluation
 from mechscope.steering.scoring import Judge, Scorer, score_rollouts

@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mechscope.core.direction import Direction
 from mechscope.core.layers import resolve_layer
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError
 from mechscope.progress import bar
-from mechscope.steering.directions import Direction
 from mechscope.steering.train_data import Batch, Example, Record, TrainData, batches, load_data
 from mechscope.steering.train_results import EpochRecord, LRSweep, LRSweepRow, TrainResult
 from mechscope.steering.train_state import (

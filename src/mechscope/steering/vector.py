@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechscope.core.direction import Direction
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import ModelLoadError
-from mechscope.steering.directions import Direction
 from mechscope.storage.atomic import atomic_write_text
 from mechscope.storage.tensors import load_tensors, save_tensors
 

@@ -35,8 +35,8 @@ def targets_met(card: dict[str, Any]) -> dict[str, bool]:
             stats["loss_first_copy"] - stats["loss_second_copy"] >= TARGETS["copy_drop"]
             for stats in m["heads"]["per_length"].values()
         ),
-        "style linearly separable >= 95%": max(m["probes"]["style"]) >= TARGETS["probe"],
-        "tool mode linearly separable >= 95%": max(m["probes"]["tool"]) >= TARGETS["probe"],
+        "style linearly separable >= 95% (held-out wording)": max(m["probes"]["style"]) >= TARGETS["probe"],
+        "tool mode linearly separable >= 95% (held-out wording)": max(m["probes"]["tool"]) >= TARGETS["probe"],
     }
     if "experts" in m:
         met["no dead experts (every expert > 2% of routing)"] = m["experts"]["min_share"] > 0.02
@@ -50,6 +50,18 @@ def targets_met(card: dict[str, Any]) -> dict[str, bool]:
             p["delta_planted"] > p["delta_least_used"]
         )
     return met
+
+
+def readable_from(accuracy: list[float], majority: float, threshold: float = 0.75, margin: float = 0.1) -> int | None:
+    """The first layer whose accuracy is >= ``threshold`` and > ``margin`` above the majority, or None."""
+    return next((i for i, a in enumerate(accuracy) if a >= threshold and a > majority + margin), None)
+
+
+def _readable(accuracy: list[float], majority: float | None) -> str:
+    if majority is None:
+        return ""
+    layer = readable_from(accuracy, majority)
+    return "never" if layer is None else f"L{layer}"
 
 
 def _table(header: list[Any], rows: list[list[Any]]) -> str:
@@ -150,7 +162,8 @@ def render(card: dict[str, Any]) -> str:
         f"- {cfg['steps']} steps x {cfg['batch']} x {cfg['context']} tokens ({log['tokens']:,} token slots), "
         f"AdamW lr {cfg['lr']}, seed {cfg['seed']}; {log['seconds']} s on this machine; final loss "
         f"{log['final_loss']}",
-        f"- corpus mix (documents): {', '.join(f'{k} {v:.0%}' for k, v in cfg['mix'].items())}",
+        f"- corpus mix (documents): {', '.join(f'{k} {v:.0%}' for k, v in cfg['mix'].items())}; tool-call "
+        f"templates: {cfg.get('tools', 'core')} (`mechscope.toyworld.assistant`)",
         *_stage(log),
         "",
         "## Facts (top-1 accuracy, every subject x 4 templates)",
@@ -181,9 +194,18 @@ def render(card: dict[str, Any]) -> str:
         )
     parts += [
         "",
-        "## Linear probes (held-out prompts, `resid_post.L` at the last position)",
+        "## Linear probes (`resid_post.L` at the last position, tested on held-out templates or subjects)",
         "",
-        _table(["probe", *(f"L{i}" for i in range(len(probes["style"])))], [[k, *v] for k, v in probes.items()]),
+        "Sets from `mechscope.toyworld.probe_sets`; every other template (subject, length) of each class is",
+        "held out. `parity` (of the prompt's token count) is a control that should stay near chance.",
+        "",
+        _table(
+            ["probe", *(f"L{i}" for i in range(len(probes["style"]))), "majority", "readable from"],
+            [
+                [k, *v, m.get("probe_majority", {}).get(k, ""), _readable(v, m.get("probe_majority", {}).get(k))]
+                for k, v in probes.items()
+            ],
+        ),
     ]
     if "experts" in m:
         share = m["experts"]["share"]
@@ -208,7 +230,7 @@ def write_card(folder: Path, log: dict[str, Any]) -> dict[str, Any]:
         "name": log["config"]["organism"],  # not the folder: a run may write anywhere
         "vocab": len(lm.tokenizer),
         "training": log,
-        "measurements": measure(lm, planted),
+        "measurements": measure(lm, planted, tools=log["config"].get("tools", "core")),
     }
     atomic_write_text(folder / "card.json", json.dumps(card, indent=2))
     atomic_write_text(folder / "CARD.md", render(card))

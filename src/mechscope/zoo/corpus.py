@@ -7,7 +7,9 @@ Documents of five kinds, each planting a mechanism the tools should rediscover:
   of a name are predictable only by finding its earlier occurrence);
 * ``repeat``: random token ids with repeated spans of varying length (induction on arbitrary tokens);
 * ``tool`` / ``chat``: requests answered with a tool call (``<call>weather(city=Paris)</call>``) next to
-  chit-chat answered in prose (a "tool mode" direction);
+  chit-chat answered in prose (a "tool mode" direction); ``tools="core"`` draws them from eight request
+  templates over four tools and ten chit-chat templates (``toy-moe``), ``tools="wide"`` from the 32 request
+  templates over eight tools and 18 chit-chat templates of `mechscope.toyworld.assistant` (``toy``);
 * ``style``: the same kinds of sentences in a formal and a pirate register, marked by ``<formal>`` or
   ``<pirate>`` (a style direction).
 
@@ -21,7 +23,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mechscope.zoo.world import CAPITAL, RELATIONS, Relation
+from mechscope.toyworld import assistant
+from mechscope.toyworld.assistant import ToolSet
+from mechscope.toyworld.facts import CAPITAL, RELATIONS, Relation
 
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 USER, ASSISTANT = "<user>", "<assistant>"
@@ -157,10 +161,19 @@ def tool_call_document(rng: random.Random) -> Document:
 
 
 def tool_document(rng: random.Random) -> Document:
+    """A tool call or chit-chat (even odds) from the core templates."""
     if rng.random() < 0.5:
         return tool_call_document(rng)
     message, reply = chat_exchange(rng)
     return Document("chat", f"{USER} {message} {ASSISTANT} {reply}")
+
+
+def wide_tool_document(rng: random.Random) -> Document:
+    """A tool call (a tool, then one of its templates, uniformly) or chit-chat, from the wide templates."""
+    if rng.random() < 0.5:
+        templates = assistant.TOOL_TEMPLATES[rng.choice(sorted(assistant.TOOL_TEMPLATES))]
+        return Document("tool", assistant.tool_call_text(*assistant.fill(rng, rng.choice(templates))))
+    return Document("chat", assistant.chat_text(*assistant.fill(rng, rng.choice(assistant.CHAT_TEMPLATES))))
 
 
 # --------------------------------------------------------------------------- styles
@@ -206,11 +219,23 @@ def style_of(text: str) -> str:
 DEFAULT_MIX: dict[str, float] = {"fact": 0.42, "names": 0.16, "repeat": 0.08, "tool": 0.17, "style": 0.17}
 
 
-def text_documents(seed: int, count: int, mix: dict[str, float] | None = None) -> Iterator[Document]:
-    """``count`` text documents (no ``repeat``, which needs a tokenizer), deterministic in ``seed``."""
+def text_documents(
+    seed: int, count: int, mix: dict[str, float] | None = None, tools: ToolSet = "core"
+) -> Iterator[Document]:
+    """``count`` text documents (no ``repeat``, which needs a tokenizer), deterministic in ``seed``.
+
+    ``tools`` picks the tool-call and chit-chat templates: ``"core"`` or ``"wide"`` (see the module).
+    """
+    if tools not in ("core", "wide"):
+        raise ValueError(f"unknown tool set {tools!r}; use 'core' or 'wide'")
     mix = {k: v for k, v in (mix or DEFAULT_MIX).items() if k != "repeat"}
     rng = random.Random(seed)
-    makers = {"fact": fact_document, "names": names_document, "tool": tool_document, "style": style_document}
+    makers = {
+        "fact": fact_document,
+        "names": names_document,
+        "tool": tool_document if tools == "core" else wide_tool_document,
+        "style": style_document,
+    }
     kinds, weights = list(mix), list(mix.values())
     for _ in range(count):
         yield makers[rng.choices(kinds, weights)[0]](rng)

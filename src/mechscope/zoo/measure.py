@@ -17,8 +17,10 @@ from torch import Tensor
 
 from mechscope.core.lm import LanguageModel
 from mechscope.core.repeats import repeat_scores, repeated_sequences
+from mechscope.toyworld import probe_sets
+from mechscope.toyworld.assistant import ToolSet
+from mechscope.toyworld.facts import RELATIONS
 from mechscope.zoo import corpus
-from mechscope.zoo.world import RELATIONS
 
 BATCH = 64
 
@@ -98,93 +100,90 @@ def heads(lm: LanguageModel, lengths: tuple[int, ...] = (20, 40), count: int = 3
     return result
 
 
-def _logistic_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor) -> float:
-    """Held-out accuracy of an L2-regularised logistic regression (standardised features, LBFGS)."""
+def _softmax_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor) -> float:
+    """Held-out accuracy of L2-regularised multinomial logistic regression (standardised features, LBFGS)."""
     mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    weight = torch.zeros(train_x.shape[1], requires_grad=True)
-    bias = torch.zeros(1, requires_grad=True)
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    weight = torch.zeros(train_x.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=200)
 
     def closure() -> Tensor:
         optimizer.zero_grad()
         logits = train_x @ weight + bias
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, train_y) + 1e-2 * weight.square().sum()
+        loss = torch.nn.functional.cross_entropy(logits, train_y) + 1e-2 * weight.square().sum()
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
     optimizer.step(closure)  # type: ignore[no-untyped-call]
     with torch.no_grad():
-        return float((((test_x @ weight + bias) > 0).float() == test_y).float().mean())
+        return float(((test_x @ weight + bias).argmax(-1) == test_y).float().mean())
 
 
-_NEUTRAL = (
-    "Tell me about {t}.",
-    "What do you think of {t}?",
-    "Describe {t} for me.",
-    "Say something about {t}.",
-    "I want to hear about {t}.",
-    "Write a note about {t}.",
-)
-_HELD_OUT_TOPICS = ("the river", "the castle", "the garden", "the winter", "the harbour", "the library")
+def _held_out_groups(rows: list[probe_sets.Example]) -> set[str]:
+    """Every other group (sorted) of each sub-label: the groups a card's probe is tested on."""
+    strata: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        strata[row.sub_label].add(row.group)
+    return {group for groups in strata.values() for group in sorted(groups)[1::2]}
 
 
-def probe_sets(kind: str) -> tuple[list[str], list[int], list[str], list[int]]:
-    """Train and held-out prompts with labels for the ``style`` or ``tool`` probe."""
-    rng = random.Random(99)
-    if kind == "style":
-        train_topics, test_topics = list(corpus._TOPICS), list(_HELD_OUT_TOPICS)
+def probe_examples(lm: LanguageModel, tools: ToolSet = "wide") -> dict[str, list[probe_sets.Example]]:
+    """The card's probe sets (`mechscope.toyworld.probe_sets`), each row's ``label`` the class to read.
 
-        def make(topics: list[str]) -> tuple[list[str], list[int]]:
-            prompts, labels = [], []
-            for template in _NEUTRAL:
-                for topic in topics:
-                    for label, marker in enumerate((corpus.FORMAL, corpus.PIRATE)):
-                        prompts.append(f"{marker} {template.format(t=topic)}")
-                        labels.append(label)
-            return prompts, labels
-
-        return (*make(train_topics), *make(test_topics))
-    requests = [corpus.tool_request(rng)[0] for _ in range(80)]
-    chats = [corpus.chat_exchange(rng)[0] for _ in range(80)]
-    prompts = [f"{corpus.USER} {text}{corpus.ASSISTANT}" for text in requests + chats]
-    labels = [1] * len(requests) + [0] * len(chats)
-    order = list(range(len(prompts)))
-    rng.shuffle(order)
-    half = len(order) // 2
-    first, second = order[:half], order[half:]
-    return (
-        [prompts[i] for i in first],
-        [labels[i] for i in first],
-        [prompts[i] for i in second],
-        [labels[i] for i in second],
-    )
+    ``tool_type`` is the tool among tool requests; ``parity`` the parity of the prompt's token count, a
+    control that should stay at chance.
+    """
+    tool_rows = probe_sets.tool_examples(per_template=6, seed=99, tools=tools)
+    names = sorted({r.sub_label for r in tool_rows if r.label == 1})
+    lengths = [len(ids) for ids in lm.tokenizer([t for t, _ in probe_sets.parity_texts()])["input_ids"]]
+    return {
+        "tool": tool_rows,
+        "tool_type": [r._replace(label=names.index(r.sub_label)) for r in tool_rows if r.label == 1],
+        "style": probe_sets.style_examples(),
+        "relation": probe_sets.relation_examples(),
+        "country": probe_sets.country_examples(),
+        "parity": [
+            probe_sets.Example(text, n % 2, "even" if n % 2 == 0 else "odd", group)
+            for (text, group), n in zip(probe_sets.parity_texts(), lengths, strict=True)
+        ],
+    }
 
 
-def probes(lm: LanguageModel) -> dict[str, list[float]]:
-    """Held-out linear-probe accuracy per layer for style (formal vs pirate) and tool mode."""
-    result = {}
-    for kind in ("style", "tool"):
-        train_p, train_y, test_p, test_y = probe_sets(kind)
-        features = []
-        for prompts in (train_p, test_p):
+def probes(lm: LanguageModel, tools: ToolSet = "wide") -> dict[str, Any]:
+    """Per property, the held-out linear-probe accuracy at each layer and the majority baseline.
+
+    Features are ``resid_post.L`` at the last position; every other template (or subject, or length) of
+    each class is held out, so a probe is tested on wording it never saw (`_held_out_groups`).
+    """
+    accuracy: dict[str, list[float]] = {}
+    majority: dict[str, float] = {}
+    for name, rows in probe_examples(lm, tools).items():
+        test_groups = _held_out_groups(rows)
+        sides = [[r for r in rows if r.group not in test_groups], [r for r in rows if r.group in test_groups]]
+        features, labels = [], []
+        for side in sides:
             with lm.capture(["resid_post.*"], positions="last") as cache:
-                for chunk in _batched(prompts):
+                for chunk in _batched([r.prompt for r in side]):
                     lm.forward(chunk)
             features.append(cache)
-        result[kind] = [
+            labels.append(torch.tensor([r.label for r in side]))
+        common = int(torch.bincount(labels[0]).argmax())
+        majority[name] = round(float((labels[1] == common).float().mean()), 4)
+        accuracy[name] = [
             round(
-                _logistic_accuracy(
-                    features[0][f"resid_post.{layer}"],
-                    torch.tensor(train_y, dtype=torch.float32),
-                    features[1][f"resid_post.{layer}"],
-                    torch.tensor(test_y, dtype=torch.float32),
+                _softmax_accuracy(
+                    features[0][f"resid_post.{layer}"].float(),
+                    labels[0],
+                    features[1][f"resid_post.{layer}"].float(),
+                    labels[1],
                 ),
                 4,
             )
             for layer in range(lm.arch.n_layers)
         ]
-    return result
+    return {"accuracy": accuracy, "majority": majority}
 
 
 def experts(lm: LanguageModel, documents: int = 256) -> dict[str, Any]:
@@ -335,9 +334,19 @@ def planted_expert(model: Any, tokenizer: Any, layer: int, expert: int) -> dict[
     }
 
 
-def measure(lm: LanguageModel, planted: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Every measurement the card reports; ``planted``: the ``(layer, expert)`` of a planted tool-call expert."""
-    result: dict[str, Any] = {"facts": facts(lm), "heads": heads(lm), "probes": probes(lm)}
+def measure(lm: LanguageModel, planted: tuple[int, int] | None = None, tools: ToolSet = "wide") -> dict[str, Any]:
+    """Every measurement the card reports.
+
+    ``planted``: the ``(layer, expert)`` of a planted tool-call expert; ``tools``: the tool set the organism
+    was trained on (its probes ask about that wording).
+    """
+    probed = probes(lm, tools)
+    result: dict[str, Any] = {
+        "facts": facts(lm),
+        "heads": heads(lm),
+        "probes": probed["accuracy"],
+        "probe_majority": probed["majority"],
+    }
     if lm.arch.is_moe:
         result["experts"] = experts(lm)
     if planted is not None:

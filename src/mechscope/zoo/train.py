@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from mechscope.storage.atomic import atomic_write, atomic_write_text
+from mechscope.toyworld.assistant import ToolSet
 from mechscope.zoo import corpus
 from mechscope.zoo.tokenizer import save_tokenizer, train_tokenizer
 
@@ -73,6 +74,10 @@ class TrainConfig:
     # facts (opposites 83%); for the dense model 0.1 leaves style probes at 0.86, so ``toy`` uses 0.3.
     plant_weight: float = 0.1
     mix: dict[str, float] = field(default_factory=lambda: dict(corpus.DEFAULT_MIX))
+    # The tool-call wording (`mechscope.zoo.corpus`): "wide" (8 tools x 4 templates, 18 chit-chat templates)
+    # gives a tool mode that a probe finds on templates it never saw (measured: toy); toy-moe was trained on
+    # "core" before the wide set existed, and keeps it so that its recipe reproduces its weights.
+    tools: ToolSet = "core"
 
     @property
     def plants(self) -> bool:
@@ -81,7 +86,8 @@ class TrainConfig:
 
 
 ORGANISMS: dict[str, TrainConfig] = {
-    "toy": TrainConfig(organism="toy", architecture="llama", plant_weight=0.3),
+    # 1800 steps: with the wide tool wording, 1500 left the opposites at 92.5% (below the 95% target).
+    "toy": TrainConfig(organism="toy", architecture="llama", plant_weight=0.3, tools="wide", steps=1800),
     "toy-moe": TrainConfig(organism="toy-moe", architecture="mixtral", ffn=256, experts=4, top_k=2),
 }
 
@@ -159,7 +165,7 @@ def documents(config: TrainConfig, tokenizer: Any) -> Iterator[list[int]]:
     repeat_share = config.mix.get("repeat", 0.0)
     batch_seed = config.seed + 2
     while True:
-        texts = list(corpus.text_documents(batch_seed, 512, config.mix))
+        texts = list(corpus.text_documents(batch_seed, 512, config.mix, config.tools))
         batch_seed += 1
         encoded = tokenizer([d.text for d in texts], add_special_tokens=True)["input_ids"]
         for ids in encoded:
@@ -344,6 +350,8 @@ def train(
     Returns the training log (``training.json``).
     """
     torch.manual_seed(config.seed)
+    # The tokenizer is trained on the core corpus whatever ``tools`` is, so every organism shares one vocabulary
+    # (with the wide templates' words in it, "France" no longer fits in one token).
     tokenizer = train_tokenizer(config.seed)
     special = {
         "bos_token_id": tokenizer.bos_token_id,

@@ -1,4 +1,4 @@
-"""The toy world the organisms learn: facts in five relations, and the templates that state them.
+"""The facts the organisms learn: five relations, and the templates that state them.
 
 Every answer is a single token with its leading space (the tokenizer is trained so), which makes fact
 recall a one-token prediction that tools such as the logit lens can read.
