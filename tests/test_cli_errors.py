@@ -264,6 +264,26 @@ CASES: list[tuple[str, list[str], str]] = [
         ["weights", "directions", "-m", "{toy}", "-d", "{not_safetensors}"],
         "safetensors",
     ),
+    ("circuit-dataset-per-tool", ["circuit", "dataset", "create", "-o", "{tmp}/p.json", "--per-tool", "0"], "per_tool"),
+    ("circuit-dataset-show-missing", ["circuit", "dataset", "show", "{tmp}/none.json"], "does not exist"),
+    ("circuit-collect-txt", ["circuit", "collect", "-m", "toy", "-d", "{prompts}", "-o", "{tmp}/a"], ".jsonl or .csv"),
+    ("circuit-analyze-missing", ["circuit", "analyze", "-a", "{tmp}/none", "--layer", "1"], "no activation folder"),
+    (
+        "circuit-directions-missing",
+        ["circuit", "directions", "-a", "{tmp}/none", "--layer", "1", "-o", "{tmp}/d"],
+        "no activation folder",
+    ),
+    (
+        "circuit-visualize-missing",
+        ["circuit", "visualize", "-a", "{tmp}/none", "--html", "{tmp}/v.html"],
+        "no activation folder",
+    ),
+    ("circuit-probes-battery", ["circuit", "probes", "run", "-m", "toy", "-b", "{tmp}/none.yaml"], "no battery file"),
+    (
+        "circuit-steer-missing",
+        ["circuit", "steer", "-m", "toy", "-a", "{tmp}/none", "--layer", "1", "-p", PROMPT],
+        "no activation folder",
+    ),
 ]
 
 

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mechscope.toyworld import assistant
+from mechscope.toyworld import assistant, probe_sets
 from mechscope.toyworld.assistant import ToolSet
 from mechscope.toyworld.facts import CAPITAL, RELATIONS, Relation
 
@@ -116,28 +116,12 @@ def repeat_document(
 # --------------------------------------------------------------------------- tool mode
 
 
-_TOOL_REQUESTS = (
-    ("What's the weather in {city}?", "weather(city={city})"),
-    ("Will it rain in {city} tomorrow?", "weather(city={city})"),
-    ("What time is it in {city}?", "time(city={city})"),
-    ("Tell me the local time in {city}.", "time(city={city})"),
-    ("How much is {n} euros in dollars?", "convert(amount={n}, unit=EUR, to=USD)"),
-    ("Convert {n} dollars to euros.", "convert(amount={n}, unit=USD, to=EUR)"),
-    ("Find flights to {city}.", "search(query=flights {city})"),
-    ("Look up hotels in {city}.", "search(query=hotels {city})"),
-)
-_CHAT = (
-    ("How are you today?", "I am fine, thank you for asking."),
-    ("Tell me a joke.", "Why did the cat sit on the computer? To keep an eye on the mouse."),
-    ("What is your favourite colour?", "I like blue, like the sky over the sea."),
-    ("Good morning!", "Good morning to you too. I hope you slept well."),
-    ("Thank you for your help.", "You are welcome. It was a pleasure."),
-    ("Do you like music?", "Yes, I enjoy a quiet song in the evening."),
-    ("What did you do on the weekend?", "I read a long book and went for a walk."),
-    ("Can you recommend a book?", "Try a story about the sea and a brave sailor."),
-    ("I visited {city} last year.", "That sounds lovely. {city} is a beautiful city."),
-    ("My friend lives in {city}.", "How nice. I hope you visit your friend in {city} soon."),
-)
+# The core set (what toy-moe was trained on): the first two request templates of four tools and the first ten
+# chit-chat templates of `mechscope.toyworld.assistant`, as flat tuples so that the draws below stay those
+# the committed weights were trained with.
+_TOOL_SETS, _CORE_CHAT = probe_sets.tool_templates("core")
+_TOOL_REQUESTS = tuple(template for templates in _TOOL_SETS.values() for template in templates)
+_CHAT = _CORE_CHAT
 
 
 def tool_request(rng: random.Random) -> tuple[str, str]:
