@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages some features need: chromium (the HTML reports' browser tests), graphviz (DOT rendering).
-APT_PACKAGES=(chromium graphviz)
+# Debian packages some features need: chromium (the HTML reports' browser tests), graphviz (DOT rendering),
+# wordnet-base (WordNet 3.0 for `mechscope concepts list --source wordnet`, read offline by nltk).
+APT_PACKAGES=(chromium graphviz wordnet-base)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

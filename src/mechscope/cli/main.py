@@ -19,6 +19,7 @@ from mechscope.cli import (
     circuit_analysis,
     circuit_data,
     circuit_probes,
+    concepts,
     lens,
     models,
     moe,
@@ -46,6 +47,7 @@ circuit_probes.register(circuit.app)  # circuit probes run, init
 circuit_analysis.register(circuit.app)  # circuit analyze, directions, visualize, steer
 app.add_typer(circuit.app, name="circuit")
 app.add_typer(moe.app, name="moe")
+app.add_typer(concepts.app, name="concepts")
 steer_train.register(steering.steer_app)  # steer train, lr-sweep
 steer_rollouts.register(steering.steer_app)  # steer rollouts
 steer_compare.register(steering.steer_app)  # steer compare

@@ -1,0 +1,1 @@
+"""Concept encyclopedia: concepts, activations of them, an interpreter that reads them back, lenses and monitoring."""

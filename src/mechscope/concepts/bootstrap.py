@@ -1,0 +1,219 @@
+"""Stage 0: one forward pass per concept term, pooled at a few layers, into an encyclopedia; resumable.
+
+The terms are sorted by token count and cut into batches (so a batch pads little); batch ``i`` is shard
+``i``, and `bootstrap_shard` is a pure function of ``(model, concepts, plan, shard)``. `bootstrap` writes
+each finished shard atomically into a parts folder beside the output (``enc.h5.parts/``); a rerun skips
+the parts already there, so a kill at any moment loses at most the batch in flight. When every part is
+there, they are gathered into the HDF5 file (written aside, then renamed) and the parts folder is
+removed. A folder of parts from another model, concept list or layer set is refused, never mixed in.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> import mechscope as ms
+    >>> from mechscope.concepts.sources import toyworld_concepts
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+    >>> enc = bootstrap(ms.load("toy"), toyworld_concepts(), out, layers=[-2, -1], progress=False)
+    >>> enc.info.layers, enc.mean(-1).shape, int(enc.count().max())
+    ((2, 3), (161, 128), 1)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mechscope.concepts.concept import ConceptList
+from mechscope.concepts.encyclopedia import Encyclopedia, EncyclopediaInfo, concepts_digest, write_tables
+from mechscope.concepts.pooling import pooled, resolve
+from mechscope.core.batching import plan_batches
+from mechscope.core.bulk import token_ids
+from mechscope.errors import InputError
+from mechscope.progress import bar
+from mechscope.storage.atomic import atomic_write_text
+from mechscope.storage.hdf5 import create, remove_stale_temporaries
+from mechscope.storage.tensors import StoredFileError, load_tensors, save_tensors
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from mechscope.core.lm import LanguageModel
+
+PART_KIND = "encyclopedia-part"
+
+
+@dataclass(frozen=True)
+class BootstrapPlan:
+    """Which concepts share each batch (shard), for which model and layers; saved as ``plan.json``."""
+
+    model: str
+    revision: str
+    layers: tuple[int, ...]
+    model_layers: int
+    d_model: int
+    concepts_sha256: str
+    batches: tuple[tuple[int, ...], ...]
+
+    def same_job(self, other: BootstrapPlan) -> bool:
+        """Whether ``other`` describes the same bootstrap (then its parts can be reused)."""
+        return asdict(self) == asdict(other)
+
+
+def make_plan(
+    lm: LanguageModel,
+    concepts: ConceptList,
+    layers: Sequence[int],
+    *,
+    batch_size: int = 128,
+    max_tokens: int | None = None,
+) -> BootstrapPlan:
+    """Tokenize every term and cut the length-sorted list into batches (nothing runs through the model).
+
+    Raises:
+        InputError: fewer than two concepts, a term too long for the model, or a bad batch size.
+        SiteError: a layer outside the model.
+    """
+    if len(concepts) < 2:
+        raise InputError("an encyclopedia needs at least two concepts")
+    chosen = resolve(lm, layers)
+    lengths = [len(row) for row in token_ids(lm, [concept.term for concept in concepts])]
+    windows = plan_batches(lengths, batch_size, max_tokens=max_tokens, window_batches=len(lengths) // batch_size + 1)
+    return BootstrapPlan(
+        model=lm.source,
+        revision=str(getattr(lm.model.config, "_commit_hash", None) or ""),
+        layers=tuple(chosen),
+        model_layers=lm.arch.n_layers,
+        d_model=lm.arch.d_model,
+        concepts_sha256=concepts_digest(concepts.concepts),
+        batches=tuple(tuple(batch) for window in windows for batch in window),
+    )
+
+
+def bootstrap_shard(lm: LanguageModel, concepts: ConceptList, plan: BootstrapPlan, shard: int) -> dict[int, Tensor]:
+    """The pooled activations of shard ``shard``'s terms: ``{layer: [batch, d]}`` float16, in plan order."""
+    rows = plan.batches[shard]
+    terms = [concepts[i].term for i in rows]
+    values = pooled(lm, terms, plan.layers, batch_size=len(terms))
+    return {layer: value.to(torch.float16) for layer, value in values.items()}
+
+
+def parts_folder(out: str | os.PathLike[str]) -> Path:
+    """Where `bootstrap` keeps finished shards of ``out`` until it gathers them."""
+    target = Path(out)
+    return target.with_name(target.name + ".parts")
+
+
+def _part(folder: Path, shard: int) -> Path:
+    return folder / f"part-{shard:06d}.safetensors"
+
+
+def _open_parts(folder: Path, plan: BootstrapPlan) -> None:
+    saved = folder / "plan.json"
+    if saved.is_file():
+        try:
+            data = json.loads(saved.read_text(encoding="utf-8"))
+            earlier = BootstrapPlan(
+                **{**data, "layers": tuple(data["layers"]), "batches": tuple(map(tuple, data["batches"]))}
+            )
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise InputError(
+                f"'{saved}' is corrupt; delete the folder '{folder}' to start the bootstrap over"
+            ) from None
+        if not earlier.same_job(plan):
+            raise InputError(
+                f"'{folder}' holds a bootstrap of another model, concept list, layers or batch size; "
+                "delete it or write elsewhere"
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, json.dumps(asdict(plan)))
+
+
+def _part_done(path: Path, plan: BootstrapPlan, shard: int) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        stored = load_tensors(path, kind=PART_KIND)
+    except StoredFileError:
+        return False  # never complete (atomic writes make this rare): redo it
+    return bool(stored.meta.get("rows") == list(plan.batches[shard]))
+
+
+def bootstrap(
+    lm: LanguageModel,
+    concepts: ConceptList,
+    out: str | os.PathLike[str],
+    *,
+    layers: Sequence[int] = (-1,),
+    batch_size: int = 128,
+    max_tokens: int | None = None,
+    progress: bool = True,
+    on_shard: Callable[[int], None] | None = None,
+) -> Encyclopedia:
+    """Build a stage-0 encyclopedia of ``concepts`` at ``layers`` in ``out`` (HDF5); resumes a killed run.
+
+    Args:
+        layers: layer indices (negative from the end; ``-1`` is the last layer's output).
+        batch_size, max_tokens: at most this many terms / padded tokens per forward pass.
+        on_shard: called after each shard is saved (progress reporting, tests of interruption).
+
+    Raises:
+        InputError: ``out`` already exists (refine it, or delete it), a parts folder of another job is in
+            the way, or bad input (see `make_plan`).
+    """
+    target = Path(out)
+    if target.exists():
+        raise InputError(f"'{target}' already exists; refine it with `concepts refine`, or delete it to rebuild")
+    plan = make_plan(lm, concepts, layers, batch_size=batch_size, max_tokens=max_tokens)
+    folder = parts_folder(target)
+    _open_parts(folder, plan)
+    todo = [shard for shard in range(len(plan.batches)) if not _part_done(_part(folder, shard), plan, shard)]
+    done = sum(len(plan.batches[s]) for s in range(len(plan.batches))) - sum(len(plan.batches[s]) for s in todo)
+    with bar("bootstrap", len(concepts), enabled=progress) as shown:
+        if shown is not None:
+            shown.advance(done)
+        for shard in todo:
+            values = bootstrap_shard(lm, concepts, plan, shard)
+            tensors = {f"layer_{layer}": value for layer, value in values.items()}
+            save_tensors(_part(folder, shard), tensors, kind=PART_KIND, meta={"rows": list(plan.batches[shard])})
+            if shown is not None:
+                shown.advance(len(plan.batches[shard]))
+            if on_shard is not None:
+                on_shard(shard)
+    gather(plan, concepts, folder, target)
+    return Encyclopedia(target)
+
+
+def gather(plan: BootstrapPlan, concepts: ConceptList, folder: Path, target: Path) -> Path:
+    """Write the HDF5 file from a complete parts folder (aside, then renamed), then remove the folder."""
+    from mechscope import __version__
+
+    remove_stale_temporaries(target)
+    means = {layer: np.zeros((len(concepts), plan.d_model), np.float16) for layer in plan.layers}
+    for shard, rows in enumerate(plan.batches):
+        stored = load_tensors(_part(folder, shard), kind=PART_KIND)
+        for layer in plan.layers:
+            means[layer][list(rows)] = stored.tensors[f"layer_{layer}"].numpy()
+    info = EncyclopediaInfo(
+        model=plan.model,
+        revision=plan.revision,
+        layers=plan.layers,
+        model_layers=plan.model_layers,
+        d_model=plan.d_model,
+        stage=0,
+        samples_per_concept=1.0,
+        pooling="mean",
+        code_version=__version__,
+        concepts_sha256=plan.concepts_sha256,
+    )
+    count = np.ones(len(concepts), np.int64)
+    create(target, lambda handle: write_tables(handle, info, concepts.concepts, means, count))
+    shutil.rmtree(folder)
+    return target

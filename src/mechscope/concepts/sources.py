@@ -1,0 +1,77 @@
+"""Where concept lists come from: WordNet, the organisms' own world, a plain list or a JSONL file.
+
+Example:
+    >>> world = toyworld_concepts()
+    >>> world[0].id, world[0].category, world[0].parent
+    ('toy:country:France', 'toy:country', 'toy:country')
+    >>> sorted({c.category for c in world})
+    ['toy:animal', 'toy:colour', 'toy:country', 'toy:element']
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mechscope.concepts.concept import Concept, ConceptList, read_concepts
+from mechscope.errors import InputError
+from mechscope.toyworld.facts import CAPITAL, COLOR, SOUND, SYMBOL
+
+SOURCES = ("wordnet", "toyworld", "file")
+
+
+def toyworld_concepts() -> ConceptList:
+    """The countries, elements, animals and colours the organisms know (`mechscope.toyworld.facts`).
+
+    Each concept's parent is its kind (``toy:country``), so its lens siblings are the other countries.
+    """
+    groups = {
+        "country": [subject for subject, _ in CAPITAL.facts],
+        "element": [subject for subject, _ in SYMBOL.facts],
+        "animal": [subject for subject, _ in SOUND.facts],
+        "colour": list(dict.fromkeys(answer for _, answer in COLOR.facts)),
+    }
+    concepts = [
+        Concept(
+            id=f"toy:{kind}:{term}",
+            term=term,
+            lemmas=(term,),
+            category=f"toy:{kind}",
+            hypernyms=("toy:thing", f"toy:{kind}"),
+            kind="concrete",
+        )
+        for kind, terms in groups.items()
+        for term in terms
+    ]
+    return ConceptList(concepts)
+
+
+def load_concepts(
+    source: str,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    pos: str = "n",
+    limit: int | None = None,
+    single_word: bool = False,
+    unique_terms: bool = False,
+) -> ConceptList:
+    """A concept list from ``source``: ``wordnet``, ``toyworld`` or ``file`` (JSONL or one term per line).
+
+    Raises:
+        InputError: unknown source, ``file`` without a path, or a bad file (see `read_concepts`).
+    """
+    if source == "wordnet":
+        from mechscope.concepts.wordnet import wordnet_concepts
+
+        return ConceptList(list(wordnet_concepts(pos, limit=limit, single_word=single_word, unique_terms=unique_terms)))
+    if source == "toyworld":
+        concepts = toyworld_concepts().concepts
+    elif source == "file":
+        if path is None:
+            raise InputError("the file source needs a path: pass --file concepts.jsonl (or a .txt of terms)")
+        concepts = read_concepts(Path(path)).concepts
+    else:
+        raise InputError(f"unknown concept source '{source}'; use one of {', '.join(SOURCES)}")
+    if single_word:
+        concepts = [c for c in concepts if " " not in c.term]
+    return ConceptList(concepts[:limit] if limit is not None else concepts)
