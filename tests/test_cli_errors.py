@@ -48,6 +48,7 @@ def _files(tmp: Path) -> dict[str, Callable[[], Path]]:
         "not_safetensors": text("fake.safetensors", b"this is not a safetensors file at all"),
         "existing": text("existing.txt", b"x\n"),
         "empty": text("empty.txt", b"\n   \n"),
+        "concepts": text("concepts.jsonl", b'{"id": "toy:dog", "term": "dog"}\n{"id": "toy:cat", "term": "cat"}\n'),
     }
 
 
@@ -283,6 +284,52 @@ CASES: list[tuple[str, list[str], str]] = [
         "circuit-steer-missing",
         ["circuit", "steer", "-m", "toy", "-a", "{tmp}/none", "--layer", "1", "-p", PROMPT],
         "no activation folder",
+    ),
+    ("concepts-list-source", ["concepts", "list", "--source", "wikipedia", "-o", "{tmp}/c.jsonl"], "wikipedia"),
+    ("concepts-list-pos", ["concepts", "list", "--pos", "pronoun", "-o", "{tmp}/c.jsonl"], "pronoun"),
+    ("concepts-list-file-missing", ["concepts", "list", "--source", "file", "-o", "{tmp}/c.jsonl"], "--file"),
+    (
+        "concepts-list-empty",
+        ["concepts", "list", "--source", "file", "--file", "{empty}", "-o", "{tmp}/c.jsonl"],
+        "empty",
+    ),
+    (
+        "concepts-bootstrap-missing",
+        ["concepts", "bootstrap", "-m", "toy", "-c", "{tmp}/none.jsonl", "-o", "{tmp}/e.h5"],
+        "none.jsonl",
+    ),
+    (
+        "concepts-bootstrap-layer",
+        ["concepts", "bootstrap", "-m", "toy", "-c", "{concepts}", "--layers", "9", "-o", "{tmp}/e.h5"],
+        "layer",
+    ),
+    (
+        "concepts-bootstrap-pooling",
+        ["concepts", "bootstrap", "-m", "toy", "-c", "{concepts}", "--pooling", "max", "-o", "{tmp}/e.h5"],
+        "max",
+    ),
+    ("concepts-show-not-hdf5", ["concepts", "show", "{prompts}"], "prompts.txt"),
+    ("concepts-refine-missing", ["concepts", "refine", "-m", "toy", "--data", "{tmp}/none.h5"], "none.h5"),
+    (
+        "concepts-evaluate-missing",
+        ["concepts", "evaluate", "--data", "{tmp}/none.h5", "--interpreter", "{tmp}/none"],
+        "none",
+    ),
+    (
+        "concepts-train-missing",
+        ["concepts", "interpreter", "train", "--data", "{tmp}/none.h5", "-o", "{tmp}/interp"],
+        "none.h5",
+    ),
+    ("concepts-monitor-missing", ["concepts", "monitor", "-m", "toy", "--lenses", "{tmp}/none", "-p", PROMPT], "none"),
+    (
+        "concepts-convergence-unknown",
+        ["concepts", "validate-convergence", "-m", "toy", "--concepts", "xyzzy.n.01", "--max-n", "4"],
+        "xyzzy",
+    ),
+    (
+        "concepts-steer-missing",
+        ["concepts", "steer", "-m", "toy", "--data", "{tmp}/none.h5", "--concept", "dog.n.01", "-p", PROMPT],
+        "none.h5",
     ),
 ]
 

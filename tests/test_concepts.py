@@ -81,13 +81,13 @@ def test_wordnet_reads_offline_from_debian_files() -> None:
 
 
 def test_wordnet_concepts_carry_category_hypernyms_and_kind() -> None:
-    from mechscope.concepts.wordnet import _concept, reader
+    from mechscope.concepts.wordnet import reader, synset_concept
 
     wn = reader()
-    dog = _concept(wn.synset("dog.n.01"))
+    dog = synset_concept(wn.synset("dog.n.01"))
     assert dog.term == "dog" and dog.category == "noun.animal" and dog.kind == "concrete"
     assert dog.hypernyms[0] == "entity.n.01" and dog.parent in {"canine.n.02", "domestic_animal.n.01"}
-    democracy = _concept(wn.synset("democracy.n.01"))
+    democracy = synset_concept(wn.synset("democracy.n.01"))
     assert democracy.kind == "abstract" and democracy.gloss
     assert len(list(wn.all_synsets("n"))) == 82115  # WordNet 3.0's noun synsets
 

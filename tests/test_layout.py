@@ -17,7 +17,9 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "mechscope"
 
-ANALYSES = ("lens", "attention", "causal", "steering", "weights", "checks", "zoo", "testing", "moe", "probing")
+ANALYSES = (
+    "lens", "attention", "causal", "steering", "weights", "checks", "zoo", "testing", "moe", "probing", "concepts",
+)  # fmt: skip
 LEVELS = {
     "errors": 0,
     "progress": 0,
@@ -52,6 +54,7 @@ SIBLINGS = {
         "steer_compare_report",
         "probe_battery_report",
         "probing_report",
+        "concepts_report",
     ),
 }
 #: Modules allowed over 500 lines, with the reason.
@@ -74,6 +77,12 @@ TORCH_FREE = (
     "mechscope.attention.results",
     "mechscope.lens.results",
     "mechscope.moe.results",
+    "mechscope.concepts.concept",
+    "mechscope.concepts.templates",
+    "mechscope.concepts.lens_results",
+    "mechscope.concepts.interpreter_results",
+    "mechscope.concepts.evaluation_results",
+    "mechscope.concepts.convergence_results",
     "mechscope.moe.intervention_results",
     "mechscope.moe.path_results",
     "mechscope.moe.vocab_results",

@@ -39,7 +39,9 @@ def list_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the concepts (JSONL).")],
     source: Annotated[str, typer.Option("--source", help="wordnet, toyworld, or file.")] = "wordnet",
     pos: Annotated[str, typer.Option("--pos", help="WordNet part of speech: noun, verb, adj, adv.")] = "noun",
-    limit: Annotated[int | None, typer.Option("--limit", help="At most this many concepts.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="The first N concepts (in the source's order).")] = None,
+    sample: Annotated[int | None, typer.Option("--sample", help="N concepts at random (seeded), in order.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --sample.")] = 0,
     file: Annotated[Path | None, typer.Option("--file", help="With --source file: JSONL or one term per line.")] = None,
     single_word: Annotated[bool, typer.Option("--single-word", help="Skip multi-word terms.")] = False,
     unique_terms: Annotated[
@@ -56,7 +58,14 @@ def list_command(
 
     check_outputs(out)
     concepts = load_concepts(
-        source, path=file, pos=pos, limit=limit, single_word=single_word, unique_terms=unique_terms
+        source,
+        path=file,
+        pos=pos,
+        limit=limit,
+        single_word=single_word,
+        unique_terms=unique_terms,
+        sample=sample,
+        seed=seed,
     )
     write_concepts(out, concepts)
     categories = Counter(c.category for c in concepts)
@@ -75,6 +84,9 @@ def bootstrap_command(
     model: ModelOptions,
     layers: LayersOpt = "-1",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Terms per forward pass.")] = 128,
+    pooling: Annotated[
+        str, typer.Option("--pooling", help="mean (all tokens), term, or term_last (for monitoring lenses).")
+    ] = "mean",
     as_json: JsonOpt = False,
 ) -> None:
     """Stage 0: one pass per term, mean-pooled at each layer, into HDF5. Rerun to resume after a kill.
@@ -90,7 +102,15 @@ def bootstrap_command(
     concept_list = read_concepts(concepts)
     lm = model.load()
     start = time.perf_counter()
-    enc = bootstrap(lm, concept_list, out, layers=parse_int_list(layers), batch_size=batch_size, progress=not as_json)
+    enc = bootstrap(
+        lm,
+        concept_list,
+        out,
+        layers=parse_int_list(layers),
+        batch_size=batch_size,
+        pooling=pooling,
+        progress=not as_json,
+    )
     seconds = time.perf_counter() - start
     if as_json:
         print_json({"path": str(out), "concepts": len(enc), "layers": list(enc.info.layers), "seconds": seconds})
@@ -207,3 +227,13 @@ def _chosen(enc: object, uncertain: Path | None) -> list[int]:
     if uncertain is None:
         return list(range(len(enc)))
     return [enc.concepts.index(concept.id) for concept in read_concepts(uncertain)]
+
+
+def _register_parts() -> None:
+    from mechscope.cli import concepts_lenses, concepts_readers
+
+    concepts_readers.register(app)  # interpreter train, evaluate, uncertain, validate-convergence
+    concepts_lenses.register(app)  # lenses fit, monitor, steer
+
+
+_register_parts()

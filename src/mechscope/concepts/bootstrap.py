@@ -32,7 +32,7 @@ import torch
 
 from mechscope.concepts.concept import ConceptList
 from mechscope.concepts.encyclopedia import Encyclopedia, EncyclopediaInfo, concepts_digest, write_tables
-from mechscope.concepts.pooling import pooled, resolve
+from mechscope.concepts.pooling import POOLINGS, pooled, resolve
 from mechscope.core.batching import plan_batches
 from mechscope.core.bulk import token_ids
 from mechscope.errors import InputError
@@ -59,6 +59,7 @@ class BootstrapPlan:
     model_layers: int
     d_model: int
     concepts_sha256: str
+    pooling: str
     batches: tuple[tuple[int, ...], ...]
 
     def same_job(self, other: BootstrapPlan) -> bool:
@@ -73,15 +74,18 @@ def make_plan(
     *,
     batch_size: int = 128,
     max_tokens: int | None = None,
+    pooling: str = "mean",
 ) -> BootstrapPlan:
     """Tokenize every term and cut the length-sorted list into batches (nothing runs through the model).
 
     Raises:
-        InputError: fewer than two concepts, a term too long for the model, or a bad batch size.
+        InputError: fewer than two concepts, a term too long for the model, a bad batch size or pooling.
         SiteError: a layer outside the model.
     """
     if len(concepts) < 2:
         raise InputError("an encyclopedia needs at least two concepts")
+    if pooling not in POOLINGS:
+        raise InputError(f"unknown pooling '{pooling}'; use one of {', '.join(POOLINGS)}")
     chosen = resolve(lm, layers)
     lengths = [len(row) for row in token_ids(lm, [concept.term for concept in concepts])]
     windows = plan_batches(lengths, batch_size, max_tokens=max_tokens, window_batches=len(lengths) // batch_size + 1)
@@ -92,6 +96,7 @@ def make_plan(
         model_layers=lm.arch.n_layers,
         d_model=lm.arch.d_model,
         concepts_sha256=concepts_digest(concepts.concepts),
+        pooling=pooling,
         batches=tuple(tuple(batch) for window in windows for batch in window),
     )
 
@@ -100,7 +105,7 @@ def bootstrap_shard(lm: LanguageModel, concepts: ConceptList, plan: BootstrapPla
     """The pooled activations of shard ``shard``'s terms: ``{layer: [batch, d]}`` float16, in plan order."""
     rows = plan.batches[shard]
     terms = [concepts[i].term for i in rows]
-    values = pooled(lm, terms, plan.layers, batch_size=len(terms))
+    values = pooled(lm, terms, plan.layers, pooling=plan.pooling, terms=terms, batch_size=len(terms))
     return {layer: value.to(torch.float16) for layer, value in values.items()}
 
 
@@ -154,6 +159,7 @@ def bootstrap(
     layers: Sequence[int] = (-1,),
     batch_size: int = 128,
     max_tokens: int | None = None,
+    pooling: str = "mean",
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
 ) -> Encyclopedia:
@@ -162,6 +168,8 @@ def bootstrap(
     Args:
         layers: layer indices (negative from the end; ``-1`` is the last layer's output).
         batch_size, max_tokens: at most this many terms / padded tokens per forward pass.
+        pooling: ``mean`` over the text's tokens (the seed's), or ``term`` / ``term_last`` — the concept's
+            own tokens, for lenses that monitor token by token (`mechscope.concepts.pooling`).
         on_shard: called after each shard is saved (progress reporting, tests of interruption).
 
     Raises:
@@ -171,7 +179,7 @@ def bootstrap(
     target = Path(out)
     if target.exists():
         raise InputError(f"'{target}' already exists; refine it with `concepts refine`, or delete it to rebuild")
-    plan = make_plan(lm, concepts, layers, batch_size=batch_size, max_tokens=max_tokens)
+    plan = make_plan(lm, concepts, layers, batch_size=batch_size, max_tokens=max_tokens, pooling=pooling)
     folder = parts_folder(target)
     _open_parts(folder, plan)
     todo = [shard for shard in range(len(plan.batches)) if not _part_done(_part(folder, shard), plan, shard)]
@@ -209,7 +217,7 @@ def gather(plan: BootstrapPlan, concepts: ConceptList, folder: Path, target: Pat
         d_model=plan.d_model,
         stage=0,
         samples_per_concept=1.0,
-        pooling="mean",
+        pooling=plan.pooling,
         code_version=__version__,
         concepts_sha256=plan.concepts_sha256,
     )

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -143,7 +143,7 @@ def adversarial_contexts(
             candidates.append(Context(i, t, TRAIN, templates.train[t].format(t=concept.term)))
     if not candidates:
         raise InputError("these concepts have no unused training templates left for stage 3")
-    values = pooled(lm, [c.text for c in candidates], encyclopedia.info.layers, batch_size=batch_size)
+    values = _capture(lm, encyclopedia, candidates, batch_size)
     x = np.stack([values[layer].numpy() for layer in encyclopedia.info.layers], axis=1)
     p = score(x, np.array([c.concept for c in candidates]))
     chosen: list[Context] = []
@@ -151,6 +151,22 @@ def adversarial_contexts(
         mine = [j for j, c in enumerate(candidates) if c.concept == i]
         chosen += [candidates[j] for j in sorted(mine, key=lambda j: float(p[j]))[:n]]
     return chosen
+
+
+def _capture(
+    lm: LanguageModel, encyclopedia: Encyclopedia, contexts: Sequence[Context], batch_size: int, progress: bool = False
+) -> dict[int, Any]:
+    """The contexts pooled as the encyclopedia pools (its layers; ``term`` poolings read the concept's term)."""
+    terms = [encyclopedia.concepts[c.concept].term for c in contexts]
+    return pooled(
+        lm,
+        [c.text for c in contexts],
+        encyclopedia.info.layers,
+        pooling=encyclopedia.info.pooling,
+        terms=terms,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
 
 def refine(
@@ -177,7 +193,7 @@ def refine(
     if not contexts:
         raise InputError("nothing to refine: no contexts (are any concepts uncertain?)")
     layers = encyclopedia.info.layers
-    values = pooled(lm, [c.text for c in contexts], layers, batch_size=batch_size, progress=progress)
+    values = _capture(lm, encyclopedia, contexts, batch_size, progress)
     add_samples(
         path,
         {layer: values[layer].numpy() for layer in layers},

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 from mechscope.concepts.concept import Concept, ConceptList, read_concepts
@@ -54,16 +55,27 @@ def load_concepts(
     limit: int | None = None,
     single_word: bool = False,
     unique_terms: bool = False,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> ConceptList:
     """A concept list from ``source``: ``wordnet``, ``toyworld`` or ``file`` (JSONL or one term per line).
+
+    Args:
+        limit: the first ``limit`` concepts (WordNet's file order groups synsets by category, so the first
+            thousands of nouns are nearly all ``noun.Tops`` and ``noun.act``).
+        sample: instead, a seeded random sample of this many, kept in the source's order (every category
+            in proportion).
 
     Raises:
         InputError: unknown source, ``file`` without a path, or a bad file (see `read_concepts`).
     """
+    if limit is not None and sample is not None:
+        raise InputError("give --limit (the first N) or --sample (N at random), not both")
     if source == "wordnet":
         from mechscope.concepts.wordnet import wordnet_concepts
 
-        return ConceptList(list(wordnet_concepts(pos, limit=limit, single_word=single_word, unique_terms=unique_terms)))
+        found = list(wordnet_concepts(pos, limit=limit, single_word=single_word, unique_terms=unique_terms))
+        return ConceptList(_sampled(found, sample, seed))
     if source == "toyworld":
         concepts = toyworld_concepts().concepts
     elif source == "file":
@@ -74,4 +86,13 @@ def load_concepts(
         raise InputError(f"unknown concept source '{source}'; use one of {', '.join(SOURCES)}")
     if single_word:
         concepts = [c for c in concepts if " " not in c.term]
-    return ConceptList(concepts[:limit] if limit is not None else concepts)
+    return ConceptList(_sampled(concepts[:limit] if limit is not None else concepts, sample, seed))
+
+
+def _sampled(concepts: list[Concept], sample: int | None, seed: int) -> list[Concept]:
+    if sample is None or sample >= len(concepts):
+        return concepts
+    if sample < 2:
+        raise InputError(f"--sample must be at least 2, got {sample}")
+    keep = sorted(random.Random(seed).sample(range(len(concepts)), sample))
+    return [concepts[i] for i in keep]

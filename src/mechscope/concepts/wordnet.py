@@ -116,7 +116,8 @@ def reader(folder: Path | None = None) -> Any:
         return OfflineWordNet(FileSystemPathPointer(str(root)), None)
 
 
-def _concept(synset: Any) -> Concept:
+def synset_concept(synset: Any) -> Concept:
+    """An nltk synset as a `Concept`: id, first lemma as term, gloss, lexicographer category, hypernym path."""
     lemmas = tuple(name.replace("_", " ") for name in synset.lemma_names())
     paths = synset.hypernym_paths()
     path = tuple(node.name() for node in paths[0][:-1]) if paths else ()
@@ -157,7 +158,7 @@ def wordnet_concepts(
     for synset in reader().all_synsets(tag):
         if limit is not None and count >= limit:
             return
-        concept = _concept(synset)
+        concept = synset_concept(synset)
         if single_word and " " in concept.term:
             continue
         if unique_terms:

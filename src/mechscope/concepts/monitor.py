@@ -1,0 +1,312 @@
+"""Reading concepts per token: while a model generates (`monitor`), or over given texts (`monitor_texts`).
+
+Row ``t`` of every result here is the hidden state *at* position ``t`` — the state after the model has read
+token ``t`` (and everything before it), i.e. the one that predicts token ``t + 1``. So the concepts listed
+for a token are what the model holds on reading that token, not what made it produce it.
+
+During generation the lens site is captured with a sink: the prompt pass covers every prompt token, each
+later pass (one per new token, with the KV cache) covers the token it reads, and each pass's rows cost
+one product ``h @ W + b`` and a top-k. ``generate`` never feeds its last token back, so that token is read
+by one extra forward pass of the whole sequence after generation (``read_last=False`` skips it). Token ids
+come from a streamer handed to ``generate``, which sees the prompt and then each token as it is chosen.
+
+Example:
+    >>> import torch, mechscope as ms
+    >>> from mechscope.concepts.lenses import Lenses
+    >>> lm = ms.load("toy")
+    >>> lenses = Lenses(W=torch.randn(128, 3), b=torch.zeros(3), threshold=torch.zeros(3),
+    ...                 concept_ids=["a", "b", "c"], terms=["a", "b", "c"], site="resid_post.2", model="toy")
+    >>> result = monitor(lm, lenses, "The capital of France is", max_new_tokens=2, top_k=2)
+    >>> result.generated == lm.generate("The capital of France is", max_new_tokens=2)
+    True
+    >>> [(t.token, len(t.concepts)) for t in result.generated_tokens()]
+    [(' Paris', 2), ('.', 2)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from mechscope.concepts.lens_results import ConceptHit, MonitorResult, MonitorToken
+from mechscope.errors import InputError
+from mechscope.models.registry import check_provenance
+
+if TYPE_CHECKING:
+    from mechscope.concepts.lenses import Lenses
+    from mechscope.core.lm import LanguageModel
+    from mechscope.core.positions import PassInfo
+
+
+def _site(lm: LanguageModel, lenses: Lenses, force: bool) -> tuple[str, int | None]:
+    """The lenses' site as one concrete site of ``lm`` (and its layer), after checking width and provenance."""
+    if not lenses.site:
+        raise InputError("the lenses name no site; fit them with site='resid_post.N' or set lenses.site")
+    sites = lm.sites(lenses.site)
+    if len(sites) != 1:
+        raise InputError(f"the lenses' site '{lenses.site}' names {len(sites)} sites; lenses read one")
+    if lenses.d_model != lm.arch.d_model:
+        raise InputError(
+            f"the lenses read width {lenses.d_model} but {lm.arch.family} has d_model {lm.arch.d_model}; "
+            "they were fitted on another model"
+        )
+    check_provenance(lenses.model, lm.source, "concept lenses", force=force)
+    return str(sites[0]), sites[0].layer
+
+
+class _Reader:
+    """Collects the rows of each pass and the ids of the streamer, and emits a `MonitorToken` per token."""
+
+    def __init__(
+        self,
+        lenses: Lenses,
+        key: str,
+        top_k: int,
+        include_prompt: bool,
+        on_token: Callable[[MonitorToken], None] | None,
+        token_text: Callable[[int], str],
+        streamer: Any,
+    ) -> None:
+        self.lenses = lenses
+        self.key = key
+        self.top_k = min(top_k, lenses.n_concepts)
+        self.include_prompt = include_prompt
+        self.on_token = on_token
+        self.token_text = token_text
+        self.streamer = streamer  # the caller's own streamer, told everything this one is
+        self.ids: list[int] = []
+        self.n_prompt = -1
+        self.top: list[tuple[list[float], list[float], list[int]]] = []  # per row: top scores, margins, concepts
+        self.skip = 0  # columns of the next pass already read (the extra pass for the last token)
+        self.tokens: list[MonitorToken] = []
+        self.read = 0  # tokens read so far (kept or, for an excluded prompt, passed over)
+
+    # the streamer interface of transformers' generate: the prompt's ids first, then each new token's
+    def put(self, value: Tensor) -> None:
+        if self.streamer is not None:
+            self.streamer.put(value)
+        if self.n_prompt < 0:
+            self.n_prompt = int(value.shape[-1])
+        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
+        self._emit()
+
+    def end(self) -> None:
+        if self.streamer is not None:
+            self.streamer.end()
+
+    def sink(self, values: dict[str, Tensor], info: PassInfo) -> None:
+        h = values[self.key][0, self.skip :]  # [length, d]: one batch row, the positions this pass adds
+        top = self.lenses.scores(h).topk(self.top_k, dim=-1)  # one [length, d] @ [d, K] product per pass
+        margins = top.values - self.lenses.threshold[top.indices]
+        rows = zip(top.values.tolist(), margins.tolist(), top.indices.tolist(), strict=True)
+        self.top.extend(rows)
+        self._emit()
+
+    def _emit(self) -> None:
+        ready = min(len(self.ids), len(self.top))
+        while self.read < ready:
+            index = self.read
+            self.read += 1
+            if index < self.n_prompt and not self.include_prompt:
+                continue
+            token = self._token(index)
+            self.tokens.append(token)
+            if self.on_token is not None:
+                self.on_token(token)
+
+    def _token(self, index: int) -> MonitorToken:
+        scores, margins, concepts = self.top[index]
+        hits = [
+            ConceptHit(id=self.lenses.concept_ids[c], term=self.lenses.terms[c], score=s, margin=m)
+            for s, m, c in zip(scores, margins, concepts, strict=True)
+        ]
+        token_id = self.ids[index]
+        return MonitorToken(
+            index=index,
+            token=self.token_text(token_id),
+            token_id=token_id,
+            generated=index >= self.n_prompt,
+            concepts=hits,
+        )
+
+
+def monitor(
+    lm: LanguageModel,
+    lenses: Lenses,
+    prompt: str,
+    *,
+    max_new_tokens: int = 20,
+    top_k: int = 5,
+    include_prompt: bool = True,
+    on_token: Callable[[MonitorToken], None] | None = None,
+    read_last: bool = True,
+    force: bool = False,
+    **generate_kwargs: Any,
+) -> MonitorResult:
+    """Generate from ``prompt`` (greedy unless ``do_sample=True``) and read the top concepts on every token.
+
+    Each token's entry names the ``top_k`` concepts by score on the hidden state at that token's position
+    (after reading it), with ``margin = score - threshold`` (a concept fires where it is positive).
+    Capturing changes nothing the model computes: the generated text is the one `LanguageModel.generate`
+    gives for the same arguments. The hooks are removed on return, and when ``on_token`` raises.
+
+    Args:
+        include_prompt: read the prompt's tokens too (they come first, ``generated=False``).
+        on_token: called with each `MonitorToken` as soon as it is read (a live display).
+        read_last: read the last generated token with one extra forward pass (``generate`` never feeds it
+            back, so without this it has no entry).
+        force: use lenses fitted on another model of the same width.
+        generate_kwargs: passed to `LanguageModel.generate` (a ``streamer`` given there still gets every token).
+
+    Raises:
+        InputError: the lenses do not fit ``lm`` (site, width), or the prompt is unusable.
+        ProvenanceError: the lenses were fitted on another model (and not ``force``).
+    """
+    if not isinstance(prompt, str):
+        raise InputError("monitor reads one prompt at a time; give a string (loop over several)")
+    key, layer = _site(lm, lenses, force)
+    if top_k < 1:
+        raise InputError(f"top_k must be at least 1; got {top_k}")
+    lenses = lenses.to(lm.device)
+    texts: dict[int, str] = {}
+
+    def token_text(token_id: int) -> str:
+        if token_id not in texts:
+            texts[token_id] = lm.token_texts([token_id])[0]
+        return texts[token_id]
+
+    reader = _Reader(lenses, key, top_k, include_prompt, on_token, token_text, generate_kwargs.pop("streamer", None))
+    with torch.no_grad(), lm.capture([key], positions="all", sink=reader.sink):
+        generated = lm.generate(prompt, max_new_tokens=max_new_tokens, streamer=reader, **generate_kwargs)
+        if read_last and len(reader.top) < len(reader.ids):
+            reader.skip = len(reader.top)
+            lm.forward(torch.tensor([reader.ids], device=lm.device))
+    return MonitorResult(
+        prompt=prompt, generated=generated, tokens=reader.tokens, site=key, layer=layer, model=str(lm.source)
+    )
+
+
+def _per_token(
+    lm: LanguageModel,
+    texts: Sequence[str],
+    site: str,
+    read: Callable[[Tensor], Tensor],
+    batch_size: int,
+) -> list[Tensor]:
+    """``read(states [n_i, d])`` of each text's real tokens at ``site``, in the texts' order (on the CPU)."""
+    results: list[Tensor | None] = [None] * len(texts)
+    done = 0
+
+    def sink(values: dict[str, Tensor], info: PassInfo) -> None:
+        nonlocal done
+        h = values[site]
+        mask = info.current_mask().to(h.device)
+        rows = info.rows.tolist() if info.rows is not None else list(range(done, done + h.shape[0]))
+        for r, row in enumerate(rows):
+            results[row] = read(h[r][mask[r]]).cpu()
+        done += h.shape[0]
+
+    with torch.no_grad(), lm.capture([site], positions="all", sink=sink):
+        lm.forward_batches(list(texts), batch_size=batch_size)
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:
+        raise RuntimeError(f"no activations came back for text {missing[0]}")
+    return [r for r in results if r is not None]
+
+
+def monitor_texts(
+    lm: LanguageModel, lenses: Lenses, texts: Sequence[str], *, batch_size: int = 32, force: bool = False
+) -> list[Tensor]:
+    """Every concept's score on every token of each text, without generating: ``[n_tokens_i, K]`` per text.
+
+    Row ``t`` reads the hidden state at token ``t`` (special tokens such as BOS included, padding not).
+
+    Raises:
+        InputError: the lenses do not fit ``lm``, or a text is unusable.
+    """
+    key, _ = _site(lm, lenses, force)
+    on_device = lenses.to(lm.device)
+    return _per_token(lm, texts, key, on_device.scores, batch_size)
+
+
+def token_states(
+    lm: LanguageModel,
+    texts: Sequence[str],
+    site: str,
+    *,
+    exclude: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> Tensor:
+    """The hidden states of every real token of ``texts`` at ``site``, stacked: ``[sum n_tokens, d]`` float32.
+
+    This is what `mechscope.concepts.lenses.calibrate` takes as its neutral corpus, and what
+    `mechscope.concepts.lenses.fit_lenses` takes as ``background``.
+
+    Args:
+        exclude: per text, a term whose tokens (those overlapping its last occurrence) are left out: the
+            other tokens of concept sentences make background rows that name no concept.
+    """
+    (key,) = (str(s) for s in lm.sites(site))
+    states = _per_token(lm, texts, key, lambda h: h.float(), batch_size)
+    if exclude is not None:
+        if len(exclude) != len(texts):
+            raise InputError(f"exclude needs one term per text; got {len(exclude)} for {len(texts)} texts")
+        for i, (text, term) in enumerate(zip(texts, exclude, strict=True)):
+            keep = torch.ones(len(states[i]), dtype=torch.bool)
+            keep[_term_tokens(lm, text, term)] = False
+            states[i] = states[i][keep]
+    return torch.cat(states)
+
+
+def text_states(
+    lm: LanguageModel,
+    texts: Sequence[str],
+    site: str,
+    *,
+    pooling: str = "mean",
+    terms: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> Tensor:
+    """One pooled hidden state per text at ``site``: ``[n, d]`` float32 (samples for `fit_lenses`).
+
+    Args:
+        pooling: ``"mean"`` — the mean over the text's real tokens; ``"last"`` — its last token; ``"term"`` —
+            the mean over the tokens that overlap the last occurrence of ``terms[i]`` in text ``i`` (the
+            concept's own tokens); ``"term_last"`` — the last of those tokens.
+        terms: the term of each text (``"term"`` and ``"term_last"`` only).
+
+    Raises:
+        InputError: an unknown pooling, a term missing from its text, or a tokenizer without offsets.
+    """
+    (key,) = (str(s) for s in lm.sites(site))
+    if pooling in ("mean", "last"):
+        pick = (lambda h: h.float().mean(dim=0)) if pooling == "mean" else (lambda h: h[-1].float())
+        return torch.stack(_per_token(lm, texts, key, pick, batch_size))
+    if pooling not in ("term", "term_last"):
+        raise InputError(f"unknown pooling '{pooling}'; use mean, last, term or term_last")
+    if terms is None or len(terms) != len(texts):
+        raise InputError(f"pooling='{pooling}' needs one term per text (terms=[...])")
+    spans = [_term_tokens(lm, text, term) for text, term in zip(texts, terms, strict=True)]
+    if pooling == "term_last":
+        spans = [span[-1:] for span in spans]
+    states = _per_token(lm, texts, key, lambda h: h.float(), batch_size)
+    return torch.stack([h[span].mean(dim=0) for h, span in zip(states, spans, strict=True)])
+
+
+def _term_tokens(lm: LanguageModel, text: str, term: str) -> list[int]:
+    """The positions (real tokens, special ones included) of the tokens overlapping ``term``'s last occurrence."""
+    start = text.rfind(term)
+    if start < 0:
+        raise InputError(f"the term {term!r} does not occur in the text {text!r}")
+    end = start + len(term)
+    try:
+        offsets = lm.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    except NotImplementedError:
+        raise InputError("pooling='term' needs a fast tokenizer (with offsets); use pooling='mean'") from None
+    chosen = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+    if not chosen:
+        raise InputError(f"no token of {text!r} covers the term {term!r}")
+    return chosen

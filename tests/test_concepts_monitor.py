@@ -1,0 +1,119 @@
+"""Lenses fitted from an encyclopedia of `toy`'s world name the subject on its own token while it generates.
+
+Measured (toy, 161 concepts: countries, elements, animals, colours; stage 1 with three toy templates each):
+with ``term_last`` pooling at layer 1, every one of 38 probed subjects is the top concept on its own last
+token (held-out AUROC 0.9998 mean); lenses of sentence means at the same layer name 6 of 38.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import mechscope as ms
+from mechscope.cli.main import app
+from mechscope.concepts import refine
+from mechscope.concepts.bootstrap import bootstrap
+from mechscope.concepts.fit import fit_from_encyclopedia
+from mechscope.concepts.lenses import Lenses
+from mechscope.concepts.monitor import monitor
+from mechscope.concepts.pooling import term_positions
+from mechscope.concepts.sources import toyworld_concepts
+from mechscope.errors import InputError
+from mechscope.toyworld.facts import CAPITAL, SOUND, SYMBOL
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PROMPTS = (
+    (CAPITAL, "The capital of {s} is"),
+    (SYMBOL, "The chemical symbol of {s} is"),
+    (SOUND, "The sound a {s} makes is"),
+)
+
+
+@pytest.fixture(scope="module")
+def toy() -> ms.LanguageModel:
+    return ms.load("toy")
+
+
+def _encyclopedia(toy: ms.LanguageModel, folder: Path, pooling: str) -> Path:
+    out = folder / f"{pooling}.h5"
+    enc = bootstrap(toy, toyworld_concepts(), out, layers=[1, 2], pooling=pooling, progress=False)
+    refine.refine(toy, out, refine.template_contexts(enc, range(len(enc)), 3, held_out=1), 1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("monitor")
+
+
+@pytest.fixture(scope="module")
+def lenses(toy: ms.LanguageModel, folder: Path) -> Lenses:
+    return fit_from_encyclopedia(toy, _encyclopedia(toy, folder, "term_last"), 1)
+
+
+def _named(toy: ms.LanguageModel, lenses: Lenses) -> tuple[int, int]:
+    hits = total = 0
+    for relation, template in PROMPTS:
+        for subject, _ in relation.facts[::4]:
+            prompt = template.format(s=subject)
+            result = monitor(toy, lenses, prompt, max_new_tokens=2, top_k=3)
+            top = result.tokens[term_positions(toy, prompt, subject)[-1]].concepts[0]
+            hits += top.term == subject
+            total += 1
+    return hits, total
+
+
+def test_lenses_name_the_country_element_or_animal_on_its_token(toy: ms.LanguageModel, lenses: Lenses) -> None:
+    summary = lenses.summary()
+    assert summary.n_concepts == 161 and summary.site == "resid_post.1"
+    assert summary.mean_auroc is not None and summary.mean_auroc > 0.99
+    hits, total = _named(toy, lenses)
+    assert total == 38 and hits >= 36, (hits, total)
+
+
+def test_sentence_mean_lenses_do_not_name_it_token_by_token(toy: ms.LanguageModel, folder: Path) -> None:
+    hits, total = _named(toy, fit_from_encyclopedia(toy, _encyclopedia(toy, folder, "mean"), 1))
+    assert hits <= total // 2, (hits, total)  # measured 6 of 38: why monitoring lenses use term_last pooling
+
+
+def test_monitoring_changes_nothing_and_reads_every_token(toy: ms.LanguageModel, lenses: Lenses) -> None:
+    prompt = "The capital of France is"
+    result = monitor(toy, lenses, prompt, max_new_tokens=4)
+    assert result.generated == toy.generate(prompt, max_new_tokens=4)
+    n_prompt = len(toy.tokenizer(prompt)["input_ids"])
+    assert len(result.tokens) == n_prompt + len(result.generated_tokens())
+    france = result.tokens[term_positions(toy, prompt, "France")[-1]]
+    assert france.concepts[0].id == "toy:country:France" and france.concepts[0].fires
+
+
+def test_the_cli_fits_lenses_and_monitors_in_json_lines(toy: ms.LanguageModel, folder: Path) -> None:
+    data = folder / "term_last.h5"
+    runner = CliRunner()
+    fitted = runner.invoke(app, ["concepts", "lenses", "fit", "-m", "toy", "--data", str(data), "-l", "1",
+                                 "-o", str(folder / "lenses"), "--json"])  # fmt: skip
+    assert fitted.exit_code == 0, fitted.output
+    assert json.loads(fitted.output)["n_concepts"] == 161
+    shown = runner.invoke(app, ["concepts", "monitor", "-m", "toy", "--lenses", str(folder / "lenses"),
+                                "-p", "The chemical symbol of iron is", "-n", "3", "--json"])  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    lines = [json.loads(line) for line in shown.output.strip().splitlines()]
+    tokens, final = lines[:-1], lines[-1]
+    assert final["generated"] == toy.generate("The chemical symbol of iron is", max_new_tokens=3)
+    iron = tokens[term_positions(toy, "The chemical symbol of iron is", "iron")[-1]]
+    assert iron["concepts"][0]["id"] == "toy:element:iron"
+    steer = runner.invoke(app, ["concepts", "steer", "-m", "toy", "--data", str(data), "--concept", "toy:animal:cat",
+                                "-l", "1", "-p", "The sound a dog makes is", "-c", "2", "--json"])  # fmt: skip
+    assert steer.exit_code == 0, steer.output
+    assert json.loads(steer.output)["site"] == "resid_post.1"
+
+
+def test_bad_lens_input_is_one_line(toy: ms.LanguageModel, folder: Path) -> None:
+    data = folder / "term_last.h5"
+    with pytest.raises(InputError, match="not in this encyclopedia"):
+        fit_from_encyclopedia(toy, data, 3)
+    with pytest.raises(InputError, match="negatives are siblings and/or random"):
+        fit_from_encyclopedia(toy, data, 1, negatives={"cousins"})
