@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable, Mapping
 
 
-def alternate(
+def alternate_samples(
     variants: Mapping[str, Callable[[], object]], reps: int, cpu_clock: Callable[[], float] = time.process_time
-) -> tuple[dict[str, float], dict[str, float]]:
-    """``(median wall seconds, median CPU seconds)`` per variant, after one warm-up run of each."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Every repetition's ``(wall seconds, CPU seconds)`` per variant, after one warm-up run of each."""
     for run in variants.values():
         run()
     wall: dict[str, list[float]] = {name: [] for name in variants}
@@ -26,6 +26,14 @@ def alternate(
             variants[name]()
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(cpu_clock() - start_cpu)
+    return wall, cpu
+
+
+def alternate(
+    variants: Mapping[str, Callable[[], object]], reps: int, cpu_clock: Callable[[], float] = time.process_time
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``(median wall seconds, median CPU seconds)`` per variant, after one warm-up run of each."""
+    wall, cpu = alternate_samples(variants, reps, cpu_clock)
     return (
         {name: statistics.median(times) for name, times in wall.items()},
         {name: statistics.median(times) for name, times in cpu.items()},

@@ -12,13 +12,15 @@ terms sorted by token count: ``model(**batch)`` in batches of 128 under ``no_gra
 ``output_hidden_states`` and the masked mean of three hidden states (nothing written). Variants alternate
 (`alternate`); concepts/s from wall time and the ratio of CPU time. ``--full`` times one bootstrap of all
 82,115 noun synsets. ``--monitor`` compares greedy generation on ``toy`` with and without monitoring 10,000
-concept lenses (one ``[d, 10000]`` matrix product per token).
+concept lenses: read after generation (one product for all tokens), live (``on_token``: one ``[d, 10000]``
+product per token), and with the extra pass that reads the last token.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from alternate import alternate
+from alternate import alternate, alternate_samples
 
 import mechscope as ms
 from mechscope.concepts.bootstrap import bootstrap
@@ -120,24 +122,22 @@ def bench_monitor(reps: int, k: int = 10_000, new_tokens: int = 64) -> dict[str,
     plain_text = lm.generate(prompt, **kwargs)
     assert monitor(lm, lenses, prompt, **kwargs).generated == plain_text  # monitoring changes nothing
 
-    wall, cpu = alternate(
-        {
-            "plain": lambda: lm.generate(prompt, **kwargs),
-            "monitored": lambda: monitor(lm, lenses, prompt, read_last=False, **kwargs),
-            "monitored_read_last": lambda: monitor(lm, lenses, prompt, **kwargs),
-        },
-        reps,
-    )
-    return {
-        "model": "toy",
-        "lenses": k,
-        "new_tokens": new_tokens,
-        "plain_ms_per_token": 1000 * wall["plain"] / new_tokens,
-        "monitored_ms_per_token": 1000 * wall["monitored"] / new_tokens,
-        "overhead_wall": wall["monitored"] / wall["plain"] - 1,
-        "overhead_cpu": cpu["monitored"] / cpu["plain"] - 1,
-        "overhead_cpu_read_last": cpu["monitored_read_last"] / cpu["plain"] - 1,
+    variants = {
+        "plain": lambda: lm.generate(prompt, **kwargs),
+        "monitored": lambda: monitor(lm, lenses, prompt, read_last=False, **kwargs),
+        "monitored_live": lambda: monitor(lm, lenses, prompt, read_last=False, on_token=lambda token: None, **kwargs),
+        "monitored_read_last": lambda: monitor(lm, lenses, prompt, **kwargs),
     }
+    # one run is ~0.2 s and this machine's speed swings by half from run to run: many repetitions, and the
+    # fastest run of each variant (its cost without interference) beside the median
+    wall, cpu = alternate_samples(variants, 10 * reps, time.thread_time)
+    result: dict[str, Any] = {"model": "toy", "lenses": k, "new_tokens": new_tokens, "runs": 10 * reps}
+    result["plain_ms_per_token"] = 1000 * statistics.median(wall["plain"]) / new_tokens
+    for name in ("monitored", "monitored_live", "monitored_read_last"):
+        result[f"{name}_ms_per_token"] = 1000 * statistics.median(wall[name]) / new_tokens
+        result[f"{name}_overhead_median_cpu"] = statistics.median(cpu[name]) / statistics.median(cpu["plain"]) - 1
+        result[f"{name}_overhead_min_cpu"] = min(cpu[name]) / min(cpu["plain"]) - 1
+    return result
 
 
 def main() -> None:

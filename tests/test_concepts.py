@@ -210,6 +210,26 @@ def test_a_truncated_or_foreign_file_gives_one_line(toy: ms.LanguageModel, world
 # ----------------------------------------------------------------- refinement
 
 
+def test_chunks_compressed_once_read_back_as_ordinary_gzip_datasets(tmp_path: Path) -> None:
+    from mechscope.storage.hdf5 import GZIP_LEVEL, gzip_datasets
+
+    values = np.random.default_rng(0).normal(size=(1000, 48)).astype(np.float16)  # 1000 = 7 chunks + an edge
+    with h5py.File(tmp_path / "ours.h5", "w") as handle:
+        gzip_datasets(handle, ["a", "b"], values, (140, 48), resizable=["b"])
+    with h5py.File(tmp_path / "h5py.h5", "w") as handle:
+        options = {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
+        handle.create_dataset("a", data=values, chunks=(140, 48), **options)
+    with h5py.File(tmp_path / "ours.h5", "r+") as ours, h5py.File(tmp_path / "h5py.h5", "r") as plain:
+        for name in ("a", "b"):
+            assert np.array_equal(ours[name][()], values) and ours[name].compression == "gzip" and ours[name].shuffle
+        assert ours["a"].maxshape == values.shape and ours["b"].maxshape == (None, 48)
+        # the edge chunk (padded with zeros) is the very bytes HDF5's own filter writes
+        assert ours["a"].id.read_direct_chunk((980, 0))[1] == plain["a"].id.read_direct_chunk((980, 0))[1]
+        ours["b"].resize((1001, 48))  # still growable, like any resizable dataset
+    with pytest.raises(ValueError, match="2-D"):
+        gzip_datasets(None, ["a"], values[0], (1, 48))
+
+
 def test_running_statistics_equal_numpy_over_the_samples() -> None:
     rng = np.random.default_rng(0)
     first, second = rng.normal(size=(30, 5)), rng.normal(size=(20, 5))

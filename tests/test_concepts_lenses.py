@@ -300,11 +300,11 @@ def test_token_lenses_name_the_subject_on_its_last_token(
     summary = token_lenses.summary()
     assert summary.mean_auroc is not None and summary.mean_auroc > 0.98  # measured 1.00
     texts, terms, y = world.sentences([3])  # a template the lenses never saw
-    from mechscope.concepts.monitor import _term_tokens
+    from mechscope.concepts.pooling import term_positions
 
     scores = monitor_texts(lm, token_lenses, texts)
     top1 = [
-        int(s[_term_tokens(lm, t, term)[-1]].argmax()) == i
+        int(s[term_positions(lm, t, term)[-1]].argmax()) == i
         for s, t, term, i in zip(scores, texts, terms, y.tolist(), strict=True)
     ]
     assert np.mean(top1) > 0.9  # measured 0.99

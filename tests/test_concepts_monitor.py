@@ -18,6 +18,7 @@ from mechscope.cli.main import app
 from mechscope.concepts import refine
 from mechscope.concepts.bootstrap import bootstrap
 from mechscope.concepts.fit import fit_from_encyclopedia
+from mechscope.concepts.lens_results import MonitorToken
 from mechscope.concepts.lenses import Lenses
 from mechscope.concepts.monitor import monitor
 from mechscope.concepts.pooling import term_positions
@@ -88,6 +89,18 @@ def test_monitoring_changes_nothing_and_reads_every_token(toy: ms.LanguageModel,
     assert len(result.tokens) == n_prompt + len(result.generated_tokens())
     france = result.tokens[term_positions(toy, prompt, "France")[-1]]
     assert france.concepts[0].id == "toy:country:France" and france.concepts[0].fires
+
+
+def test_live_reading_and_reading_after_generation_agree(toy: ms.LanguageModel, lenses: Lenses) -> None:
+    prompt = "The sound a cat makes is"
+    seen: list[MonitorToken] = []
+    live = monitor(toy, lenses, prompt, max_new_tokens=5, on_token=seen.append)  # one product per pass
+    after = monitor(toy, lenses, prompt, max_new_tokens=5)  # one product for every token at the end
+    assert seen == live.tokens and live.generated == after.generated
+    assert [t.token_id for t in live.tokens] == [t.token_id for t in after.tokens]
+    for one, other in zip(live.tokens, after.tokens, strict=True):
+        assert [h.id for h in one.concepts] == [h.id for h in other.concepts]
+        assert [h.score for h in one.concepts] == pytest.approx([h.score for h in other.concepts], abs=1e-4)
 
 
 def test_the_cli_fits_lenses_and_monitors_in_json_lines(toy: ms.LanguageModel, folder: Path) -> None:

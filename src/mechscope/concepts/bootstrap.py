@@ -190,13 +190,15 @@ def bootstrap(
         for shard in todo:
             values = bootstrap_shard(lm, concepts, plan, shard)
             tensors = {f"layer_{layer}": value for layer, value in values.items()}
-            save_tensors(_part(folder, shard), tensors, kind=PART_KIND, meta={"rows": list(plan.batches[shard])})
+            # no fsync per part: a part is checked when the gather or a rerun reads it, and remade if damaged
+            meta = {"rows": list(plan.batches[shard])}
+            save_tensors(_part(folder, shard), tensors, kind=PART_KIND, meta=meta, fsync=False)
             if shown is not None:
                 shown.advance(len(plan.batches[shard]))
             if on_shard is not None:
                 on_shard(shard)
     gather(plan, concepts, folder, target)
-    return Encyclopedia(target)
+    return Encyclopedia(target, written_from=concepts)
 
 
 def gather(plan: BootstrapPlan, concepts: ConceptList, folder: Path, target: Path) -> Path:

@@ -1,6 +1,6 @@
 """The encyclopedia file: per-concept activation statistics and samples in one HDF5 file.
 
-Layout (every activation float16, chunked, gzip):
+Layout (every activation float16, chunked, shuffle + gzip):
 
 * attributes: ``format``, ``format_version``, ``model``, ``revision``, ``layers`` (absolute indices),
   ``model_layers``, ``d_model``, ``stage`` (the highest stage run), ``samples_per_concept`` (mean count),
@@ -30,7 +30,7 @@ import numpy as np
 
 from mechscope.concepts.concept import Concept, ConceptList
 from mechscope.errors import InputError
-from mechscope.storage.hdf5 import GZIP_LEVEL, open_h5, read_text, rewrite, text_dataset
+from mechscope.storage.hdf5 import GZIP_LEVEL, gzip_datasets, open_h5, read_text, rewrite, text_dataset
 
 FORMAT = "mechscope-encyclopedia"
 FORMAT_VERSION = 1
@@ -117,15 +117,18 @@ class Encyclopedia:
         InputError: the file is missing, corrupt, or not an encyclopedia.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, written_from: ConceptList | None = None) -> None:
+        """Open ``path``; ``written_from`` is the concept list the file was just written from (not parsed again)."""
         self.path = Path(path)
         with open_h5(self.path) as handle:
             self.info = EncyclopediaInfo.from_attrs(handle.attrs, self.path)
-            try:
-                rows = read_text(handle["concepts/json"])
-            except KeyError as error:
-                raise InputError(f"'{self.path}' has no concept table; it is incomplete: rebuild it") from error
-        self.concepts = ConceptList([Concept.from_json(row) for row in rows])
+            if "concepts/json" not in handle:
+                raise InputError(f"'{self.path}' has no concept table; it is incomplete: rebuild it")
+            table = handle["concepts/json"]
+            if written_from is not None and len(table) != len(written_from):
+                raise InputError(f"'{self.path}' holds {len(table)} concepts, not the {len(written_from)} written")
+            rows = read_text(table) if written_from is None else []
+        self.concepts = written_from or ConceptList([Concept.from_json(row) for row in rows])
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -210,7 +213,7 @@ def _array(handle: Any, name: str, values: np.ndarray, resizable: bool = False) 
     options: dict[str, Any] = {}
     if values.ndim == 2:
         options = {"chunks": _chunks(max(values.shape[0], 1), values.shape[1]), "compression": "gzip"}
-        options["compression_opts"] = GZIP_LEVEL
+        options.update(compression_opts=GZIP_LEVEL, shuffle=True)
     if resizable:
         options["maxshape"] = (None, *values.shape[1:])
         if values.ndim == 1:
@@ -238,9 +241,21 @@ def write_tables(
     _array(handle, "concepts/count", count.astype(np.int32))
     _array(handle, "concepts/stage", np.zeros(len(concepts), np.int8))
     for layer, mean in means.items():
-        _array(handle, f"layer_{layer}/mean", mean.astype(np.float16))
-        _array(handle, f"layer_{layer}/variance", np.zeros_like(mean, dtype=np.float16))
-        _array(handle, f"samples/layer_{layer}", mean.astype(np.float16), resizable=True)
+        half = mean.astype(np.float16)
+        chunks = _chunks(max(half.shape[0], 1), half.shape[1])
+        samples = f"samples/layer_{layer}"  # stage 0's samples are its means: compressed once for both
+        gzip_datasets(handle, [f"layer_{layer}/mean", samples], half, chunks, resizable=[samples])
+        # a variance of zeros is left to the fill value: no chunk is written until a refinement writes one
+        handle.create_dataset(
+            f"layer_{layer}/variance",
+            shape=half.shape,
+            dtype=np.float16,
+            chunks=chunks,
+            compression="gzip",
+            compression_opts=GZIP_LEVEL,
+            shuffle=True,
+            fillvalue=0,
+        )
     k = len(concepts)
     _array(handle, "samples/concept", np.arange(k, dtype=np.int32), resizable=True)
     _array(handle, "samples/template", np.full(k, BARE, np.int16), resizable=True)

@@ -36,11 +36,13 @@ def check_target(path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], *, fsync: bool = True) -> Path:
     """Call ``write(temporary_path)`` and move the result to ``path`` only if it succeeded.
 
     The temporary file lives in the target's folder (so the rename is atomic on one file system) and is
     fsynced before the rename; on any failure, Ctrl-C included, it is removed and the target is untouched.
+    ``fsync=False`` skips the fsync, for files that are checked when read and remade when damaged (a killed
+    process still leaves the whole file or none; only a power cut can leave a damaged one).
 
     Raises:
         InputError: ``path`` names a folder or its folder is missing (checked before ``write`` runs).
@@ -55,8 +57,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
+        if fsync:
+            with open(temporary, "rb+") as written:
+                os.fsync(written.fileno())
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -18,15 +18,21 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mechscope.errors import InputError
 from mechscope.storage.atomic import atomic_write
 
-#: gzip level for float16 activations: level 4 is within a few percent of 9's size at a fraction of its time.
-GZIP_LEVEL = 4
+#: gzip level for float16 activations, which HDF5's shuffle filter goes before (bytes grouped by significance).
+#: Measured on MiniLM's pooled states: shuffle + level 1 stores 87.5% of the raw size in 0.11 s per 5000 x 384,
+#: level 4 86.3% in 0.17 s, no shuffle 93% at either level; deflate buys little on activations, so be fast.
+GZIP_LEVEL = 1
 
 
 def _h5py() -> Any:
@@ -84,6 +90,49 @@ def rewrite(path: str | os.PathLike[str], change: Callable[[Any], object]) -> Pa
             change(handle)
 
     return atomic_write(source, write)
+
+
+def gzip_datasets(
+    handle: Any, names: Sequence[str], values: np.ndarray, chunks: tuple[int, int], *, resizable: Sequence[str] = ()
+) -> None:
+    """Write one 2-D array into each of ``names`` as compressed, chunked datasets, compressing it once.
+
+    The datasets are ordinary HDF5 datasets with the shuffle and deflate filters (level `GZIP_LEVEL`), which
+    any HDF5 reader opens and h5py keeps applying to later writes. Here each chunk is shuffled by numpy and
+    deflated by zlib — the library behind HDF5's filter — on a thread pool (zlib releases the GIL), then
+    written raw (``write_direct_chunk``): an array stored under several names (stage 0's means are also its
+    samples) is compressed once, on every core. The names in ``resizable`` can grow along their first axis.
+    """
+    if values.ndim != 2 or chunks[1] != values.shape[1]:
+        raise ValueError(f"gzip_datasets takes a 2-D array chunked by whole rows; got {values.shape}, {chunks}")
+    rows = chunks[0]
+    datasets = [
+        handle.create_dataset(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=chunks,
+            compression="gzip",
+            compression_opts=GZIP_LEVEL,
+            shuffle=True,
+            maxshape=(None, values.shape[1]) if name in resizable else None,
+        )
+        for name in names
+    ]
+
+    def deflate(start: int) -> bytes:
+        block = values[start : start + rows]
+        if len(block) < rows:  # an edge chunk is stored at full size, padded with the fill value (0)
+            block = np.concatenate([block, np.zeros((rows - len(block), values.shape[1]), values.dtype)])
+        # HDF5's shuffle: the first byte of every element, then the second, ...
+        shuffled = np.ascontiguousarray(block).view(np.uint8).reshape(-1, values.dtype.itemsize).T
+        return zlib.compress(np.ascontiguousarray(shuffled).tobytes(), GZIP_LEVEL)
+
+    starts = range(0, values.shape[0], rows)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for start, compressed in zip(starts, pool.map(deflate, starts), strict=True):
+            for dataset in datasets:
+                dataset.id.write_direct_chunk((start, 0), compressed)
 
 
 def text_dataset(handle: Any, name: str, values: list[str]) -> Any:

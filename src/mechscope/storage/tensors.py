@@ -50,13 +50,17 @@ def save_tensors(
     kind: str,
     meta: Mapping[str, Any] | None = None,
     schema_version: int = 1,
+    fsync: bool = True,
 ) -> Path:
-    """Write ``tensors`` (moved to the CPU, made contiguous) and their metadata to ``path`` atomically."""
+    """Write ``tensors`` (moved to the CPU, made contiguous) and their metadata to ``path`` atomically.
+
+    ``fsync=False``: see `mechscope.storage.atomic.atomic_write` (for parts that are checked when read).
+    """
     from safetensors.torch import save_file
 
     header = {"kind": kind, "schema_version": str(schema_version), "meta": json.dumps(dict(meta or {}))}
     plain = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
-    return atomic_write(path, lambda temporary: save_file(plain, str(temporary), metadata=header))
+    return atomic_write(path, lambda temporary: save_file(plain, str(temporary), metadata=header), fsync=fsync)
 
 
 def read_header(path: str | os.PathLike[str], *, what: str = "tensor file") -> tuple[str, int, dict[str, Any]]:
