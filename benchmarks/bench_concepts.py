@@ -137,6 +137,10 @@ def bench_monitor(reps: int, k: int = 10_000, new_tokens: int = 64) -> dict[str,
         result[f"{name}_ms_per_token"] = 1000 * statistics.median(wall[name]) / new_tokens
         result[f"{name}_overhead_median_cpu"] = statistics.median(cpu[name]) / statistics.median(cpu["plain"]) - 1
         result[f"{name}_overhead_min_cpu"] = min(cpu[name]) / min(cpu["plain"]) - 1
+        # each repetition runs every variant back to back: the median of those paired ratios cancels the
+        # machine's slow swings better than a ratio of medians
+        paired = [ours / plain for ours, plain in zip(cpu[name], cpu["plain"], strict=True)]
+        result[f"{name}_overhead_paired_cpu"] = statistics.median(paired) - 1
     return result
 
 
