@@ -264,6 +264,18 @@ def test_stage1_folds_training_templates_and_keeps_held_out_apart(
     assert len(again) == 1 and again[0].template not in first_templates  # never the same template twice
 
 
+def test_variances_of_large_states_do_not_overflow(toy: ms.LanguageModel, world: ConceptList, tmp_path: Path) -> None:
+    out = tmp_path / "enc.h5"  # toy's last-layer states at a term reach the hundreds: squares overflow float16
+    enc = bootstrap(toy, world, out, layers=[-1], pooling="term_last", progress=False)
+    enc = refine.refine(toy, out, refine.template_contexts(enc, range(len(enc)), 3, held_out=0), 1)
+    train = enc.samples(split="train")
+    expected = np.stack([train.x[train.concept == k, 0].astype(np.float64).var(0) for k in range(len(enc))])
+    assert expected.max() > 65504  # float16's largest value: the case this guards
+    variance = enc.variance(-1)
+    assert np.isfinite(variance).all()
+    np.testing.assert_allclose(variance, expected, rtol=5e-3, atol=5e-2)  # samples are stored in float16
+
+
 def test_a_failed_refinement_leaves_the_file_as_it_was(
     toy: ms.LanguageModel, world: ConceptList, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,6 +1,6 @@
 """The encyclopedia file: per-concept activation statistics and samples in one HDF5 file.
 
-Layout (every activation float16, chunked, shuffle + gzip):
+Layout (activations float16, variances float32 — a square overflows float16 — chunked, shuffle + gzip):
 
 * attributes: ``format``, ``format_version``, ``model``, ``revision``, ``layers`` (absolute indices),
   ``model_layers``, ``d_model``, ``stage`` (the highest stage run), ``samples_per_concept`` (mean count),
@@ -249,7 +249,7 @@ def write_tables(
         handle.create_dataset(
             f"layer_{layer}/variance",
             shape=half.shape,
-            dtype=np.float16,
+            dtype=np.float32,
             chunks=chunks,
             compression="gzip",
             compression_opts=GZIP_LEVEL,
@@ -330,7 +330,7 @@ def add_samples(
                 count, group["mean"][()], group["variance"][()], block[train], concept[train]
             )
             group["mean"][...] = mean.astype(np.float16)
-            group["variance"][...] = variance.astype(np.float16)
+            group["variance"][...] = variance.astype(np.float32)  # squares of states in the hundreds overflow float16
             _append(handle[f"samples/layer_{layer}"], block.astype(np.float16))
         handle["concepts/count"][...] = new_count.astype(np.int32)
         stages = np.asarray(handle["concepts/stage"][()])
