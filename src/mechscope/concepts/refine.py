@@ -143,8 +143,8 @@ def adversarial_contexts(
             candidates.append(Context(i, t, TRAIN, templates.train[t].format(t=concept.term)))
     if not candidates:
         raise InputError(
-            "these concepts have no unused training templates left for stage 3 (all are in the encyclopedia) "
-            "(use fewer stage-1 --templates, or stage 2 for new contexts)"
+            "these concepts have no unused training templates left for stage 3 (all are in the encyclopedia); "
+            "use fewer stage-1 --templates, or stage 2 for new contexts"
         )
     values = _capture(lm, encyclopedia, candidates, batch_size)
     x = np.stack([values[layer].numpy() for layer in encyclopedia.info.layers], axis=1)
