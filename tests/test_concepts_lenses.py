@@ -34,7 +34,8 @@ from mechscope.concepts.lenses import (
     negative_concepts,
     standardization,
 )
-from mechscope.concepts.monitor import monitor, monitor_texts, text_states, token_states
+from mechscope.concepts.monitor import monitor, monitor_texts, token_states
+from mechscope.concepts.pooling import pooled
 from mechscope.errors import InputError
 from mechscope.toyworld import assistant
 from mechscope.toyworld.facts import CAPITAL, SOUND, SYMBOL
@@ -271,11 +272,11 @@ def token_lenses(lm: ms.LanguageModel, world: World) -> Lenses:
     """Lenses on the subject's last token at resid_post.1, with background rows, calibrated on chat text."""
     site = "resid_post.1"
     texts, terms, y = world.sentences([0, 1, 2])
-    x = text_states(lm, texts, site, pooling="term_last", terms=terms)
+    x = pooled(lm, texts, [1], pooling="term_last", terms=terms)[1]
     background_texts, neutral_texts = _chat_texts()
     background = torch.cat([token_states(lm, texts, site, exclude=terms), token_states(lm, background_texts, site)])
     held_texts, held_terms, y_eval = world.sentences([3])
-    x_eval = text_states(lm, held_texts, site, pooling="term_last", terms=held_terms)
+    x_eval = pooled(lm, held_texts, [1], pooling="term_last", terms=held_terms)[1]
     lenses = fit_lenses(
         x, y, world.subjects, world.subjects, world.siblings,
         held_out=(x_eval, y_eval), background=background, site=site, model=str(lm.source),
@@ -287,7 +288,7 @@ def test_pooled_sentence_lenses_separate_held_out_templates(lm: ms.LanguageModel
     site = "resid_post.2"
     texts, _, y = world.sentences([0, 1, 2])
     held_texts, _, y_eval = world.sentences([3])
-    x, x_eval = text_states(lm, texts, site), text_states(lm, held_texts, site)
+    x, x_eval = pooled(lm, texts, [2])[2], pooled(lm, held_texts, [2])[2]
     lenses = fit_lenses(x, y, world.subjects, world.subjects, world.siblings, held_out=(x_eval, y_eval), site=site)
     summary = lenses.summary()
     assert summary.n_evaluated == len(world.subjects) and summary.mean_auroc is not None
@@ -371,9 +372,9 @@ def test_monitor_refuses_lenses_that_do_not_fit(lm: ms.LanguageModel, token_lens
     with pytest.raises(InputError, match="site"):
         monitor_texts(lm, sited, ["a b"])
     with pytest.raises(InputError, match="pooling"):
-        text_states(lm, ["a b"], "resid_post.1", pooling="max")
+        pooled(lm, ["a b"], [1], pooling="max")
     with pytest.raises(InputError, match="does not occur"):
-        text_states(lm, ["a b"], "resid_post.1", pooling="term", terms=["zebra"])
+        pooled(lm, ["a b"], [1], pooling="term", terms=["zebra"])
     rows = monitor_texts(lm, token_lenses, ["The capital of France is", "Rain"])
     lengths = [len(ids) for ids in lm.tokenizer(["The capital of France is", "Rain"])["input_ids"]]
     assert [tuple(r.shape) for r in rows] == [(n, token_lenses.n_concepts) for n in lengths] and lengths[0] == 7

@@ -285,38 +285,3 @@ def token_states(
             keep[term_positions(lm, text, term)] = False
             states[i] = states[i][keep]
     return torch.cat(states)
-
-
-def text_states(
-    lm: LanguageModel,
-    texts: Sequence[str],
-    site: str,
-    *,
-    pooling: str = "mean",
-    terms: Sequence[str] | None = None,
-    batch_size: int = 32,
-) -> Tensor:
-    """One pooled hidden state per text at ``site``: ``[n, d]`` float32 (samples for `fit_lenses`).
-
-    Args:
-        pooling: ``"mean"`` — the mean over the text's real tokens; ``"last"`` — its last token; ``"term"`` —
-            the mean over the tokens that overlap the last occurrence of ``terms[i]`` in text ``i`` (the
-            concept's own tokens); ``"term_last"`` — the last of those tokens.
-        terms: the term of each text (``"term"`` and ``"term_last"`` only).
-
-    Raises:
-        InputError: an unknown pooling, a term missing from its text, or a tokenizer without offsets.
-    """
-    (key,) = (str(s) for s in lm.sites(site))
-    if pooling in ("mean", "last"):
-        pick = (lambda h: h.float().mean(dim=0)) if pooling == "mean" else (lambda h: h[-1].float())
-        return torch.stack(_per_token(lm, texts, key, pick, batch_size))
-    if pooling not in ("term", "term_last"):
-        raise InputError(f"unknown pooling '{pooling}'; use mean, last, term or term_last")
-    if terms is None or len(terms) != len(texts):
-        raise InputError(f"pooling='{pooling}' needs one term per text (terms=[...])")
-    spans = [term_positions(lm, text, term) for text, term in zip(texts, terms, strict=True)]
-    if pooling == "term_last":
-        spans = [span[-1:] for span in spans]
-    states = _per_token(lm, texts, key, lambda h: h.float(), batch_size)
-    return torch.stack([h[span].mean(dim=0) for h, span in zip(states, spans, strict=True)])
