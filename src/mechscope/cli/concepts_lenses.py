@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
+from mechscope.cli.concepts_readers import DataOpt
 from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line_errors
 from mechscope.cli.output import console, print_json
-
-DataOpt = Annotated[Path, typer.Option("--data", help="The encyclopedia (HDF5).")]
 
 lenses_app = typer.Typer(help="Concept lenses: one linear probe per concept, stacked into one matrix.")
 
