@@ -4,19 +4,51 @@ Every long job (patching and ablation sweeps, the bulk path, tuned-lens training
 through `track` or `bar`, so that stdout stays clean for tables and ``--json``, and nothing is drawn when
 stderr is not a terminal (a pipe, a log file, a test runner). Callers pass ``enabled=False`` for ``--json``.
 
+Whatever the terminal, the same calls also tell a listener set with `report_to` how far they are (the web
+app's progress events): ``listener(done, total, description)`` after each step, ``total`` None when unknown.
+
 Example:
     >>> [step for step in track(range(3), "counting")]
     [0, 1, 2]
+    >>> seen = []
+    >>> with report_to(lambda done, total, what: seen.append((done, total))):
+    ...     _ = list(track(range(2), "counting", enabled=False))
+    >>> seen
+    [(0, 2), (1, 2), (2, 2)]
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: ``listener(done, total, description)``: told of each step of `track` and `bar` in this context.
+Listener = Callable[[float, float | None, str], None]
+_listener: ContextVar[Listener | None] = ContextVar("mechscope_progress_listener", default=None)
+
+
+@contextmanager
+def report_to(listener: Listener) -> Iterator[None]:
+    """Tell ``listener`` of every `track` / `bar` step run in this context (this thread or task)."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+def _told(items: Iterable[T], description: str, total: int | None, listener: Listener) -> Iterator[T]:
+    if total is None and isinstance(items, Sized):
+        total = len(items)
+    listener(0, total, description)
+    for done, item in enumerate(items, start=1):
+        yield item
+        listener(done, total, description)
 
 
 def shown(enabled: bool = True) -> bool:
@@ -25,7 +57,10 @@ def shown(enabled: bool = True) -> bool:
 
 
 def track(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """``items``, one by one, with a bar on stderr when `shown`."""
+    """``items``, one by one, with a bar on stderr when `shown` (and each step told to a `report_to` listener)."""
+    listener = _listener.get()
+    if listener is not None:
+        items = _told(items, description, total, listener)
     if not shown(enabled):
         yield from items
         return
@@ -37,9 +72,10 @@ def track(items: Iterable[T], description: str, *, total: int | None = None, ena
 
 @contextmanager
 def bar(description: str, total: float, *, enabled: bool = True) -> Iterator[Any]:
-    """A bar to ``advance(n)`` by hand (``None`` when not `shown`)."""
+    """A bar to ``advance(n)`` by hand (``None`` when not `shown` and no `report_to` listener is set)."""
+    listener = _listener.get()
     if not shown(enabled):
-        yield None
+        yield None if listener is None else _Told(description, total, listener)
         return
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -48,8 +84,24 @@ def bar(description: str, total: float, *, enabled: bool = True) -> Iterator[Any
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(description, total=total)
 
+        told = None if listener is None else _Told(description, total, listener)
+
         class Handle:
             def advance(self, amount: float = 1) -> None:
                 progress.update(task, advance=amount)
+                if told is not None:
+                    told.advance(amount)
 
         yield Handle()
+
+
+class _Told:
+    """The handle `bar` gives when only a listener is told: counts and reports each advance."""
+
+    def __init__(self, description: str, total: float, listener: Listener) -> None:
+        self.description, self.total, self.listener, self.done = description, total, listener, 0.0
+        listener(0, total, description)
+
+    def advance(self, amount: float = 1) -> None:
+        self.done += amount
+        self.listener(self.done, self.total, self.description)

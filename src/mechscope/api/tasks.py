@@ -18,6 +18,7 @@ from mechscope.core.lm import LanguageModel
 from mechscope.lens.results import Comparison, LensGrid, LensResult
 from mechscope.lens.tuned import TunedLens
 from mechscope.steering.generate import Phase, SteeringSweep
+from mechscope.weights.export import ParamRow
 
 
 def lens(
@@ -110,6 +111,60 @@ def patch(
 
     metric = LogitDiff(lm, correct=correct, wrong=wrong)
     return activation_patching(lm, clean, corrupted, metric, site=site, layers=layers, progress=progress)
+
+
+def patch_cell(
+    lm: LanguageModel,
+    clean: str,
+    corrupted: str,
+    *,
+    layer: int,
+    position: int,
+    site: str = "resid_post",
+    top_k: int = 3,
+    track: Sequence[str] = (),
+) -> list[LensResult]:
+    """What one patching cell changes downstream: the lens of three runs at the last position.
+
+    Returns ``[clean, corrupted, patched]``, where ``patched`` is the corrupted run with ``site`` at
+    (``layer``, ``position``) taken from the clean run — one cell of `patch`'s map, with every later
+    layer's prediction.
+
+    Raises:
+        InputError: the prompts tokenize to different lengths, or ``position`` is outside them.
+        SiteError: ``site`` or ``layer`` does not exist on the model.
+    """
+    import torch
+
+    from mechscope.causal.patching import PATCHABLE
+    from mechscope.core import ops
+    from mechscope.errors import InputError, SiteError
+    from mechscope.lens.logit import LogitLens
+
+    if site not in PATCHABLE:
+        raise SiteError(f"cannot patch '{site}' by layer and position; use one of {', '.join(PATCHABLE)}")
+    name = str(lm.sites(f"{site}.{layer}")[0])
+    clean_ids, corrupted_ids = lm.tokenize([clean])["input_ids"], lm.tokenize([corrupted])["input_ids"]
+    length = clean_ids.shape[1]
+    if corrupted_ids.shape[1] != length:
+        raise InputError(
+            f"the clean prompt is {length} tokens and the corrupted one {corrupted_ids.shape[1]}; "
+            "patching needs prompts of the same length"
+        )
+    if not -length <= position < length:
+        raise InputError(f"position {position} is outside the prompt's {length} tokens")
+    with torch.no_grad():
+        with lm.capture([name]) as clean_cache:
+            lm.forward(clean_ids)
+        with lm.capture([name]) as corrupted_cache:
+            lm.forward(corrupted_ids)
+    source = corrupted_cache[name].clone()
+    source[:, position] = clean_cache[name][:, position]
+    lens = LogitLens(lm)
+    runs = [lens.run([prompt], top_k=top_k, track=track)[0] for prompt in (clean, corrupted)]
+    with lm.intervene({name: ops.set(source)}):
+        runs.append(lens.run([corrupted], top_k=top_k, track=track)[0])
+    return runs
 
 
 def attribution(
@@ -215,6 +270,27 @@ def directions(
             raise InputError("pca pairs the sets one to one; give them the same number of prompts")
         return pca_of_differences(lm, list(zip(positive, negative, strict=True)), layers=layers)
     raise InputError(f"unknown method '{method}'; use diff_of_means or pca")
+
+
+def weights(lm: LanguageModel, *, progress: bool = False) -> list[ParamRow]:
+    """The weight census of ``lm``'s checkpoint: one `ParamRow` (shape, rank, statistics) per tensor.
+
+    Raises:
+        WeightFileError: the model was not loaded from a checkpoint on disk (or it is unreadable).
+    """
+    from mechscope.progress import bar
+    from mechscope.weights.analyze import analyze_checkpoint
+    from mechscope.weights.reader import open_checkpoint
+
+    with open_checkpoint(lm.source) as checkpoint, bar("weights", len(checkpoint), enabled=progress) as shown:
+        told = [0]
+
+        def advance(elements: int, tensors: int) -> None:
+            if shown is not None:
+                shown.advance(tensors - told[0])
+            told[0] = tensors
+
+        return analyze_checkpoint(checkpoint, on_progress=advance)
 
 
 def doctor(lm: LanguageModel) -> DoctorReport:

@@ -28,6 +28,7 @@ from mechscope.cli import (
     steer_search,
     steer_train,
     steering,
+    ui,
     weights,
 )
 
@@ -54,6 +55,7 @@ steer_compare.register(steering.steer_app)  # steer compare
 steer_search.register(steering.steer_app)  # steer search
 app.add_typer(steering.steer_app, name="steer")
 app.add_typer(steering.directions_app, name="directions")
+app.add_typer(ui.app)
 
 
 def main() -> None:
