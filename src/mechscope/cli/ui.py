@@ -35,13 +35,14 @@ def ui(
     from mechscope.errors import InputError
 
     try:
-        from mechscope.web.server import serve
+        from mechscope.web.server import check_host, serve
     except ImportError as error:  # pragma: no cover - fastapi and uvicorn are the ui extra
         raise InputError("the web app needs FastAPI and uvicorn: pip install 'mechscope[ui]'") from error
     from mechscope.api.analyzer import Analyzer
 
     if max_upload_mb <= 0:
         raise InputError(f"--max-upload-mb must be positive, got {max_upload_mb:g}")
+    check_host(host, public)  # before the model loads: a refused address costs nothing
     analyzer = Analyzer(model.load())
 
     def announce(url: str) -> None:

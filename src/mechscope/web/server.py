@@ -32,6 +32,19 @@ def is_loopback(host: str) -> bool:
         return False  # a name: it may resolve to anything
 
 
+def check_host(host: str, public: bool) -> None:
+    """Refuse a host beyond loopback unless ``public`` (checked before the model loads).
+
+    Raises:
+        InputError: a non-loopback host without ``public``.
+    """
+    if not is_loopback(host) and not public:
+        raise InputError(
+            f"--host {host} would let other machines run this model; add --public to do that "
+            "(every request then needs the printed access token)"
+        )
+
+
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (port 0: a free one).
 
@@ -39,7 +52,9 @@ def listen(host: str, port: int) -> socket.socket:
         InputError: the address is in use or cannot be bound.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named: asyncio sets TCP_NODELAY only on sockets that say TCP, and without it a reply's headers
+    # and body, written apart, wait ~40 ms for a delayed ACK on every keep-alive request
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -76,13 +91,9 @@ def serve(
 
     from mechscope.web.app import MAX_UPLOAD, create_app
 
+    check_host(host, public)
     token = None
     if not is_loopback(host):
-        if not public:
-            raise InputError(
-                f"--host {host} would let other machines run this model; add --public to do that "
-                "(every request then needs the printed access token)"
-            )
         token = secrets.token_urlsafe(24)
         print(
             f"mechscope ui: warning: listening on {host}, beyond this machine; anyone with the URL below "
