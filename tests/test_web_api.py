@@ -175,8 +175,12 @@ def test_weights_census(client: TestClient, lm: ms.LanguageModel) -> None:
     assert {row["param_name"] for row in rows} == names  # every tensor of the checkpoint, once
     embed = next(row for row in rows if row["param_name"] == "model.embed_tokens.weight")
     weight = lm.model.get_parameter("model.embed_tokens.weight").detach().double()
-    assert embed["std"] == pytest.approx(float(weight.std()), rel=1e-5)
+    assert embed["std"] == pytest.approx(float(weight.std(correction=0)), rel=1e-5)
     assert embed["rank"] == int(torch.linalg.matrix_rank(weight))
+    singular = torch.linalg.svdvals(weight)
+    assert embed["top_singular_value"] == pytest.approx(float(singular[0]), rel=1e-5)
+    assert embed["frobenius_norm"] == pytest.approx(float(weight.norm()), rel=1e-5)
+    assert embed["stable_rank"] == pytest.approx(float((singular**2).sum() / singular[0] ** 2), rel=1e-5)
 
 
 # --- bad input: a 4xx with one line, never a stack trace ----------------------------------------------
@@ -273,6 +277,10 @@ def test_uploads_that_are_refused(client: TestClient, lm: ms.LanguageModel, tmp_
     assert "MiB limit" in one_line_error(upload(client, "big.safetensors", b"\0" * (64 * 1024 + 1)), 413)
     narrow = Direction(torch.ones(16), 1).save(tmp_path / "narrow.safetensors")
     assert "width 16" in one_line_error(upload(client, "narrow.safetensors", narrow.read_bytes()), 400)
+    unnamed = Direction(torch.ones(lm.arch.d_model), 1).save(tmp_path / "plain.safetensors")
+    stored = unnamed.read_bytes().replace(b'"direction"', b'"probe____"')  # another kind of mechscope file
+    message = one_line_error(upload(client, "mine.safetensors", stored), 400)
+    assert "mine.safetensors" in message and "mechscope-upload" not in message
     other = Direction(torch.ones(lm.arch.d_model), 1, model="gpt2").save(tmp_path / "other.safetensors")
     assert "gpt2" in one_line_error(upload(client, "other.safetensors", other.read_bytes()), 400)
     assert upload(client, "other.safetensors", other.read_bytes(), force="true").status_code == 200
@@ -290,7 +298,14 @@ def test_a_token_guards_every_request(analyzer: Analyzer) -> None:
         assert guarded.get("/api/model", headers={TOKEN_HEADER: "wrong"}).status_code == 401
         summary = guarded.get("/api/model", headers={TOKEN_HEADER: "s3cret"}).json()
         assert summary["token_required"] is True
-        assert guarded.get("/api/model?token=s3cret").status_code == 200  # how the page and EventSource send it
+        assert guarded.get("/api/model?token=s3cret").status_code == 200  # how EventSource sends it
+        assert guarded.get("/static/app.js").status_code == 401
+        page = guarded.get("/?token=s3cret")  # the URL the server prints
+        assert page.status_code == 200 and "s3cret" not in page.text
+        assert guarded.get("/static/app.js").status_code == 200  # the page's own files: by its cookie
+        assert guarded.get("/api/model").status_code == 200
+    with TestClient(create_app(analyzer, name="toy", token="s3cret")) as fresh:
+        assert fresh.get("/static/app.js", cookies={"mechscope_token": "guess"}).status_code == 401
 
 
 # --- jobs: progress, results, cancellation ----------------------------------------------------------------

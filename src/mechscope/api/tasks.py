@@ -272,8 +272,11 @@ def directions(
     raise InputError(f"unknown method '{method}'; use diff_of_means or pca")
 
 
-def weights(lm: LanguageModel, *, progress: bool = False) -> list[ParamRow]:
+def weights(lm: LanguageModel, *, spectral: bool = True, progress: bool = False) -> list[ParamRow]:
     """The weight census of ``lm``'s checkpoint: one `ParamRow` (shape, rank, statistics) per tensor.
+
+    ``spectral``: also the spectral measures (top singular value, stable and effective rank, ...), one SVD
+    per matrix.
 
     Raises:
         WeightFileError: the model was not loaded from a checkpoint on disk (or it is unreadable).
@@ -281,6 +284,7 @@ def weights(lm: LanguageModel, *, progress: bool = False) -> list[ParamRow]:
     from mechscope.progress import bar
     from mechscope.weights.analyze import analyze_checkpoint
     from mechscope.weights.reader import open_checkpoint
+    from mechscope.weights.stats import StatsOptions
 
     with open_checkpoint(lm.source) as checkpoint, bar("weights", len(checkpoint), enabled=progress) as shown:
         told = [0]
@@ -290,7 +294,7 @@ def weights(lm: LanguageModel, *, progress: bool = False) -> list[ParamRow]:
                 shown.advance(tensors - told[0])
             told[0] = tensors
 
-        return analyze_checkpoint(checkpoint, on_progress=advance)
+        return analyze_checkpoint(checkpoint, StatsOptions(spectral=spectral), on_progress=advance)
 
 
 def doctor(lm: LanguageModel) -> DoctorReport:

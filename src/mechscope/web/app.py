@@ -6,7 +6,8 @@ serving (progress events, cancels) while the model computes. Long requests (patc
 census) also run as jobs with server-sent progress and cancellation (`mechscope.web.jobs`).
 
 Safe by default: every reply carries a Content-Security-Policy that allows only the page's own files (no
-inline script, no CDN); with an access token (servers bound beyond loopback), every request must carry it;
+inline script, no CDN); with an access token (servers bound beyond loopback), every request must carry it (a header, ``?token=``, or
+the cookie the page gets when it is opened with its token);
 uploads are size-limited and parsed as safetensors or JSON only; bad input gets a 4xx with
 ``{"error": "<one line>"}`` and a failure a 500 of the same shape, never a stack trace.
 
@@ -54,6 +55,9 @@ MAX_UPLOAD = 64 * 2**20
 #: The largest JSON request body (bytes).
 MAX_JSON = 2**20
 TOKEN_HEADER = "X-Mechscope-Token"
+#: Set on the page's reply when it was opened with the right ``?token=``, so that what the page loads by
+#: itself (its scripts, its stylesheet), which cannot carry a header, still carries the token.
+TOKEN_COOKIE = "mechscope_token"
 CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
@@ -344,7 +348,12 @@ def _install_guards(app: FastAPI, token: str | None) -> None:
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         if token is not None:
-            given = request.headers.get(TOKEN_HEADER) or request.query_params.get("token") or ""
+            given = (
+                request.headers.get(TOKEN_HEADER)
+                or request.query_params.get("token")
+                or request.cookies.get(TOKEN_COOKIE)
+                or ""
+            )
             if not secrets.compare_digest(given.encode(), token.encode()):
                 response: Response = _error(
                     401,
@@ -356,7 +365,10 @@ def _install_guards(app: FastAPI, token: str | None) -> None:
         is_upload = request.url.path == "/api/directions/upload"
         if not is_upload and declared.isdigit() and int(declared) > MAX_JSON:
             return _secured(_error(413, f"the request body is over {MAX_JSON // 1024} KiB"), started)
-        return _secured(await call_next(request), started)
+        response = await call_next(request)
+        if token is not None and request.url.path == "/":
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
+        return _secured(response, started)
 
 
 def _secured(response: Response, started: float) -> Response:

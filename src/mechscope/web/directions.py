@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mechscope.core.direction import Direction
-from mechscope.errors import InputError
+from mechscope.errors import InputError, MechscopeError
 from mechscope.web.schemas import DirectionInfo
 
 if TYPE_CHECKING:
@@ -57,7 +57,10 @@ def parse_upload(lm: LanguageModel, name: str, data: bytes, *, force: bool = Fal
         with tempfile.TemporaryDirectory(prefix="mechscope-upload-") as folder:
             path = Path(folder) / "direction.safetensors"
             path.write_bytes(data)
-            return Direction.load(path, lm, force=force)
+            try:
+                return Direction.load(path, lm, force=force)
+            except MechscopeError as error:  # name the user's file, not our temporary copy
+                raise type(error)(str(error).replace(str(path), name)) from None
     if data.lstrip()[:1] == b"{":
         return _from_json(lm, name, data)
     raise UnsupportedUpload(
