@@ -6,9 +6,9 @@ serving (progress events, cancels) while the model computes. Long requests (patc
 census) also run as jobs with server-sent progress and cancellation (`mechscope.web.jobs`).
 
 Safe by default: every reply carries a Content-Security-Policy that allows only the page's own files (no
-inline script, no CDN); with an access token (servers bound beyond loopback), every request must carry it (a header, ``?token=``, or
-the cookie the page gets when it is opened with its token);
-uploads are size-limited and parsed as safetensors or JSON only; bad input gets a 4xx with
+inline script, no CDN); with an access token (servers bound beyond loopback), every request must carry it
+(a header, ``?token=``, or the cookie the page gets when it is opened with its token); uploads are
+size-limited and parsed as safetensors or JSON only; bad input gets a 4xx with
 ``{"error": "<one line>"}`` and a failure a 500 of the same shape, never a stack trace.
 
 Example:
