@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -73,3 +74,21 @@ def load_tiny(tiny_dir: Callable[[str], Path]) -> Callable[..., ms.LanguageModel
         return loaded[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def toy_ui() -> Iterator[Any]:
+    """``mechscope ui -m toy`` on a free port, shared by the web app's server and browser tests."""
+    from tests.server import running
+
+    with running("-m", "toy", "--port", "0") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def public_toy_ui() -> Iterator[Any]:
+    """``mechscope ui -m toy --host 0.0.0.0 --public``: a server that requires its printed token."""
+    from tests.server import running
+
+    with running("-m", "toy", "--host", "0.0.0.0", "--port", "0", "--public") as server:
+        yield server

@@ -49,9 +49,8 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="module")
-def toy_server() -> Iterator[Server]:
-    with running("-m", "toy", "--port", "0") as server:
-        yield server
+def toy_server(toy_ui: Server) -> Server:
+    return toy_ui
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +288,7 @@ def test_moe_view_on_toy_moe(tab: Tab) -> None:
         assert all(total == pytest.approx(2.0, abs=1e-3) for total in by_layer.values())  # top-2 routing
         assert "4" in page.inner_text("#moe-info")
         tab.shot("moe")
+    assert server.process.returncode == 0  # Ctrl-C stopped it cleanly
 
 
 def test_dense_model_greys_out_the_moe_tab(tab: Tab, toy_server: Server) -> None:
@@ -297,10 +297,8 @@ def test_dense_model_greys_out_the_moe_tab(tab: Tab, toy_server: Server) -> None
     assert moe.is_disabled() and (moe.get_attribute("title") or "")
 
 
-def test_a_public_server_page_works_with_its_token(tab: Tab) -> None:
-    with running("-m", "toy", "--host", "0.0.0.0", "--port", "0", "--public") as server:
-        url = server.url.replace("0.0.0.0", "127.0.0.1")
-        page = tab.open(url)
-        run_lens(page, "The capital of France is")
-        last = page.locator('#lens-heatmap rect.cell[data-layer="3"][data-pos="6"]')
-        assert last.get_attribute("data-top-token") == " Paris"
+def test_a_public_server_page_works_with_its_token(tab: Tab, public_toy_ui: Server) -> None:
+    page = tab.open(public_toy_ui.url.replace("0.0.0.0", "127.0.0.1"))
+    run_lens(page, "The capital of France is")
+    last = page.locator('#lens-heatmap rect.cell[data-layer="3"][data-pos="6"]')
+    assert last.get_attribute("data-top-token") == " Paris"

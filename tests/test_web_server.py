@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app needs the ui extra (fastapi, uvicorn)")
 import httpx
 
-from tests.server import running
+from tests.server import Server
 
 PROMPT = "The capital of France is"
 CONCURRENT = 50
@@ -34,21 +34,19 @@ def burst(client: httpx.Client, base: str) -> list[httpx.Response]:
         return list(pool.map(lambda _: client.post(base + "api/lens/grid", json=body), range(CONCURRENT)))
 
 
-def test_fifty_concurrent_lens_requests_agree_and_memory_returns() -> None:
-    with running("-m", "toy", "--port", "0") as server:
-        assert server.base.startswith("http://127.0.0.1:")
-        limits = httpx.Limits(max_connections=CONCURRENT)
-        with httpx.Client(timeout=300, limits=limits) as client:
-            burst(client, server.base)  # warm-up
-            before = server.rss_bytes()
-            answers = burst(client, server.base)
-            after = server.rss_bytes()
-        assert [response.status_code for response in answers] == [200] * CONCURRENT
-        bodies = {response.content for response in answers}
-        assert len(bodies) == 1  # serialised on one model: the same answer every time
-        assert json.loads(bodies.pop())["cells"][-1][-1]["top"][0]["token"] == " Paris"
-        assert after - before <= RSS_SLACK, f"RSS grew by {(after - before) / 2**20:.1f} MiB over a burst"
-    assert server.process.returncode == 0  # Ctrl-C stops it cleanly
+def test_fifty_concurrent_lens_requests_agree_and_memory_returns(toy_ui: Server) -> None:
+    assert toy_ui.base.startswith("http://127.0.0.1:")
+    limits = httpx.Limits(max_connections=CONCURRENT)
+    with httpx.Client(timeout=300, limits=limits) as client:
+        burst(client, toy_ui.base)  # warm-up
+        before = toy_ui.rss_bytes()
+        answers = burst(client, toy_ui.base)
+        after = toy_ui.rss_bytes()
+    assert [response.status_code for response in answers] == [200] * CONCURRENT
+    bodies = {response.content for response in answers}
+    assert len(bodies) == 1  # serialised on one model: the same answer every time
+    assert json.loads(bodies.pop())["cells"][-1][-1]["top"][0]["token"] == " Paris"
+    assert after - before <= RSS_SLACK, f"RSS grew by {(after - before) / 2**20:.1f} MiB over a burst"
 
 
 def test_binding_beyond_loopback_needs_public() -> None:
@@ -63,18 +61,18 @@ def test_binding_beyond_loopback_needs_public() -> None:
     assert len(lines) == 1 and "--public" in lines[0] and "0.0.0.0" in lines[0]
 
 
-def test_a_public_server_warns_and_requires_its_token() -> None:
-    with running("-m", "toy", "--host", "0.0.0.0", "--port", "0", "--public") as server:
-        assert "?token=" in server.url
-        token = server.url.split("?token=", 1)[1]
-        assert len(token) >= 24
-        local = server.base.replace("0.0.0.0", "127.0.0.1")
-        with httpx.Client(timeout=120) as client:
-            refused = client.get(local + "api/model")
-            assert refused.status_code == 401 and "access token" in refused.json()["error"]
-            assert client.get(local + "api/model", params={"token": token}).json()["token_required"] is True
-            assert client.get(local, params={"token": "nope"}).status_code == 401
-        assert any("warning" in line and "0.0.0.0" in line for line in server.stderr)
+def test_a_public_server_warns_and_requires_its_token(public_toy_ui: Server) -> None:
+    server = public_toy_ui
+    assert "?token=" in server.url
+    token = server.url.split("?token=", 1)[1]
+    assert len(token) >= 24
+    local = server.base.replace("0.0.0.0", "127.0.0.1")
+    with httpx.Client(timeout=120) as client:
+        refused = client.get(local + "api/model")
+        assert refused.status_code == 401 and "access token" in refused.json()["error"]
+        assert client.get(local + "api/model", params={"token": token}).json()["token_required"] is True
+        assert client.get(local, params={"token": "nope"}).status_code == 401
+    assert any("warning" in line and "0.0.0.0" in line for line in server.stderr)
 
 
 def test_a_busy_port_is_one_line() -> None:

@@ -35,14 +35,15 @@ def ui(
     from mechscope.errors import InputError
 
     try:
-        from mechscope.web.server import check_host, serve
+        from mechscope.web.server import check_host, listen, serve
     except ImportError as error:  # pragma: no cover - fastapi and uvicorn are the ui extra
         raise InputError("the web app needs FastAPI and uvicorn: pip install 'mechscope[ui]'") from error
     from mechscope.api.analyzer import Analyzer
 
     if max_upload_mb <= 0:
         raise InputError(f"--max-upload-mb must be positive, got {max_upload_mb:g}")
-    check_host(host, public)  # before the model loads: a refused address costs nothing
+    check_host(host, public)  # before the model loads: a refused or busy address costs nothing
+    sock = listen(host, port)
     analyzer = Analyzer(model.load())
 
     def announce(url: str) -> None:
@@ -57,4 +58,5 @@ def ui(
             public=public,
             max_upload_bytes=int(max_upload_mb * 2**20),
             announce=announce,
+            sock=sock,
         )

@@ -77,12 +77,15 @@ def serve(
     public: bool = False,
     max_upload_bytes: int | None = None,
     announce: Callable[[str], None] = print,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve ``analyzer``'s model until Ctrl-C; ``announce`` gets the page's URL once it listens.
 
     Args:
         public: allow a host other than loopback; a random access token is then required by every request,
             and the URL ``announce`` gets carries it.
+        sock: a socket from `listen` on ``host`` (the CLI binds before it loads the model, so that a busy
+            port fails at once); None binds ``host:port`` here.
 
     Raises:
         InputError: a non-loopback host without ``public``, or an address that cannot be bound.
@@ -101,7 +104,7 @@ def serve(
             file=sys.stderr,
         )
     app = create_app(analyzer, name=name, token=token, max_upload_bytes=max_upload_bytes or MAX_UPLOAD)
-    sock = listen(host, port)
+    sock = sock or listen(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
