@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
 
 from mechscope.viz.save import CONTENT_SECURITY_POLICY, SCRIPT
 
 SVG = "{http://www.w3.org/2000/svg}"
+ROOT = Path(__file__).resolve().parents[1]
 _FIGURE = re.compile(r"<figure\b.*?</figure>", re.S)
 _SVG = re.compile(r"<svg\b.*?</svg>", re.S)
 _SCRIPT = re.compile(r"<script\b[^>]*>(.*?)</script>", re.S | re.I)
@@ -52,3 +56,27 @@ def png_size(data: bytes) -> tuple[int, int]:
     assert kind == b"IHDR" and length == 13, (length, kind)
     width, height = struct.unpack(">II", data[16:24])
     return width, height
+
+
+def artifacts() -> Path:
+    """Where browser tests keep screenshots: ``$MECHSCOPE_TEST_ARTIFACTS``, else ``build/test-artifacts/``."""
+    folder = Path(os.environ.get("MECHSCOPE_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def record_trouble(page: Any, problems: list[str]) -> None:
+    """Append to ``problems`` every dialog (dismissed), console error and uncaught error of a Playwright page."""
+
+    def dialog(event: Any) -> None:
+        problems.append(f"dialog ({event.type}): {event.message}")
+        event.dismiss()
+
+    page.on("dialog", dialog)
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console error: {m.text}"))
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+
+
+def artifact_name(request: Any) -> str:
+    """The running test's name as a file-name part."""
+    return re.sub(r"[^\w.-]+", "-", request.node.name).strip("-")

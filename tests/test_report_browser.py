@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import math
-import os
 import re
 import shutil
 import xml.etree.ElementTree as ET
@@ -46,7 +45,7 @@ from mechscope.viz.patching_report import render_patching_html
 from mechscope.viz.save import SCRIPT
 from mechscope.viz.weights_diff_report import render_weights_diff_html
 from mechscope.weights.diff_results import ParamDiff, WeightDiff
-from tests.pages import PNG_SIGNATURE, png_size
+from tests.pages import PNG_SIGNATURE, artifact_name, artifacts, png_size, record_trouble
 from tests.samples import comparison, head_sweep
 
 if TYPE_CHECKING:
@@ -64,27 +63,11 @@ IMG = '"><img src=x onerror=alert(1)>'
 HOSTILE = (EVIL, IMG)
 SVG = "{http://www.w3.org/2000/svg}"
 JSON_PREFIX = "data:application/json;charset=utf-8,"
-ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The capital of France is"
 CLICK_MS = 60  # how long a click holds the mouse button down (see `download`)
 
 
 # --- the browser, one page per test ---------------------------------------------------------------------------
-
-
-def artifacts() -> Path:
-    """Where the screenshots go: ``$MECHSCOPE_TEST_ARTIFACTS``, else ``build/test-artifacts/`` at the repo root."""
-    folder = Path(os.environ.get("MECHSCOPE_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @dataclass
@@ -123,15 +106,8 @@ class Viewer:
 def view(browser: Browser, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Viewer]:
     context = browser.new_context(accept_downloads=True, viewport={"width": 1024, "height": 768})
     page = context.new_page()
-    viewer = Viewer(page, tmp_path, re.sub(r"[^\w.-]+", "-", request.node.name).strip("-"))
-
-    def dialog(event: Any) -> None:
-        viewer.problems.append(f"dialog ({event.type}): {event.message}")
-        event.dismiss()
-
-    page.on("dialog", dialog)
-    page.on("console", lambda m: m.type == "error" and viewer.problems.append(f"console error: {m.text}"))
-    page.on("pageerror", lambda error: viewer.problems.append(f"page error: {error}"))
+    viewer = Viewer(page, tmp_path, artifact_name(request))
+    record_trouble(page, viewer.problems)
     yield viewer
     try:
         viewer.keep()

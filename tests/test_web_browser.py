@@ -13,13 +13,11 @@ Screenshots are kept as test artifacts (``<test>--<step>.png`` in ``$MECHSCOPE_T
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -29,7 +27,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("chromium is not installed (scripts/setup.sh installs it with apt-get)", allow_module_level=True)
 
-from tests.pages import PNG_SIGNATURE  # noqa: E402
+from tests.pages import PNG_SIGNATURE, artifact_name, artifacts, record_trouble  # noqa: E402
 from tests.server import Server, running  # noqa: E402
 
 if TYPE_CHECKING:
@@ -37,28 +35,13 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
 WAIT_MS = 120_000  # a busy 2-core machine: generous waits, never a timing assertion
 HOSTILE = '<script>alert(1)</script> "><img src=x onerror=alert(1)>'
-
-
-def artifacts() -> Path:
-    folder = Path(os.environ.get("MECHSCOPE_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def toy_server(toy_ui: Server) -> Server:
     return toy_ui
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @dataclass
@@ -92,15 +75,8 @@ def tab(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Tab]:
     context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 800})
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
-    opened = Tab(page, re.sub(r"[^\w.-]+", "-", request.node.name).strip("-"))
-
-    def dialog(event: Any) -> None:
-        opened.problems.append(f"dialog ({event.type}): {event.message}")
-        event.dismiss()
-
-    page.on("dialog", dialog)
-    page.on("console", lambda m: m.type == "error" and opened.problems.append(f"console error: {m.text}"))
-    page.on("pageerror", lambda error: opened.problems.append(f"page error: {error}"))
+    opened = Tab(page, artifact_name(request))
+    record_trouble(page, opened.problems)
     yield opened
     try:
         opened.shot("end")

@@ -134,17 +134,20 @@ async function copyPython(view) {
 }
 
 const TOOLBAR_ACTIONS = [
-  ["download-json", downloadJson, "JSON downloaded"],
-  ["download-svg", downloadSvg, "SVG downloaded"],
-  ["download-png", downloadPng, "PNG downloaded"],
-  ["copy-python", copyPython, null],
+  ["download-json", "JSON", downloadJson, "JSON downloaded"],
+  ["download-svg", "SVG", downloadSvg, "SVG downloaded"],
+  ["download-png", "PNG", downloadPng, "PNG downloaded"],
+  ["copy-python", "Copy as Python", copyPython, null],
 ];
 
+/** Every view's toolbar gets the same four buttons (the markup holds only the empty toolbar). */
 function bindToolbars() {
   for (const view of VIEWS) {
-    const section = byId(`view-${view.name}`);
-    for (const [className, action, done] of TOOLBAR_ACTIONS) {
-      section.querySelector(`button.${className}`).addEventListener("click", async () => {
+    const toolbar = byId(`view-${view.name}`).querySelector(".toolbar");
+    for (const [className, label, action, done] of TOOLBAR_ACTIONS) {
+      const button = el("button", { type: "button", class: className }, label);
+      toolbar.append(button);
+      button.addEventListener("click", async () => {
         try {
           await action(view);
           if (done) setStatus(`${done}: mechscope-${view.name}`);
