@@ -31,7 +31,8 @@ LEVELS = {
     **dict.fromkeys(ANALYSES, 2),
     "viz": 2,
     "api": 3,
-    "cli": 4,
+    "web": 4,
+    "cli": 5,
 }
 #: Modules of one package that are separate analyses: they share code only through the package's
 #: bottom modules (metrics, results), never by importing each other.
