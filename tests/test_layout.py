@@ -28,6 +28,7 @@ LEVELS = {
     "storage": 0,
     "models": 0,
     "core": 1,
+    "distributed": 1,  # schedules shards; knows the model only through core's load
     **dict.fromkeys(ANALYSES, 2),
     "viz": 2,
     "api": 3,
@@ -109,6 +110,9 @@ TORCH_FREE = (
     "mechscope.probing.battery_results",
     "mechscope.probing.analysis_results",
     "mechscope.cli.main",
+    "mechscope.distributed",
+    "mechscope.distributed.runner",
+    "mechscope.distributed.spec",
 )
 
 

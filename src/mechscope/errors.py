@@ -54,3 +54,7 @@ class ExportValidationError(MechscopeError):
 
 class MoEError(MechscopeError):
     """A mixture-of-experts analysis was asked of a model that has no experts."""
+
+
+class DistributedError(MechscopeError):
+    """A distributed job could not start (Ray missing, no cluster), or a worker failed past its retries."""

@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line_errors
+from mechscope.cli.options import (
+    AddressOpt,
+    BackendOpt,
+    JsonOpt,
+    ModelOptions,
+    WorkersOpt,
+    model_options,
+    one_line_errors,
+)
 from mechscope.cli.output import check_outputs, console, print_json, print_table
 
 app = typer.Typer(
@@ -87,11 +95,18 @@ def bootstrap_command(
     pooling: Annotated[
         str, typer.Option("--pooling", help="mean (all tokens), term, or term_last (for monitoring lenses).")
     ] = "mean",
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Stage 0: one pass per term, mean-pooled at each layer, into HDF5. Rerun to resume after a kill.
 
+    Each batch is a shard; with --backend ray, Ray workers (one per GPU, else per CPU) run the shards and
+    a worker that dies is restarted and its shard rerun. The HDF5 file is the same on either backend.
+
     Example: mechscope concepts bootstrap -m MODEL -c concepts.jsonl --layers -3,-2,-1 -o enc.h5
+    Example: mechscope concepts bootstrap -m MODEL -c concepts.jsonl -o enc.h5 --backend ray --address auto
     """
     import time
 
@@ -100,20 +115,17 @@ def bootstrap_command(
 
     check_outputs(out)
     concept_list = read_concepts(concepts)
-    lm = model.load()
-    start = time.perf_counter()
-    enc = bootstrap(
-        lm,
-        concept_list,
-        out,
-        layers=parse_int_list(layers),
-        batch_size=batch_size,
-        pooling=pooling,
-        progress=not as_json,
-    )
-    seconds = time.perf_counter() - start
+    chosen = parse_int_list(layers)
+    with model.runner(backend, address=address, workers=workers) as runner:
+        start = time.perf_counter()  # after the model loads (on every worker), like the local figure
+        enc = bootstrap(
+            None, concept_list, out, layers=chosen, batch_size=batch_size, pooling=pooling, progress=not as_json,
+            runner=runner,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
     if as_json:
-        print_json({"path": str(out), "concepts": len(enc), "layers": list(enc.info.layers), "seconds": seconds})
+        summary = {"path": str(out), "concepts": len(enc), "layers": list(enc.info.layers), "backend": backend}
+        print_json({**summary, "seconds": seconds})
         return
     console.print(
         f"{len(enc)} concepts at layers {list(enc.info.layers)} in {seconds:.1f} s "

@@ -21,6 +21,8 @@ from mechscope.errors import MechscopeError
 
 if TYPE_CHECKING:
     from mechscope.core.lm import LanguageModel
+    from mechscope.distributed.runner import Runner
+    from mechscope.distributed.spec import ModelSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,19 +71,32 @@ class ModelOptions:
     revision: str | None = None
     trust_remote_code: bool = False
 
+    def spec(self) -> ModelSpec:
+        """These options as a picklable `ModelSpec` (what a Ray worker loads)."""
+        from mechscope.distributed.spec import ModelSpec
+
+        return ModelSpec(**{field.name: getattr(self, field.name) for field in fields(self)})
+
     def load(self) -> LanguageModel:
         """Load the model these options name."""
-        from mechscope.core.lm import load
+        return self.spec().load()
 
-        return load(
-            self.model,
-            dtype=self.dtype,
-            device=self.device,
-            device_map=self.device_map,
-            revision=self.revision,
-            trust_remote_code=self.trust_remote_code,
-            attn_implementation=self.attn,
-        )
+    def runner(self, backend: str, *, address: str | None = None, workers: int | None = None) -> Runner:
+        """Where a long job's shards run (``--backend``): this process, or Ray workers that load this model."""
+        from mechscope.distributed.runner import make_runner
+
+        return make_runner(backend, self.spec(), address=address, workers=workers)
+
+
+BackendOpt = Annotated[
+    str, typer.Option("--backend", help="local (this process) or ray (workers on a Ray cluster; needs the extra).")
+]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster to join (auto, host:6379); default: start one here.")
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="Ray workers, each with the model (default: one per GPU, else CPU).")
+]
 
 
 _GROUP: dict[str, Any] = {

@@ -7,6 +7,10 @@ the parts already there, so a kill at any moment loses at most the batch in flig
 there, they are gathered into the HDF5 file (written aside, then renamed) and the parts folder is
 removed. A folder of parts from another model, concept list or layer set is refused, never mixed in.
 
+Where the shards run is a `mechscope.distributed.Runner`: in this process by default, or on Ray actors
+(``runner=RayRunner(...)``, ``--backend ray``); the parts, and so the HDF5 file, are the same either way,
+and the gather checks them against the plan (no shard missing, none extra, each holding its own rows).
+
 Example:
     >>> import tempfile, pathlib
     >>> import mechscope as ms
@@ -35,6 +39,7 @@ from mechscope.concepts.encyclopedia import Encyclopedia, EncyclopediaInfo, conc
 from mechscope.concepts.pooling import POOLINGS, pooled, resolve
 from mechscope.core.batching import plan_batches
 from mechscope.core.bulk import token_ids
+from mechscope.distributed.runner import LocalRunner, Runner
 from mechscope.errors import InputError
 from mechscope.progress import bar
 from mechscope.storage.atomic import atomic_write_text
@@ -141,6 +146,26 @@ def _open_parts(folder: Path, plan: BootstrapPlan) -> None:
     atomic_write_text(saved, json.dumps(asdict(plan)))
 
 
+@dataclass(frozen=True)
+class BootstrapTask:
+    """The shards of one bootstrap, as a picklable `mechscope.distributed.ShardTask`."""
+
+    concepts: ConceptList
+    plan: BootstrapPlan
+    folder: Path
+
+    def run(self, lm: LanguageModel, shard: int) -> None:
+        """Compute shard ``shard`` and write its part atomically, unless a complete part is there already."""
+        path = _part(self.folder, shard)
+        if _part_done(path, self.plan, shard):
+            return  # a worker that died after writing it: its rerun must not write the part twice
+        values = bootstrap_shard(lm, self.concepts, self.plan, shard)
+        tensors = {f"layer_{layer}": value for layer, value in values.items()}
+        # no fsync per part: a part is checked when the gather or a rerun reads it, and remade if damaged
+        meta = {"rows": list(self.plan.batches[shard])}
+        save_tensors(path, tensors, kind=PART_KIND, meta=meta, fsync=False)
+
+
 def _part_done(path: Path, plan: BootstrapPlan, shard: int) -> bool:
     if not path.is_file():
         return False
@@ -152,7 +177,7 @@ def _part_done(path: Path, plan: BootstrapPlan, shard: int) -> bool:
 
 
 def bootstrap(
-    lm: LanguageModel,
+    lm: LanguageModel | None,
     concepts: ConceptList,
     out: str | os.PathLike[str],
     *,
@@ -162,15 +187,18 @@ def bootstrap(
     pooling: str = "mean",
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
+    runner: Runner | None = None,
 ) -> Encyclopedia:
     """Build a stage-0 encyclopedia of ``concepts`` at ``layers`` in ``out`` (HDF5); resumes a killed run.
 
     Args:
+        lm: the model (None when ``runner`` holds it, e.g. on Ray workers).
         layers: layer indices (negative from the end; ``-1`` is the last layer's output).
-        batch_size, max_tokens: at most this many terms / padded tokens per forward pass.
+        batch_size, max_tokens: at most this many terms / padded tokens per forward pass (one shard).
         pooling: ``mean`` over the text's tokens (the seed's), or ``term`` / ``term_last`` — the concept's
             own tokens, for lenses that monitor token by token (`mechscope.concepts.pooling`).
         on_shard: called after each shard is saved (progress reporting, tests of interruption).
+        runner: where the shards run (default: here, on ``lm``); see `mechscope.distributed`.
 
     Raises:
         InputError: ``out`` already exists (refine it, or delete it), a parts folder of another job is in
@@ -179,36 +207,58 @@ def bootstrap(
     target = Path(out)
     if target.exists():
         raise InputError(f"'{target}' already exists; refine it with `concepts refine`, or delete it to rebuild")
-    plan = make_plan(lm, concepts, layers, batch_size=batch_size, max_tokens=max_tokens, pooling=pooling)
+    if runner is None:
+        if lm is None:
+            raise InputError("bootstrap needs a model or a runner that holds one")
+        runner = LocalRunner(lm)
+    plan = runner.call(make_plan, concepts, layers, batch_size=batch_size, max_tokens=max_tokens, pooling=pooling)
     folder = parts_folder(target)
     _open_parts(folder, plan)
     todo = [shard for shard in range(len(plan.batches)) if not _part_done(_part(folder, shard), plan, shard)]
-    done = sum(len(plan.batches[s]) for s in range(len(plan.batches))) - sum(len(plan.batches[s]) for s in todo)
+    done = len(concepts) - sum(len(plan.batches[s]) for s in todo)
     with bar("bootstrap", len(concepts), enabled=progress) as shown:
         if shown is not None:
             shown.advance(done)
-        for shard in todo:
-            values = bootstrap_shard(lm, concepts, plan, shard)
-            tensors = {f"layer_{layer}": value for layer, value in values.items()}
-            # no fsync per part: a part is checked when the gather or a rerun reads it, and remade if damaged
-            meta = {"rows": list(plan.batches[shard])}
-            save_tensors(_part(folder, shard), tensors, kind=PART_KIND, meta=meta, fsync=False)
+
+        def finished(shard: int) -> None:
             if shown is not None:
                 shown.advance(len(plan.batches[shard]))
             if on_shard is not None:
                 on_shard(shard)
+
+        runner.run(BootstrapTask(concepts, plan, folder), todo, on_done=finished)
     gather(plan, concepts, folder, target)
     return Encyclopedia(target, written_from=concepts)
+
+
+def check_parts(plan: BootstrapPlan, folder: Path) -> None:
+    """Refuse a parts folder that does not hold exactly the plan's shards (`gather` checks their rows).
+
+    Raises:
+        InputError: a shard missing (the job is unfinished: rerun it), or a part the plan has no shard for.
+    """
+    found = {int(path.stem.removeprefix("part-")) for path in folder.glob("part-*.safetensors")}
+    planned = set(range(len(plan.batches)))
+    if missing := sorted(planned - found):
+        raise InputError(f"'{folder}' lacks {len(missing)} shards (first: {missing[0]}); rerun the job to finish it")
+    if extra := sorted(found - planned):
+        raise InputError(f"'{folder}' holds parts the plan has no shard for (first: {extra[0]}); delete the folder")
 
 
 def gather(plan: BootstrapPlan, concepts: ConceptList, folder: Path, target: Path) -> Path:
     """Write the HDF5 file from a complete parts folder (aside, then renamed), then remove the folder."""
     from mechscope import __version__
 
+    check_parts(plan, folder)
     remove_stale_temporaries(target)
     means = {layer: np.zeros((len(concepts), plan.d_model), np.float16) for layer in plan.layers}
     for shard, rows in enumerate(plan.batches):
-        stored = load_tensors(_part(folder, shard), kind=PART_KIND)
+        try:
+            stored = load_tensors(_part(folder, shard), kind=PART_KIND)
+        except StoredFileError as error:
+            raise InputError(f"part {shard} in '{folder}' is damaged ({error}); rerun the job to redo it") from None
+        if stored.meta.get("rows") != list(rows):
+            raise InputError(f"part {shard} in '{folder}' holds other rows than its shard; delete the folder")
         for layer in plan.layers:
             means[layer][list(rows)] = stored.tensors[f"layer_{layer}"].numpy()
     info = EncyclopediaInfo(

@@ -1,0 +1,103 @@
+"""Where a job's shards run: `Runner`, the in-process `LocalRunner`, and `make_runner` by backend name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from mechscope.errors import InputError
+
+if TYPE_CHECKING:
+    from mechscope.core.lm import LanguageModel
+    from mechscope.distributed.spec import ModelSpec
+
+T = TypeVar("T")
+BACKENDS = ("local", "ray")
+
+
+class ShardTask(Protocol):
+    """A job cut into shards; picklable, so that a Ray worker can run it.
+
+    ``run(lm, shard)`` computes shard ``shard`` and writes its part file atomically. It is a pure function
+    of (model, shard): running it twice writes the same part, so a retried shard can never differ.
+    """
+
+    def run(self, lm: LanguageModel, shard: int) -> None: ...
+
+
+class Runner(Protocol):
+    """Runs a `ShardTask`'s shards somewhere, and single calls on a loaded model (planning)."""
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(lm, *args, **kwargs)`` on one loaded model; ``fn`` must be picklable for Ray."""
+        ...
+
+    def run(self, task: ShardTask, shards: Sequence[int], *, on_done: Callable[[int], None] | None = None) -> None:
+        """Run ``task`` on each of ``shards``; ``on_done(shard)`` here, in this process, as each one ends."""
+        ...
+
+    def close(self) -> None:
+        """Release the workers (a no-op for the local runner)."""
+        ...
+
+    def __enter__(self) -> Runner: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class LocalRunner:
+    """Run shards one after another on a model loaded in this process (the default backend)."""
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return fn(self.lm, *args, **kwargs)
+
+    def run(self, task: ShardTask, shards: Sequence[int], *, on_done: Callable[[int], None] | None = None) -> None:
+        for shard in shards:
+            task.run(self.lm, shard)
+            if on_done is not None:
+                on_done(shard)
+
+    def close(self) -> None:
+        pass  # the model belongs to the caller
+
+    def __enter__(self) -> LocalRunner:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def make_runner(
+    backend: str,
+    spec: ModelSpec,
+    *,
+    lm: LanguageModel | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+) -> Runner:
+    """The runner of ``backend`` (``local`` or ``ray``) for the model ``spec`` names.
+
+    Args:
+        lm: the model, already loaded (local backend; loaded from ``spec`` when None).
+        address: ray: an existing cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None starts a
+            local Ray instance with this machine's resources.
+        workers: ray: how many actors (default: one per GPU, else one per CPU).
+
+    Raises:
+        InputError: an unknown backend, or options the local backend does not take.
+    """
+    if backend == "local":
+        if address is not None:
+            raise InputError("--address needs --backend ray")
+        return LocalRunner(lm if lm is not None else spec.load())
+    if backend == "ray":
+        from mechscope.distributed.ray_runner import RayRunner
+
+        return RayRunner(spec, address=address, workers=workers)
+    raise InputError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
