@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints, overl
 
 import typer
 
+from mechscope.distributed.spec import ModelSpec
 from mechscope.errors import MechscopeError
 
 if TYPE_CHECKING:
-    from mechscope.core.lm import LanguageModel
     from mechscope.distributed.runner import Runner
-    from mechscope.distributed.spec import ModelSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,26 +59,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 
 @dataclass(frozen=True)
-class ModelOptions:
-    """Which model to load and how: the CLI's model option group (see `mechscope.load`)."""
-
-    model: str = "toy"
-    dtype: str = "float32"
-    device: str | None = None
-    device_map: str | None = None
-    attn: str | None = None
-    revision: str | None = None
-    trust_remote_code: bool = False
+class ModelOptions(ModelSpec):
+    """Which model to load and how: the CLI's model option group (a `ModelSpec`; see `mechscope.load`)."""
 
     def spec(self) -> ModelSpec:
         """These options as a picklable `ModelSpec` (what a Ray worker loads)."""
-        from mechscope.distributed.spec import ModelSpec
-
         return ModelSpec(**{field.name: getattr(self, field.name) for field in fields(self)})
-
-    def load(self) -> LanguageModel:
-        """Load the model these options name."""
-        return self.spec().load()
 
     def runner(self, backend: str, *, address: str | None = None, workers: int | None = None) -> Runner:
         """Where a long job's shards run (``--backend``): this process, or Ray workers that load this model."""
