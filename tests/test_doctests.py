@@ -36,6 +36,10 @@ OPTIONAL_DEPENDENCIES = frozenset(
 #: The only ``+SKIP`` examples allowed: module -> (how many, why they cannot run in the test suite).
 ALLOWED_SKIPS: dict[str, tuple[int, str]] = {
     "mechscope.weights.download": (2, "download() fetches a checkpoint from the Hugging Face Hub: needs the network"),
+    "mechscope.distributed.ray_runner": (
+        1,
+        "starts a Ray instance and a worker (seconds); tests/test_distributed.py runs the same on a shared one",
+    ),
 }
 
 #: Modules of the public API: each must have at least one example, and none of them skipped.
