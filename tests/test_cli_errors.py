@@ -308,6 +308,21 @@ CASES: list[tuple[str, list[str], str]] = [
         ["concepts", "bootstrap", "-m", "toy", "-c", "{concepts}", "--pooling", "max", "-o", "{tmp}/e.h5"],
         "max",
     ),
+    (
+        "concepts-bootstrap-backend",
+        ["concepts", "bootstrap", "-c", "{concepts}", "--backend", "spark", "-o", "{tmp}/e.h5"],
+        "unknown backend",
+    ),
+    (
+        "concepts-bootstrap-address-local",
+        ["concepts", "bootstrap", "-c", "{concepts}", "--address", "auto", "-o", "{tmp}/e.h5"],
+        "--address needs --backend ray",
+    ),
+    (
+        "concepts-bootstrap-workers-0",
+        ["concepts", "bootstrap", "-c", "{concepts}", "--backend", "ray", "--workers", "0", "-o", "{tmp}/e.h5"],
+        "--workers must be at least 1",
+    ),
     ("concepts-show-not-hdf5", ["concepts", "show", "{prompts}"], "prompts.txt"),
     ("concepts-refine-missing", ["concepts", "refine", "-m", "toy", "--data", "{tmp}/none.h5"], "none.h5"),
     (

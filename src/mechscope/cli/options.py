@@ -63,7 +63,7 @@ class ModelOptions(ModelSpec):
     """Which model to load and how: the CLI's model option group (a `ModelSpec`; see `mechscope.load`)."""
 
     def spec(self) -> ModelSpec:
-        """These options as a picklable `ModelSpec` (what a Ray worker loads)."""
+        """These options as a plain `ModelSpec`: what a Ray worker unpickles without importing the CLI."""
         return ModelSpec(**{field.name: getattr(self, field.name) for field in fields(self)})
 
     def runner(self, backend: str, *, address: str | None = None, workers: int | None = None) -> Runner:
