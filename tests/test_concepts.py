@@ -178,7 +178,7 @@ def test_a_parts_folder_of_another_job_is_refused(toy: ms.LanguageModel, world: 
     out = tmp_path / "enc.h5"
     with pytest.raises(KeyboardInterrupt):
         bootstrap(toy, world, out, batch_size=32, progress=False, on_shard=_interrupt)
-    with pytest.raises(InputError, match="another model, concept list, layers or batch size"):
+    with pytest.raises(InputError, match="holds the parts of another job"):
         bootstrap(toy, world, out, layers=[0], batch_size=32, progress=False)
     bootstrap(toy, world, out, batch_size=32, progress=False)
     with pytest.raises(InputError, match="already exists"):

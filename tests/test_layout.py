@@ -111,6 +111,7 @@ TORCH_FREE = (
     "mechscope.probing.analysis_results",
     "mechscope.cli.main",
     "mechscope.distributed",
+    "mechscope.distributed.parts",
     "mechscope.distributed.runner",
     "mechscope.distributed.spec",
 )

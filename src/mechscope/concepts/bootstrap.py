@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -39,10 +38,10 @@ from mechscope.concepts.encyclopedia import Encyclopedia, EncyclopediaInfo, conc
 from mechscope.concepts.pooling import POOLINGS, pooled, resolve
 from mechscope.core.batching import plan_batches
 from mechscope.core.bulk import token_ids
+from mechscope.distributed.parts import PartsFolder, parts_folder
 from mechscope.distributed.runner import LocalRunner, Runner
 from mechscope.errors import InputError
 from mechscope.progress import bar
-from mechscope.storage.atomic import atomic_write_text
 from mechscope.storage.hdf5 import create, remove_stale_temporaries
 from mechscope.storage.tensors import StoredFileError, load_tensors, save_tensors
 
@@ -114,10 +113,8 @@ def bootstrap_shard(lm: LanguageModel, concepts: ConceptList, plan: BootstrapPla
     return {layer: value.to(torch.float16) for layer, value in values.items()}
 
 
-def parts_folder(out: str | os.PathLike[str]) -> Path:
-    """Where `bootstrap` keeps finished shards of ``out`` until it gathers them."""
-    target = Path(out)
-    return target.with_name(target.name + ".parts")
+def _parts(folder: Path, plan: BootstrapPlan) -> PartsFolder:
+    return PartsFolder(folder.with_name(folder.name.removesuffix(".parts")), asdict(plan), len(plan.batches))
 
 
 def _part(folder: Path, shard: int) -> Path:
@@ -125,25 +122,7 @@ def _part(folder: Path, shard: int) -> Path:
 
 
 def _open_parts(folder: Path, plan: BootstrapPlan) -> None:
-    saved = folder / "plan.json"
-    if saved.is_file():
-        try:
-            data = json.loads(saved.read_text(encoding="utf-8"))
-            earlier = BootstrapPlan(
-                **{**data, "layers": tuple(data["layers"]), "batches": tuple(map(tuple, data["batches"]))}
-            )
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise InputError(
-                f"'{saved}' is corrupt; delete the folder '{folder}' to start the bootstrap over"
-            ) from None
-        if not earlier.same_job(plan):
-            raise InputError(
-                f"'{folder}' holds a bootstrap of another model, concept list, layers or batch size; "
-                "delete it or write elsewhere"
-            )
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, json.dumps(asdict(plan)))
+    _parts(folder, plan).open()
 
 
 @dataclass(frozen=True)
@@ -237,12 +216,7 @@ def check_parts(plan: BootstrapPlan, folder: Path) -> None:
     Raises:
         InputError: a shard missing (the job is unfinished: rerun it), or a part the plan has no shard for.
     """
-    found = {int(path.stem.removeprefix("part-")) for path in folder.glob("part-*.safetensors")}
-    planned = set(range(len(plan.batches)))
-    if missing := sorted(planned - found):
-        raise InputError(f"'{folder}' lacks {len(missing)} shards (first: {missing[0]}); rerun the job to finish it")
-    if extra := sorted(found - planned):
-        raise InputError(f"'{folder}' holds parts the plan has no shard for (first: {extra[0]}); delete the folder")
+    _parts(folder, plan).check()
 
 
 def gather(plan: BootstrapPlan, concepts: ConceptList, folder: Path, target: Path) -> Path:

@@ -13,7 +13,8 @@ Example:
     4
 """
 
+from mechscope.distributed.parts import PartsFolder, parts_folder
 from mechscope.distributed.runner import BACKENDS, LocalRunner, Runner, ShardTask, make_runner
 from mechscope.distributed.spec import ModelSpec
 
-__all__ = ["BACKENDS", "LocalRunner", "ModelSpec", "Runner", "ShardTask", "make_runner"]
+__all__ = ["BACKENDS", "LocalRunner", "ModelSpec", "PartsFolder", "Runner", "ShardTask", "make_runner", "parts_folder"]

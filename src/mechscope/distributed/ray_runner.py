@@ -45,12 +45,12 @@ RETRIES = 3
 class ShardWorker:
     """The body of one Ray actor: a loaded model that runs shards (and single calls) on request."""
 
-    def __init__(self, spec: ModelSpec, threads: int | None) -> None:
+    def __init__(self, spec: ModelSpec | None, threads: int | None) -> None:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        self.lm: LanguageModel = spec.load()
+        self.lm: LanguageModel | None = spec.load() if spec is not None else None  # None: a model-free job
 
     def pid(self) -> int:
         return os.getpid()
@@ -60,7 +60,7 @@ class ShardWorker:
 
     def run(self, task: ShardTask, shard: int) -> int:
         """Run one shard; return this process's id (a new one tells the driver that Ray restarted us)."""
-        task.run(self.lm, shard)
+        task.run(self.lm, shard)  # type: ignore[arg-type]  # None only for model-free jobs
         return os.getpid()
 
 
@@ -68,7 +68,7 @@ class RayRunner:
     """Run shards on Ray actors (see the module docstring); use it as a context manager, or `close` it.
 
     Args:
-        spec: the model each worker loads.
+        spec: the model each worker loads (None for jobs that need none, e.g. a weights census).
         address: an existing cluster (``auto``, ``host:6379``, ``ray://host:10001``); None connects to the
             Ray instance this process started already, else starts a local one with this machine's CPUs
             and GPUs (and stops it on `close`).
@@ -77,7 +77,7 @@ class RayRunner:
     """
 
     def __init__(
-        self, spec: ModelSpec, *, address: str | None = None, workers: int | None = None, retries: int = RETRIES
+        self, spec: ModelSpec | None, *, address: str | None = None, workers: int | None = None, retries: int = RETRIES
     ) -> None:
         if workers is not None and workers < 1:
             raise DistributedError(f"--workers must be at least 1, got {workers}")
@@ -94,14 +94,14 @@ class RayRunner:
             self._started = True
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         gpus = int(resources.get("GPU", 0))
-        if spec.device_map is not None:
+        if spec is not None and spec.device_map is not None:
             # One model spread over every GPU of a node: one worker per node's worth of GPUs.
             alive = [node for node in ray.nodes() if node["Alive"]]  # type: ignore[no-untyped-call]
             per_node = max([int(node["Resources"].get("GPU", 0)) for node in alive] or [0])
             self._gpus, count = per_node, max(1, gpus // max(per_node, 1))
         else:
             self._gpus, count = (1, gpus) if gpus else (0, int(resources.get("CPU", 1)))
-        worker_spec = spec.on("cuda") if self._gpus and spec.device is None else spec
+        worker_spec = spec.on("cuda") if spec is not None and self._gpus and spec.device is None else spec
         actor = ray.remote(ShardWorker).options(
             num_cpus=1, num_gpus=self._gpus, max_restarts=retries, max_task_retries=retries
         )

@@ -20,7 +20,8 @@ class ShardTask(Protocol):
     """A job cut into shards; picklable, so that a Ray worker can run it.
 
     ``run(lm, shard)`` computes shard ``shard`` and writes its part file atomically. It is a pure function
-    of (model, shard): running it twice writes the same part, so a retried shard can never differ.
+    of (model, shard): running it twice writes the same part, so a retried shard can never differ. A job
+    that needs no model (a weights census) runs on a runner made with no spec and gets ``lm=None``.
     """
 
     def run(self, lm: LanguageModel, shard: int) -> None: ...
@@ -51,15 +52,15 @@ class Runner(Protocol):
 class LocalRunner:
     """Run shards one after another on a model loaded in this process (the default backend)."""
 
-    def __init__(self, lm: LanguageModel) -> None:
-        self.lm = lm
+    def __init__(self, lm: LanguageModel | None) -> None:
+        self.lm = lm  # None for jobs that need no model
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(self.lm, *args, **kwargs)
 
     def run(self, task: ShardTask, shards: Sequence[int], *, on_done: Callable[[int], None] | None = None) -> None:
         for shard in shards:
-            task.run(self.lm, shard)
+            task.run(self.lm, shard)  # type: ignore[arg-type]  # None only for model-free jobs
             if on_done is not None:
                 on_done(shard)
 
@@ -75,13 +76,13 @@ class LocalRunner:
 
 def make_runner(
     backend: str,
-    spec: ModelSpec,
+    spec: ModelSpec | None,
     *,
     lm: LanguageModel | None = None,
     address: str | None = None,
     workers: int | None = None,
 ) -> Runner:
-    """The runner of ``backend`` (``local`` or ``ray``) for the model ``spec`` names.
+    """The runner of ``backend`` (``local`` or ``ray``) for the model ``spec`` names (None: a model-free job).
 
     Args:
         lm: the model, already loaded (local backend; loaded from ``spec`` when None).
@@ -95,7 +96,7 @@ def make_runner(
     if backend == "local":
         if address is not None:
             raise InputError("--address needs --backend ray")
-        return LocalRunner(lm if lm is not None else spec.load())
+        return LocalRunner(lm if lm is not None or spec is None else spec.load())
     if backend == "ray":
         from mechscope.distributed.ray_runner import RayRunner
 
