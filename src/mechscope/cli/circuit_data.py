@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line_errors
+from mechscope.cli.options import (
+    AddressOpt,
+    BackendOpt,
+    JsonOpt,
+    ModelOptions,
+    WorkersOpt,
+    model_options,
+    one_line_errors,
+)
 from mechscope.cli.output import console, print_json, print_table
 
 dataset_app = typer.Typer(
@@ -108,31 +117,31 @@ def collect_command(
     shard_size: Annotated[int, typer.Option("--shard-size", help="Prompts per shard file.")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")] = 32,
     store_dtype: Annotated[str, typer.Option("--store-dtype", help="float32 or float16 on disk.")] = "float32",
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Collect the prompts' activations into a folder of safetensors shards; rerun to resume.
 
+    With --backend ray, Ray workers (one per GPU, else per CPU) each load the model and write their shards
+    into the folder (which every worker must see); the folder is the same on either backend.
+
     Example: mechscope circuit collect -m toy -d prompts.json -o acts/ --positions last
+    Example: mechscope circuit collect -m MODEL -d prompts.json -o acts/ --backend ray --address auto
     """
     from mechscope.probing.collect import collect
     from mechscope.probing.dataset import load_prompts
 
     dataset = load_prompts(data)
     patterns = [s.strip() if "." in s.strip() else f"{s.strip()}.*" for s in sites.split(",") if s.strip()]
-    lm = model.load()
-    acts = collect(
-        lm,
-        dataset,
-        out,
-        sites=patterns,
-        positions=positions,
-        shard_size=shard_size,
-        batch_size=batch_size,
-        dtype=store_dtype,
-        progress=not as_json,
-    )
+    with model.runner(backend, address=address, workers=workers) as runner:
+        acts = collect(
+            None, dataset, out, sites=patterns, positions=positions, shard_size=shard_size, batch_size=batch_size,
+            dtype=store_dtype, progress=not as_json, runner=runner,
+        )  # fmt: skip
     if as_json:
-        print_json(acts.manifest)
+        print_json({**json.loads(acts.manifest.model_dump_json()), "backend": backend})
         return
     m = acts.manifest
     console.print(

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line_errors
+from mechscope.cli.options import (
+    AddressOpt,
+    BackendOpt,
+    JsonOpt,
+    ModelOptions,
+    WorkersOpt,
+    model_options,
+    one_line_errors,
+)
 from mechscope.cli.output import console, print_json, print_table
 
 probes_app = typer.Typer(help="Probe batteries: which property is readable at which layer.", no_args_is_help=True)
@@ -39,34 +48,34 @@ def probes_run(
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result JSON here.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Write the heatmap and stratigraphy page.")] = None,
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Probe every property of a battery at every layer; print the stratigraphy.
 
+    With --backend ray, Ray workers make the prompts and collect the activations (in shards); the probes are
+    fitted here. The result is the same on either backend.
+
     Example: mechscope circuit probes run -m toy --battery default --html strata.html
+    Example: mechscope circuit probes run -m MODEL --backend ray --workers 4 --activations acts/
     """
     from mechscope.cli.output import check_outputs, write_text_output
-    from mechscope.core.layers import parse_layers
     from mechscope.errors import InputError
-    from mechscope.probing.battery import load_battery, run_battery
+    from mechscope.probing.battery import load_battery, model_layers, run_battery
 
     if method not in ("logistic", "diff_means"):
         raise InputError(f"--method must be logistic or diff_means, not {method!r}")
     spec = load_battery(battery)
     check_outputs(out, html)
-    lm = model.load()
-    result = run_battery(
-        lm,
-        spec,
-        layers=parse_layers(layers, lm.arch.n_layers),
-        positions=positions,
-        method=method,  # type: ignore[arg-type]
-        permutations=permutations,
-        bootstrap=bootstrap,
-        seed=seed,
-        activations=activations,
-        progress=not as_json,
-    )
+    with model.runner(backend, address=address, workers=workers) as runner:
+        result = run_battery(
+            None, spec, layers=runner.call(model_layers, layers), positions=positions,
+            method=method,  # type: ignore[arg-type]
+            permutations=permutations, bootstrap=bootstrap, seed=seed, activations=activations,
+            progress=not as_json, runner=runner,
+        )  # fmt: skip
     if out is not None:
         write_text_output(out, result.model_dump_json(indent=1) + "\n")
     if html is not None:
@@ -74,7 +83,7 @@ def probes_run(
 
         write_text_output(html, render_battery_html(result))
     if as_json:
-        print_json(result)
+        print_json({**json.loads(result.model_dump_json()), "backend": backend})  # pydantic's rules for NaN
         return
     rows = []
     for row in result.stratigraphy():
@@ -94,7 +103,7 @@ def probes_run(
             ]
         )
     header = ["category", "property", "emerges", "95% CI", "peak", "accuracy", "majority", "selectivity", "destroyed"]
-    print_table(f"stratigraphy of {lm.source} ({result.prompts} prompts)", header, rows)
+    print_table(f"stratigraphy of {result.model} ({result.prompts} prompts)", header, rows)
     console.print(
         f"emerges: first layer with held-out accuracy >= {result.threshold} and > majority + {result.margin}; "
         f"destroyed: first later layer < {result.destroyed_below}"

@@ -184,17 +184,27 @@ def refine_command(
     ] = 2,
     bank: Annotated[str, typer.Option("--bank", help="Template bank: auto, general or toyworld.")] = "auto",
     generator: Annotated[
-        str | None, typer.Option("--generator", help="Stage 2: the model that writes contexts (default: --model).")
+        str | None,
+        typer.Option("--generator", help="Stage 2: the model that writes contexts, loaded here (default: --model)."),
     ] = None,
     interpreter: Annotated[
         Path | None, typer.Option("--interpreter", help="Stage 3: the interpreter whose weak spots to target.")
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Contexts per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Contexts per forward pass (and per shard).")] = 64,
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add contexts for the (uncertain) concepts: stage 1 templates, 2 generated, 3 adversarial.
 
+    --backend shards the capture of the chosen contexts (each --batch-size contexts a shard, kept in
+    ENC.refine.parts/ until they are folded in; rerun to resume after a kill). On Ray, stage 2's contexts
+    are written by one worker's model (by a --generator model loaded here if given), and stage 3's
+    candidates are captured by one worker and scored here.
+
     Example: mechscope concepts refine -m MODEL --data enc.h5 --uncertain uncertain.jsonl --stage 1 --templates 5
+    Example: mechscope concepts refine -m MODEL --data enc.h5 --stage 1 --backend ray --address auto
     """
     from mechscope.concepts import refine
     from mechscope.concepts.encyclopedia import Encyclopedia
@@ -202,26 +212,28 @@ def refine_command(
 
     enc = Encyclopedia(data)
     indices = _chosen(enc, uncertain)
-    lm = model.load()
-    if stage == 1:
-        contexts = refine.template_contexts(enc, indices, templates, held_out=held_out, bank=bank)
-    elif stage == 2:
-        writer = lm if generator is None else ModelOptions(model=generator, device=model.device).load()
-        contexts = refine.generated_contexts(writer, enc, indices, templates)
-    elif stage == 3:
-        if interpreter is None:
-            raise InputError("stage 3 targets an interpreter's weak spots: pass --interpreter interp/")
-        from mechscope.cli.concepts_readers import true_concept_score
-
-        contexts = refine.adversarial_contexts(
-            lm, enc, indices, templates, true_concept_score(interpreter, enc), bank=bank
-        )
-    else:
+    if stage not in (1, 2, 3):
         raise InputError(f"refinement stages are 1, 2 and 3, not {stage}")
-    enc = refine.refine(lm, data, contexts, stage, batch_size=batch_size, progress=not as_json)
+    if stage == 3 and interpreter is None:
+        raise InputError("stage 3 targets an interpreter's weak spots: pass --interpreter interp/")
+    with model.runner(backend, address=address, workers=workers) as runner:
+        if stage == 1:
+            contexts = refine.template_contexts(enc, indices, templates, held_out=held_out, bank=bank)
+        elif stage == 2 and generator is None:
+            contexts = runner.call(refine.generated_contexts, enc, indices, templates)
+        elif stage == 2:
+            writer = ModelOptions(model=str(generator), device=model.device).load()
+            contexts = refine.generated_contexts(writer, enc, indices, templates)
+        else:
+            from mechscope.cli.concepts_readers import true_concept_score
+
+            assert interpreter is not None
+            score = true_concept_score(interpreter, enc)
+            contexts = refine.adversarial_contexts(None, enc, indices, templates, score, bank=bank, runner=runner)
+        enc = refine.refine(None, data, contexts, stage, batch_size=batch_size, progress=not as_json, runner=runner)
     result = {"path": str(data), "stage": stage, "concepts": len(indices), "contexts": len(contexts)}
     if as_json:
-        print_json({**result, "samples_per_concept": enc.info.samples_per_concept})
+        print_json({**result, "samples_per_concept": enc.info.samples_per_concept, "backend": backend})
         return
     console.print(
         f"stage {stage}: {len(contexts)} contexts for {len(indices)} concepts; "

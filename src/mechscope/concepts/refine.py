@@ -10,30 +10,60 @@
 Every stage captures the encyclopedia's layers with the encyclopedia's pooling and goes through
 `mechscope.concepts.encyclopedia.add_samples` (running mean and variance, copy-and-swap): a failure loses
 nothing.
+
+The capture of the chosen contexts is sharded like the stage-0 bootstrap: shard ``i`` is contexts
+``i * batch_size`` up to the next ``batch_size``, in order; `RefineTask` pools one shard and writes its
+part atomically into ``ENC.refine.parts/`` beside the encyclopedia (never ``ENC.parts/``, the bootstrap's).
+The plan names the model, layers, pooling, stage and the digests of the contexts and of the encyclopedia
+file as it is now, so a rerun after an interruption reuses the finished parts, and a changed encyclopedia or
+context list is refused. The merge checks the parts, concatenates them in plan order, calls `add_samples`
+once and removes the folder. The shards run on a `mechscope.distributed.Runner`: here (the default) or on
+Ray workers; both run the same shards, so both give the same file.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> import mechscope as ms
+    >>> from mechscope.concepts.bootstrap import bootstrap
+    >>> from mechscope.concepts.sources import toyworld_concepts
+    >>> lm, out = ms.load("toy"), pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+    >>> enc = bootstrap(lm, toyworld_concepts(), out, layers=[-1], progress=False)
+    >>> contexts = template_contexts(enc, range(3), 2, held_out=1)
+    >>> refine(lm, out, contexts, 1, batch_size=4).count()[:4].tolist()
+    [3, 3, 3, 1]
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from mechscope.concepts.concept import Concept
 from mechscope.concepts.encyclopedia import GENERATED, HELD_OUT, TRAIN, Encyclopedia, add_samples
 from mechscope.concepts.pooling import pooled
 from mechscope.concepts.templates import TemplateBank, bank_for, choose
+from mechscope.distributed.parts import PartsFolder, parts_folder
+from mechscope.distributed.runner import LocalRunner, Runner
 from mechscope.errors import InputError
+from mechscope.progress import bar
+from mechscope.storage.tensors import StoredFileError, load_tensors, save_tensors
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from mechscope.core.lm import LanguageModel
 
 #: A reader's probability of each sample's true concept: ``score(x [m, n_layers, d], concept [m]) -> [m]``.
 TrueConceptScore = Callable[[np.ndarray, np.ndarray], np.ndarray]
 GENERATOR_PROMPT = "Here is a sentence about {t}:"
+PART_KIND = "refine-part"
 
 
 @dataclass(frozen=True)
@@ -124,7 +154,7 @@ def generated_contexts(
 
 
 def adversarial_contexts(
-    lm: LanguageModel,
+    lm: LanguageModel | None,
     encyclopedia: Encyclopedia,
     indices: Sequence[int],
     n: int,
@@ -132,8 +162,12 @@ def adversarial_contexts(
     *,
     bank: str = "auto",
     batch_size: int = 64,
+    runner: Runner | None = None,
 ) -> list[Context]:
-    """Stage 3: of each concept's unused training templates, the ``n`` where ``score`` is lowest."""
+    """Stage 3: of each concept's unused training templates, the ``n`` where ``score`` is lowest.
+
+    The candidates are captured in one call on ``runner`` (default: here, on ``lm``); ``score`` runs here.
+    """
     used, _ = used_templates(encyclopedia)
     candidates = []
     for i in indices:
@@ -146,7 +180,7 @@ def adversarial_contexts(
             "these concepts have no unused training templates left for stage 3 (all are in the encyclopedia); "
             "use fewer stage-1 --templates, or stage 2 for new contexts"
         )
-    values = _capture(lm, encyclopedia, candidates, batch_size)
+    values = _runner(lm, runner).call(_pool, *_inputs(encyclopedia, candidates), batch_size)
     x = np.stack([values[layer].numpy() for layer in encyclopedia.info.layers], axis=1)
     p = score(x, np.array([c.concept for c in candidates]))
     chosen: list[Context] = []
@@ -156,53 +190,209 @@ def adversarial_contexts(
     return chosen
 
 
-def _capture(
-    lm: LanguageModel, encyclopedia: Encyclopedia, contexts: Sequence[Context], batch_size: int, progress: bool = False
-) -> dict[int, Any]:
-    """The contexts pooled as the encyclopedia pools (its layers; ``term`` poolings read the concept's term)."""
-    terms = [encyclopedia.concepts[c.concept].term for c in contexts]
-    return pooled(
-        lm,
-        [c.text for c in contexts],
-        encyclopedia.info.layers,
-        pooling=encyclopedia.info.pooling,
-        terms=terms,
-        batch_size=batch_size,
-        progress=progress,
+def _runner(lm: LanguageModel | None, runner: Runner | None) -> Runner:
+    if runner is not None:
+        return runner
+    if lm is None:
+        raise InputError("refinement needs a model or a runner that holds one")
+    return LocalRunner(lm)
+
+
+def _inputs(
+    encyclopedia: Encyclopedia, contexts: Sequence[Context]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...], str]:
+    """What a capture of ``contexts`` needs: texts, their concepts' terms, the encyclopedia's layers and pooling."""
+    texts = tuple(c.text for c in contexts)
+    terms = tuple(encyclopedia.concepts[c.concept].term for c in contexts)
+    return texts, terms, tuple(encyclopedia.info.layers), encyclopedia.info.pooling
+
+
+def _pool(
+    lm: LanguageModel, texts: Sequence[str], terms: Sequence[str], layers: Sequence[int], pooling: str, batch_size: int
+) -> dict[int, Tensor]:
+    """The texts pooled as the encyclopedia pools (``term`` poolings read the concept's term): float32."""
+    return pooled(lm, list(texts), layers, pooling=pooling, terms=list(terms), batch_size=batch_size)
+
+
+def _model_source(lm: LanguageModel) -> str:
+    return lm.source
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of the file's bytes: any change to the encyclopedia makes the parts of an earlier run stale."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _contexts_digest(contexts: Sequence[Context], terms: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for context, term in zip(contexts, terms, strict=True):
+        row = [context.concept, context.template, context.split, context.text, term]
+        digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def _job_name(path: str | os.PathLike[str]) -> Path:
+    target = Path(path)
+    return target.with_name(target.name + ".refine")  # parts in ENC.refine.parts/: never the bootstrap's ENC.parts/
+
+
+def refine_parts(path: str | os.PathLike[str]) -> Path:
+    """Where refining ``path`` keeps its finished shards: ``ENC.refine.parts/`` (the bootstrap's is ``ENC.parts/``)."""
+    return parts_folder(_job_name(path))
+
+
+def make_plan(
+    encyclopedia: Encyclopedia, contexts: Sequence[Context], stage: int, batch_size: int
+) -> tuple[PartsFolder, RefineTask]:
+    """The parts folder (plan) and the task of refining ``encyclopedia`` with ``contexts`` (nothing runs yet).
+
+    Raises:
+        InputError: a batch size below 1, or a context of a concept the encyclopedia does not have.
+    """
+    if batch_size < 1:
+        raise InputError(f"the batch size must be at least 1, got {batch_size}")
+    if bad := [c.concept for c in contexts if not 0 <= c.concept < len(encyclopedia)]:
+        raise InputError(f"a context is of concept {bad[0]}; the encyclopedia has concepts 0..{len(encyclopedia) - 1}")
+    texts, terms, layers, pooling = _inputs(encyclopedia, contexts)
+    n_shards = -(-len(contexts) // batch_size)
+    plan = {
+        "job": "refine",
+        "model": encyclopedia.info.model,
+        "layers": list(layers),
+        "pooling": pooling,
+        "stage": stage,
+        "contexts": len(contexts),
+        "contexts_sha256": _contexts_digest(contexts, terms),
+        "encyclopedia_sha256": _file_digest(encyclopedia.path),
+        "shard_size": batch_size,
+        "shards": n_shards,
+    }
+    parts = PartsFolder(_job_name(encyclopedia.path), plan, n_shards)
+    return parts, RefineTask(texts, terms, layers, pooling, batch_size, parts)
+
+
+@dataclass(frozen=True)
+class RefineTask:
+    """The capture of one refinement's contexts, shard by shard, as a picklable `mechscope.distributed.ShardTask`."""
+
+    texts: tuple[str, ...]
+    terms: tuple[str, ...]
+    layers: tuple[int, ...]
+    pooling: str
+    shard_size: int
+    parts: PartsFolder
+
+    def rows(self, shard: int) -> list[int]:
+        """The indices of shard ``shard``'s contexts."""
+        return list(range(shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.texts))))
+
+    def run(self, lm: LanguageModel, shard: int) -> None:
+        """Pool shard ``shard``'s contexts and write its part atomically, unless a complete part is there already."""
+        if self.done(shard):
+            return  # a worker that died after writing it: its rerun must not write the part twice
+        rows = self.rows(shard)
+        texts, terms = [self.texts[i] for i in rows], [self.terms[i] for i in rows]
+        values = _pool(lm, texts, terms, self.layers, self.pooling, self.shard_size)
+        tensors = {f"layer_{layer}": value for layer, value in values.items()}  # float32, as add_samples had
+        # no fsync per part: a part is checked when the merge or a rerun reads it, and remade if damaged
+        save_tensors(self.parts.path(shard), tensors, kind=PART_KIND, meta={"rows": rows}, fsync=False)
+
+    def done(self, shard: int) -> bool:
+        """Whether shard ``shard``'s part is there, readable and of its own contexts."""
+        if not self.parts.done(shard):
+            return False
+        try:
+            stored = load_tensors(self.parts.path(shard), kind=PART_KIND)
+        except StoredFileError:
+            return False  # never complete (atomic writes make this rare): redo it
+        return bool(stored.meta.get("rows") == self.rows(shard))
+
+
+def merge(task: RefineTask, path: str | os.PathLike[str], contexts: Sequence[Context], stage: int) -> None:
+    """Fold a complete parts folder into the encyclopedia (one `add_samples`), then remove the folder.
+
+    Raises:
+        InputError: a shard missing or extra (`PartsFolder.check`), or a part damaged, of other rows or shapes.
+    """
+    parts = task.parts
+    parts.check()
+    d_model = Encyclopedia(path).info.d_model
+    blocks: dict[int, list[Tensor]] = {layer: [] for layer in task.layers}
+    for shard in range(parts.n_shards):
+        try:
+            stored = load_tensors(parts.path(shard), kind=PART_KIND)
+        except StoredFileError as error:
+            raise InputError(f"part {shard} in '{parts.folder}' is damaged ({error}); rerun to redo it") from None
+        rows = task.rows(shard)
+        if stored.meta.get("rows") != rows:
+            raise InputError(f"part {shard} in '{parts.folder}' holds other rows than its shard; delete the folder")
+        for layer in task.layers:
+            value = stored.tensors.get(f"layer_{layer}")
+            if value is None or tuple(value.shape) != (len(rows), d_model):
+                raise InputError(f"part {shard} in '{parts.folder}' lacks layer {layer} [{len(rows)}, {d_model}]")
+            blocks[layer].append(value)
+    add_samples(
+        path,
+        {layer: torch.cat(blocks[layer]).numpy() for layer in task.layers},
+        np.array([c.concept for c in contexts], np.int64),
+        np.array([c.template for c in contexts], np.int64),
+        np.array([c.split for c in contexts], np.int64),
+        stage,
     )
+    parts.remove()
 
 
 def refine(
-    lm: LanguageModel,
+    lm: LanguageModel | None,
     path: str | os.PathLike[str],
     contexts: Sequence[Context],
     stage: int,
     *,
     batch_size: int = 64,
     progress: bool = False,
+    on_shard: Callable[[int], None] | None = None,
+    runner: Runner | None = None,
 ) -> Encyclopedia:
-    """Capture ``contexts`` with ``lm`` at the encyclopedia's layers and add them as stage ``stage``.
+    """Capture ``contexts`` at the encyclopedia's layers, shard by shard, and add them as stage ``stage``.
+
+    Args:
+        lm: the model (None when ``runner`` holds it, e.g. on Ray workers).
+        batch_size: contexts per shard (and per forward pass).
+        on_shard: called after each shard's part is saved (progress reporting, tests of interruption).
+        runner: where the shards run (default: here, on ``lm``); see `mechscope.distributed`.
+
+    An interrupted run leaves the encyclopedia as it was and its finished parts in ``ENC.refine.parts/``;
+    the same call again runs only the missing shards.
 
     Raises:
-        InputError: no contexts, a stage outside 1–3, or ``lm`` is not the model the encyclopedia is of.
+        InputError: no contexts, a stage outside 1–3, the model is not the one the encyclopedia is of, or
+            ``ENC.refine.parts/`` holds the parts of another refinement (another file state or contexts).
     """
     encyclopedia = Encyclopedia(path)
     if stage not in (1, 2, 3):
         raise InputError(f"refinement stages are 1, 2 and 3, not {stage}")
-    if Path(lm.source).name != Path(encyclopedia.info.model).name and lm.source != encyclopedia.info.model:
+    runner = _runner(lm, runner)
+    source = runner.call(_model_source)
+    if Path(source).name != Path(encyclopedia.info.model).name and source != encyclopedia.info.model:
         raise InputError(
-            f"the encyclopedia is of {encyclopedia.info.model}, not {lm.source}; refine it with the same model"
+            f"the encyclopedia is of {encyclopedia.info.model}, not {source}; refine it with the same model"
         )
     if not contexts:
         raise InputError("nothing to refine: no contexts (are any concepts uncertain?)")
-    layers = encyclopedia.info.layers
-    values = _capture(lm, encyclopedia, contexts, batch_size, progress)
-    add_samples(
-        path,
-        {layer: values[layer].numpy() for layer in layers},
-        np.array([c.concept for c in contexts], np.int64),
-        np.array([c.template for c in contexts], np.int64),
-        np.array([c.split for c in contexts], np.int64),
-        stage,
-    )
+    parts, task = make_plan(encyclopedia, contexts, stage, batch_size)
+    parts.open()
+    todo = [shard for shard in range(parts.n_shards) if not task.done(shard)]
+    with bar("refine", len(contexts), enabled=progress) as shown:
+        if shown is not None:
+            shown.advance(len(contexts) - sum(len(task.rows(shard)) for shard in todo))
+
+        def finished(shard: int) -> None:
+            if shown is not None:
+                shown.advance(len(task.rows(shard)))
+            if on_shard is not None:
+                on_shard(shard)
+
+        runner.run(task, todo, on_done=finished)
+    merge(task, path, contexts, stage)
     return Encyclopedia(path)

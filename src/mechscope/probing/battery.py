@@ -36,6 +36,7 @@ from mechscope.progress import bar
 
 if TYPE_CHECKING:
     from mechscope.core.lm import LanguageModel
+    from mechscope.distributed.runner import Runner
 
 DEFAULT_BATTERY = """\
 # A mechscope probe battery. Each probe reads one property from the residual stream at every layer.
@@ -264,8 +265,29 @@ def _strata(
     )
 
 
+def model_layers(lm: LanguageModel, text: str) -> list[int]:
+    """The layers a ``--layers`` value names in ``lm`` (`mechscope.core.layers.parse_layers` on its depth)."""
+    from mechscope.core.layers import parse_layers
+
+    return parse_layers(text, lm.arch.n_layers)
+
+
+def plan_battery(
+    lm: LanguageModel, spec: BatterySpec, layers: Sequence[int] | None
+) -> tuple[str, list[int], list[tuple[ProbeSpec, PromptDataset, list[Any]]]]:
+    """What a battery needs from the model before it collects: ``(model source, layers, probes' prompts)``.
+
+    Raises:
+        InputError: a probe whose prompts cannot be made; SiteError: a layer the model lacks.
+    """
+    from mechscope.core.layers import resolve_layers
+
+    chosen = resolve_layers(layers, lm.arch.n_layers) if layers is not None else list(range(lm.arch.n_layers))
+    return lm.source, chosen, [(p, *probe_dataset(p, lm, spec.folder)) for p in spec.probes]
+
+
 def run_battery(
-    lm: LanguageModel,
+    lm: LanguageModel | None,
     battery: BatterySpec | str | os.PathLike[str] = "default",
     *,
     layers: Sequence[int] | None = None,
@@ -278,6 +300,7 @@ def run_battery(
     batch_size: int = 32,
     activations: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    runner: Runner | None = None,
 ) -> BatteryResult:
     """Run a probe battery on ``lm`` (see the module).
 
@@ -287,17 +310,23 @@ def run_battery(
         positions: ``"last"`` or ``"mean"``.
         method, folds, permutations: how each probe is scored (`mechscope.probing.probe.probe`).
         bootstrap: resamples of templates for each emergence interval (0: none).
-        activations: a folder to keep the collected activations in (resumable); default a temporary one.
+        activations: a folder to keep the collected activations in (resumable); default a temporary one
+            (on a Ray cluster of several machines, give a folder every worker sees).
+        runner: where the model runs (the prompts' planning and the collection; default: here, on ``lm``;
+            ``lm`` may be None then). The probes are fitted here, on the collected features.
 
     Raises:
         InputError: a bad battery, a probe whose prompts cannot be made, or a layer the model lacks.
     """
-    from mechscope.core.layers import resolve_layers
+    from mechscope.distributed.runner import LocalRunner
     from mechscope.probing.collect import collect
 
     spec = battery if isinstance(battery, BatterySpec) else load_battery(battery)
-    chosen = resolve_layers(layers, lm.arch.n_layers) if layers is not None else list(range(lm.arch.n_layers))
-    probes = [(p, *probe_dataset(p, lm, spec.folder)) for p in spec.probes]
+    if runner is None:
+        if lm is None:
+            raise InputError("a battery needs a model or a runner that holds one")
+        runner = LocalRunner(lm)
+    source, chosen, probes = runner.call(plan_battery, spec, list(layers) if layers is not None else None)
     texts = list(dict.fromkeys(t for _, data, _ in probes for t in data.texts()))
     union = PromptDataset(
         name=f"battery-{spec.name}", prompts=[LabelledPrompt(prompt=t, label=0, template=t) for t in texts]
@@ -305,13 +334,14 @@ def run_battery(
     row = {t: i for i, t in enumerate(texts)}
     with tempfile.TemporaryDirectory(prefix="mechscope-battery-") as scratch:
         acts = collect(
-            lm,
+            None,
             union,
             activations if activations is not None else scratch,
             sites=[f"resid_post.{layer}" for layer in chosen],
             positions=positions,
             batch_size=batch_size,
             progress=progress,
+            runner=runner,
         )
         features = {layer: acts.features(f"resid_post.{layer}") for layer in chosen}
     properties = []
@@ -335,7 +365,7 @@ def run_battery(
                     shown.advance(1)
             properties.append(_strata(p, spec, chosen, scored, bootstrap, seed))
     return BatteryResult(
-        model=lm.source,
+        model=source,
         battery=spec.name,
         positions=positions,
         layers=chosen,

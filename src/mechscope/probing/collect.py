@@ -5,7 +5,12 @@ model (bucketed by length and padded on the left, `LanguageModel.forward_batches
 a row) and returns one ``[rows, d]`` tensor per site. `collect` plans the shards, writes the manifest and
 the dataset, and writes each missing shard atomically; a rerun with the same arguments skips the shards
 already on disk, so an interrupted collection resumes and ends with the same files as an uninterrupted one.
-Only one shard is ever held in memory.
+Only one shard is ever held in memory (per worker).
+
+Where the shards run is a `mechscope.distributed.Runner` (`CollectTask` is the job): in this process by
+default, or on Ray actors (``runner=RayRunner(...)``, ``--backend ray``), each writing its shards straight
+into the output folder. The folder is the same either way, and `check_shards` holds it against the plan
+after the run: every shard there and whole, no shard file the plan has none for.
 
 Example:
     >>> import tempfile
@@ -21,11 +26,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from mechscope.distributed.runner import LocalRunner, Runner
 from mechscope.errors import InputError
 from mechscope.probing.dataset import PromptDataset
 from mechscope.probing.store import (
@@ -40,6 +47,7 @@ from mechscope.probing.store import (
     write_shard,
 )
 from mechscope.progress import bar
+from mechscope.storage.tensors import StoredFileError
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -110,8 +118,73 @@ def collect_shard(
     return values
 
 
+@dataclass(frozen=True)
+class CollectTask:
+    """The shards of one collection, as a picklable `mechscope.distributed.ShardTask` (shard = its index)."""
+
+    dataset: PromptDataset
+    manifest: ActivationManifest
+    folder: Path
+    batch_size: int = 32
+
+    def run(self, lm: LanguageModel, shard: int) -> None:
+        """Collect shard ``shard`` and write it atomically, unless the folder holds it already."""
+        spec = self.manifest.shard(shard)
+        if shard_done(self.folder, self.manifest, spec):
+            return  # a worker that died after writing it: its rerun must not write the shard twice
+        write_shard(
+            self.folder, self.manifest, spec, collect_shard(lm, self.dataset, self.manifest, spec, self.batch_size)
+        )
+
+
+_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16"}
+
+
+def _layout(path: Path) -> dict[str, tuple[list[int], str]]:
+    """``{name: (shape, safetensors dtype)}`` of each tensor in ``path``, from its header alone."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            slices = {key: handle.get_slice(key) for key in handle.keys()}  # noqa: SIM118 - a handle, not a dict
+            return {key: (list(value.get_shape()), value.get_dtype()) for key, value in slices.items()}
+    except Exception as error:  # safetensors raises its own error type on a damaged file
+        raise StoredFileError(f"'{path}' is unreadable ({type(error).__name__}); delete it and rerun") from None
+
+
+def check_shards(folder: str | os.PathLike[str], manifest: ActivationManifest) -> None:
+    """Refuse a folder that does not hold exactly ``manifest``'s shards, each whole (the merge's check).
+
+    A shard is whole when its header names its own rows of this plan and it holds a ``[rows, d_model]``
+    tensor of the stored dtype for every site (read from the header; no tensor is loaded).
+
+    Raises:
+        InputError: a shard missing or damaged (rerun the collection to redo it), or a shard file the plan
+            has no shard for (first problem only).
+    """
+    where = Path(folder)
+    for spec in manifest.shards():
+        path = where / spec.name
+        if not shard_done(where, manifest, spec):
+            raise InputError(
+                f"'{where}' misses shard {spec.index} of {manifest.n_shards} ({spec.name}); "
+                "rerun mechscope circuit collect with the same arguments to finish it"
+            )
+        layout = _layout(path)
+        expected = ([spec.stop - spec.start, manifest.d_model], _SAFETENSORS_DTYPES[manifest.dtype])
+        bad = next((site for site in manifest.sites if layout.get(site) != expected), None)
+        if bad is not None or len(layout) != len(manifest.sites):
+            raise InputError(
+                f"'{path}' does not hold {manifest.dtype} rows {spec.start}..{spec.stop} of every site "
+                f"(first wrong: {bad or 'an extra tensor'}); delete it and rerun to redo it"
+            )
+    planned = {spec.name for spec in manifest.shards()}
+    if strays := sorted(p.name for p in where.glob("shard-*.safetensors") if p.name not in planned):
+        raise InputError(f"'{where}' holds shard files the plan has no shard for (first: {strays[0]}); remove them")
+
+
 def collect(
-    lm: LanguageModel,
+    lm: LanguageModel | None,
     dataset: PromptDataset,
     out: str | os.PathLike[str],
     *,
@@ -122,27 +195,35 @@ def collect(
     dtype: str = "float32",
     progress: bool = True,
     on_shard: Callable[[ShardSpec], None] | None = None,
+    runner: Runner | None = None,
 ) -> ActivationSet:
     """Collect ``dataset``'s activations at ``sites`` into folder ``out``; resumes a partial collection.
 
     Args:
+        lm: the model (None when ``runner`` holds it, e.g. on Ray workers).
         sites: site patterns (default every layer's ``resid_post``).
         positions: ``"last"`` or ``"mean"`` (over each prompt's real tokens).
-        shard_size: prompts per shard file (the unit of resuming, and later of distribution).
+        shard_size: prompts per shard file (the unit of resuming and of distribution).
         batch_size: prompts per forward pass.
         dtype: ``"float32"`` or ``"float16"`` on disk.
         progress: show a progress bar over prompts.
-        on_shard: called after each shard is written (a hook for progress reporting).
+        on_shard: called here after each shard is written (a hook for progress reporting).
+        runner: where the shards run (default: here, on ``lm``); every worker must see ``out``.
 
     Raises:
         InputError: ``out`` holds a collection of another model, dataset, sites or positions (use a new
-            folder), or is a file; bad arguments (see `plan`).
+            folder), or is a file; the finished folder does not match the plan (`check_shards`); bad
+            arguments (see `plan`).
     """
     _check(positions, dtype, shard_size, batch_size)
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"'{folder}' is a file; give a folder for the activations")
-    manifest = plan(lm, dataset, sites, positions, shard_size, dtype)
+    if runner is None:
+        if lm is None:
+            raise InputError("collect needs a model or a runner that holds one")
+        runner = LocalRunner(lm)
+    manifest = runner.call(plan, dataset, sites, positions, shard_size, dtype)
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / MANIFEST).is_file():
         found = read_manifest(folder)
@@ -158,13 +239,20 @@ def collect(
         dataset.save(folder / DATASET)
         write_manifest(folder, manifest)
     todo = [spec for spec in manifest.shards() if not shard_done(folder, manifest, spec)]
-    with bar("collect", sum(s.stop - s.start for s in todo), enabled=progress) as shown:
-        for spec in todo:
-            write_shard(folder, manifest, spec, collect_shard(lm, dataset, manifest, spec, batch_size))
+    with bar("collect", manifest.n_prompts, enabled=progress) as shown:
+        if shown is not None:
+            shown.advance(manifest.n_prompts - sum(spec.stop - spec.start for spec in todo))
+
+        def finished(shard: int) -> None:
+            spec = manifest.shard(shard)
             if shown is not None:
                 shown.advance(spec.stop - spec.start)
             if on_shard is not None:
                 on_shard(spec)
+
+        task = CollectTask(dataset, manifest, folder, batch_size)
+        runner.run(task, [spec.index for spec in todo], on_done=finished)
+    check_shards(folder, manifest)
     return ActivationSet(folder)
 
 

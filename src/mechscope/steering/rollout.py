@@ -27,114 +27,172 @@ rerunning with the same questions, ``batch_size`` and seed. ``temperature=0`` de
 
 **Prompts.** When the tokenizer has a chat template, the system prompt and the question are rendered with it
 (``add_generation_prompt=True``); otherwise the prompt is ``system_prompt + "\\n" + question`` (or the question).
+
+**Shards.** The job's ``generate`` calls (units: condition x rollout x batch, in that loop order) are cut
+into shards of ``units_per_shard`` units by `make_plan`, which runs once on a loaded model through the runner
+(it renders the prompts and computes the reference norms). `RolloutTask` runs a shard on any loaded model,
+here (`mechscope.distributed.LocalRunner`, the default) or on Ray workers, under the seeds above, and writes
+its rows as one JSON part, atomically, into ``OUT.parts/``. `gather` checks the parts against the plan and
+concatenates them in shard order, the order of the loop, so the rows are the same on every backend. With
+``out``, a job rerun after a kill skips the parts already there.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Mapping, Sequence
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mechscope.core.direction import Direction
 from mechscope.core.lm import LanguageModel
+from mechscope.distributed.parts import PartsFolder
+from mechscope.distributed.runner import LocalRunner, Runner
 from mechscope.errors import InputError
 from mechscope.progress import bar
 from mechscope.steering.generate import Phase, steering_ops
-from mechscope.steering.rollout_results import BASELINES, RolloutRow, Rollouts
+from mechscope.steering.rollout_plan import (
+    PART_KIND,
+    ROLLOUT_SEED_STRIDE,
+    Condition,
+    RolloutPlan,
+    Scale,
+    Unit,
+    make_plan,
+    parse_scale,
+    parse_scales,
+    reference_norm,
+    render_prompt,
+    scale_label,
+    seed_for,
+)
+from mechscope.steering.rollout_results import RolloutRow, Rollouts
+from mechscope.storage.atomic import atomic_write, check_target
 
-Scale = str | float
+__all__ = [
+    "ROLLOUT_SEED_STRIDE",
+    "Condition",
+    "RolloutPlan",
+    "RolloutTask",
+    "Scale",
+    "Unit",
+    "gather",
+    "generate_unit",
+    "make_plan",
+    "parse_scale",
+    "parse_scales",
+    "read_part",
+    "reference_norm",
+    "render_prompt",
+    "rollouts",
+    "scale_label",
+    "seed_for",
+]
 
-#: How far apart the seeds of two rollouts are (batch indices fill the gap).
-ROLLOUT_SEED_STRIDE = 100_003
+
+def generate_unit(
+    lm: LanguageModel, plan: RolloutPlan, vectors: Mapping[str, Direction], unit: Unit
+) -> list[RolloutRow]:
+    """The rows of one unit: batch ``batch_index`` of one condition and rollout, under its seed."""
+    index, rollout, batch_index = unit
+    condition, settings = plan.conditions[index], plan.settings
+    prompts = plan.prompts[condition.prompts]
+    size = int(settings["batch_size"])
+    start = batch_index * size
+    ops = None
+    if condition.steered:
+        ops = steering_ops(lm, vectors[condition.vector], condition.coefficient, positions=settings["positions"])
+    options: dict[str, Any] = {"max_new_tokens": settings["max_new_tokens"], "do_sample": settings["temperature"] > 0}
+    if settings["temperature"] > 0:
+        options["temperature"] = settings["temperature"]
+    batch_seed = seed_for(int(settings["seed"]), rollout, batch_index)
+    torch.manual_seed(batch_seed)
+    context = lm.intervene(ops) if ops is not None else contextlib.nullcontext()  # type: ignore[arg-type]
+    with context:
+        texts = lm.generate(list(prompts[start : start + size]), **options)
+    return [
+        RolloutRow(
+            question_id=start + offset,
+            question=plan.questions[start + offset],
+            prompt=prompts[start + offset],
+            vector=condition.vector,
+            scale=condition.scale,
+            coefficient=condition.coefficient,
+            added_norm=condition.added_norm,
+            rollout=rollout,
+            seed=batch_seed,
+            text=text,
+        )
+        for offset, text in enumerate(texts)
+    ]
 
 
-def parse_scale(scale: Scale) -> str | float:
-    """``"learned"`` or a finite float, from a number or a string (``"learned"``, ``"-4"``, ``"0.5"``).
+@dataclass(frozen=True)
+class RolloutTask:
+    """The shards of one rollout job, as a picklable `mechscope.distributed.ShardTask` (vectors included)."""
+
+    plan: RolloutPlan
+    vectors: dict[str, Direction]
+    parts: PartsFolder
+
+    def run(self, lm: LanguageModel, shard: int) -> None:
+        """Generate shard ``shard``'s units and write their rows as one part, unless a complete one is there."""
+        path = self.parts.path(shard)
+        if read_part(path, self.plan, shard) is not None:
+            return  # a worker that died after writing it: its rerun must not write the part twice
+        rows = [
+            row.model_dump()
+            for unit in self.plan.shards[shard]
+            for row in generate_unit(lm, self.plan, self.vectors, unit)
+        ]
+        text = json.dumps({"kind": PART_KIND, "units": [list(unit) for unit in self.plan.shards[shard]], "rows": rows})
+        # no fsync per part: a part is checked when the merge or a rerun reads it, and remade if damaged
+        atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), fsync=False)
+
+
+def read_part(path: Path, plan: RolloutPlan, shard: int) -> list[RolloutRow] | None:
+    """The rows of ``shard``'s part, or None when it is missing, damaged or holds other units or rows."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        units = [list(unit) for unit in plan.shards[shard]]
+        if stored.get("kind") != PART_KIND or stored.get("units") != units:
+            return None
+        rows = [RolloutRow(**row) for row in stored["rows"]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # missing, or never complete (atomic writes make this rare): redo it
+    found = [(row.question_id, row.vector, row.scale, row.rollout, row.seed) for row in rows]
+    return rows if found == plan.expected(shard) else None
+
+
+def gather(plan: RolloutPlan, parts: PartsFolder, dataset: str = "questions") -> Rollouts:
+    """The job's rows from a complete parts folder, in the order of the plan's units (the local loop's order).
 
     Raises:
-        InputError: any other string, or a number that is not finite.
+        InputError: a shard missing or one the plan lacks (`PartsFolder.check`), or a part that is damaged
+            or holds other units than its shard's.
     """
-    if isinstance(scale, str):
-        text = scale.strip().lower()
-        if text == "learned":
-            return "learned"
-        try:
-            value = float(text)
-        except ValueError:
-            raise InputError(f"unknown scale '{scale}'; use learned or a number such as -4 or 0.5") from None
-    else:
-        value = float(scale)
-    if not math.isfinite(value):
-        raise InputError(f"the scale {scale} is not a finite number")
-    return value
-
-
-def parse_scales(text: str) -> list[str | float]:
-    """Comma-separated scales, e.g. ``learned,-8,-4,4,8``."""
-    parts = [part for part in text.split(",") if part.strip()]
-    if not parts:
-        raise InputError("no scales given; write e.g. learned,-4,4")
-    return [parse_scale(part) for part in parts]
-
-
-def scale_label(scale: str | float) -> str:
-    """How a scale is written in rows and condition names: ``learned``, ``-4``, ``0.5``."""
-    return scale if isinstance(scale, str) else f"{scale:g}"
-
-
-def seed_for(seed: int, rollout: int, batch_index: int) -> int:
-    """The seed set before batch ``batch_index`` of rollout ``rollout`` (the same for every condition)."""
-    return seed + ROLLOUT_SEED_STRIDE * rollout + batch_index
-
-
-def render_prompt(
-    lm: LanguageModel,
-    question: str,
-    system_prompt: str | None = None,
-    prefix: str | None = None,
-    suffix: str | None = None,
-) -> str:
-    """The prompt for ``question``: ``prefix``, the system prompt and chat template when any, ``suffix`` last."""
-    return _render(lm, question, system_prompt, prefix) + (suffix or "")
-
-
-def _render(lm: LanguageModel, question: str, system_prompt: str | None, prefix: str | None) -> str:
-    user = f"{prefix or ''}{question}"
-    template = getattr(lm.tokenizer, "chat_template", None) if lm.has_tokenizer else None
-    if template:
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": user})
-        rendered: str = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return rendered
-    return f"{system_prompt}\n{user}" if system_prompt else user
-
-
-def reference_norm(lm: LanguageModel, prompts: Sequence[str], site: str, *, batch_size: int = 16) -> float:
-    """Mean L2 norm of the activation at ``site`` over the tokens of ``prompts`` (each one's first token left out).
-
-    A prompt of one token counts its only token.
-    """
-    total, count = 0.0, 0
-    for start in range(0, len(prompts), batch_size):
-        batch = list(prompts[start : start + batch_size])
-        mask = lm.tokenize(batch)["attention_mask"].bool()
-        with torch.no_grad(), lm.capture([site], positions="all") as cache:
-            lm.forward(batch)
-        norms = cache[site].float().norm(dim=-1).to(mask.device)
-        first = mask.int().argmax(dim=1)  # left padding: each prompt's first real token
-        keep = mask.clone()
-        several = mask.sum(dim=1) > 1
-        keep[torch.arange(len(batch), device=mask.device)[several], first[several]] = False
-        total += float(norms[keep].sum())
-        count += int(keep.sum())
-    return total / max(count, 1)
+    parts.check()
+    rows: list[RolloutRow] = []
+    for shard in range(len(plan.shards)):
+        found = read_part(parts.path(shard), plan, shard)
+        if found is None:
+            raise InputError(
+                f"part {shard} in '{parts.folder}' is damaged or holds other rows than its shard; rerun the job"
+            )
+        rows.extend(found)
+    return Rollouts(
+        model=plan.model, dataset=dataset, rows=rows, settings=plan.settings, reference_norms=plan.reference_norms
+    )
 
 
 def rollouts(
-    lm: LanguageModel,
+    lm: LanguageModel | None,
     questions: Sequence[str],
     vectors: Mapping[str, Direction],
     *,
@@ -152,110 +210,61 @@ def rollouts(
     batch_size: int = 16,
     dataset: str = "questions",
     progress: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    runner: Runner | None = None,
+    units_per_shard: int = 1,
+    on_shard: Callable[[int], None] | None = None,
 ) -> Rollouts:
     """Generate ``rollouts`` continuations per question for vanilla, prompted and every vector x scale.
 
-    See the module docstring for what the conditions, scales and seeds mean.
+    See the module docstring for what the conditions, scales, seeds and shards mean.
+
+    Args:
+        lm: the model (None when ``runner`` holds it, e.g. on Ray workers).
+        out: the rollouts table to write (Parquet); the finished shards wait in ``OUT.parts/`` beside it, so
+            a rerun after a kill resumes. None: nothing is written (the parts live in a temporary folder,
+            which Ray workers on other machines cannot see).
+        runner: where the shards run (default: here, on ``lm``); see `mechscope.distributed`.
+        units_per_shard: ``generate`` calls per shard (one part file each).
+        on_shard: called after each shard is saved (progress reporting, tests of interruption).
 
     Raises:
-        InputError: no questions, a bad scale or option, a vector named like a baseline, or a zero vector.
-        ModelLoadError: a vector does not fit ``lm``.
+        InputError: no questions, a bad scale or option, a vector named like a baseline, a zero vector, or a
+            parts folder of another job beside ``out``.
+        ModelLoadError: a vector does not fit the model.
     """
-    questions = [str(q) for q in questions]
-    if not questions or any(not q.strip() for q in questions):
-        raise InputError("give at least one question, none of them empty")
-    _check_options(rollouts, max_new_tokens, temperature, batch_size)
-    chosen = [parse_scale(s) for s in scales]
-    if vectors and not chosen:
-        raise InputError("give at least one scale (learned or a number)")
-    for name, direction in vectors.items():
-        if name in BASELINES:
-            raise InputError(f"a vector cannot be named '{name}': that name is a baseline's")
-        direction.check(lm)
-        if not float(direction.vector.float().norm()) > 0:
-            raise InputError(f"the vector '{name}' is zero; it cannot steer")
-    vanilla = [render_prompt(lm, q, system_prompt) for q in questions]
-    conditions: list[tuple[str, str, list[str], Direction | None, float]] = [("vanilla", "", vanilla, None, 0.0)]
-    if prompted_prefix is not None or prompted_suffix is not None or prompted_system_prompt is not None:
-        persona = prompted_system_prompt if prompted_system_prompt is not None else system_prompt
-        prompted = [render_prompt(lm, q, persona, prompted_prefix, prompted_suffix) for q in questions]
-        conditions.append(("prompted", "", prompted, None, 0.0))
-    references: dict[str, float] = {}
-    sites: dict[str, float] = {}
-    norms = {name: float(d.vector.float().norm()) for name, d in vectors.items()}
-    for name, direction in vectors.items():
-        if normalize:
-            if direction.site_name not in sites:
-                sites[direction.site_name] = reference_norm(lm, vanilla, direction.site_name, batch_size=batch_size)
-            references[name] = sites[direction.site_name]
-        for scale in chosen:
-            if scale == "learned":
-                coefficient = 1.0
-            elif normalize:
-                coefficient = float(scale) * references[name] / norms[name]
-            else:
-                coefficient = float(scale)
-            conditions.append((name, scale_label(scale), vanilla, direction, coefficient))
-    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
-    if temperature > 0:
-        options["temperature"] = temperature
-    starts = range(0, len(questions), batch_size)
-    rows: list[RolloutRow] = []
-    with bar("rollouts", len(conditions) * rollouts * len(starts), enabled=progress) as handle:
-        for name, label, prompts, steer, coefficient in conditions:
-            ops = steering_ops(lm, steer, coefficient, positions=positions) if steer is not None else None
-            added = abs(coefficient) * norms.get(name, 0.0)
-            for rollout in range(rollouts):
-                for batch_index, start in enumerate(starts):
-                    batch_seed = seed_for(seed, rollout, batch_index)
-                    torch.manual_seed(batch_seed)
-                    context = lm.intervene(ops) if ops is not None else contextlib.nullcontext()  # type: ignore[arg-type]
-                    with context:
-                        texts = lm.generate(prompts[start : start + batch_size], **options)
-                    for offset, text in enumerate(texts):
-                        qid = start + offset
-                        rows.append(
-                            RolloutRow(
-                                question_id=qid,
-                                question=questions[qid],
-                                prompt=prompts[qid],
-                                vector=name,
-                                scale=label,
-                                coefficient=coefficient,
-                                added_norm=added,
-                                rollout=rollout,
-                                seed=batch_seed,
-                                text=text,
-                            )
-                        )
-                    if handle is not None:
-                        handle.advance()
-    settings = {
-        "scales": [scale_label(s) for s in chosen],
-        "normalize": normalize,
-        "rollouts": rollouts,
-        "seed": seed,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "system_prompt": system_prompt,
-        "prompted_prefix": prompted_prefix,
-        "prompted_suffix": prompted_suffix,
-        "prompted_system_prompt": prompted_system_prompt,
-        "positions": positions,
-        "batch_size": batch_size,
-        "vectors": {
-            name: {"site": d.site_name, "norm": norms[name], "method": d.method} for name, d in vectors.items()
-        },
-    }
-    return Rollouts(model=lm.source, dataset=dataset, rows=rows, settings=settings, reference_norms=references)
+    if runner is None:
+        if lm is None:
+            raise InputError("rollouts need a model or a runner that holds one")
+        runner = LocalRunner(lm)
+    plan = runner.call(
+        make_plan, questions, vectors, scales=scales, normalize=normalize, rollouts=rollouts, seed=seed,
+        max_new_tokens=max_new_tokens, temperature=temperature, system_prompt=system_prompt,
+        prompted_prefix=prompted_prefix, prompted_suffix=prompted_suffix,
+        prompted_system_prompt=prompted_system_prompt, positions=positions, batch_size=batch_size,
+        units_per_shard=units_per_shard,
+    )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if out is None:
+            target = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mechscope-rollouts-"))) / "r.parquet"
+        else:
+            target = check_target(out)
+        parts = PartsFolder(target, plan.job(), len(plan.shards), suffix=".json").open()
+        todo = [shard for shard in range(len(plan.shards)) if read_part(parts.path(shard), plan, shard) is None]
+        total = sum(len(shard) for shard in plan.shards)
+        with bar("rollouts", total, enabled=progress) as shown:
+            if shown is not None:
+                shown.advance(total - sum(len(plan.shards[shard]) for shard in todo))
 
+            def finished(shard: int) -> None:
+                if shown is not None:
+                    shown.advance(len(plan.shards[shard]))
+                if on_shard is not None:
+                    on_shard(shard)
 
-def _check_options(rollouts: int, max_new_tokens: int, temperature: float, batch_size: int) -> None:
-    if rollouts < 1:
-        raise InputError(f"rollouts must be at least 1, got {rollouts}")
-    if max_new_tokens < 1:
-        raise InputError(f"max-new-tokens must be at least 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise InputError(f"batch-size must be at least 1, got {batch_size}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise InputError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+            runner.run(RolloutTask(plan, dict(vectors), parts), todo, on_done=finished)
+        result = gather(plan, parts, dataset)
+        if out is not None:
+            result.to_parquet(target)
+        parts.remove()
+    return result

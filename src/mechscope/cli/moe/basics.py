@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Column
 
-from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line_errors
+from mechscope.cli.options import (
+    AddressOpt,
+    BackendOpt,
+    JsonOpt,
+    ModelOptions,
+    WorkersOpt,
+    model_options,
+    one_line_errors,
+)
 from mechscope.cli.output import check_outputs, console, print_json, print_line, print_table, visible, write_text_output
 
 if TYPE_CHECKING:
@@ -131,27 +139,44 @@ def utilization(
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Corpus file: one prompt per line.")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeat for more).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")] = 32,
+    shard_size: Annotated[
+        int | None, typer.Option("--shard-size", help="Prompts per shard (default 4 x --batch-size).")
+    ] = None,
     cold_threshold: Annotated[
         float, typer.Option("--cold-threshold", help="Experts with a share of tokens below this are cold.")
     ] = 0.01,
-    out: Annotated[Path | None, typer.Option("--out", help="Also write the result as JSON to this file.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the result as JSON here; makes the job resumable.")
+    ] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML page (layers x experts).")] = None,
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Tokens per expert over a corpus, per MoE layer: shares, load entropy, cold experts, balancing loss.
 
+    The corpus is cut into shards of consecutive prompts; with --backend ray, Ray workers run them. Each
+    shard's sums wait in OUT.parts/ beside --out until all are there, so a rerun after a kill runs only the
+    missing shards; without --out they wait in a temporary folder (on a Ray cluster of several machines,
+    give --out on a shared filesystem). The result is the same, to the last bit, on either backend.
+
     Example: mechscope moe utilization --prompts corpus.txt --json
+    Example: mechscope moe utilization --prompts corpus.txt --out usage.json --backend ray --address auto
     """
     from mechscope.cli.inputs import at_least, read_corpus
     from mechscope.moe.utilization import utilization as count_experts
 
     check_outputs(out, html)
     at_least(batch_size, 1, "--batch-size")
+    if shard_size is not None:
+        at_least(shard_size, 1, "--shard-size")
     corpus = read_corpus(prompts, prompt)
-    lm = model.load()
-    result = count_experts(lm, corpus, batch_size=batch_size, cold_threshold=cold_threshold, progress=not as_json)
-    if out is not None:
-        write_text_output(out, result.model_dump_json(indent=2))
+    with model.runner(backend, address=address, workers=workers) as runner:
+        result = count_experts(
+            None, corpus, batch_size=batch_size, shard_size=shard_size, cold_threshold=cold_threshold,
+            out=out, runner=runner, progress=not as_json,
+        )  # fmt: skip
     if html is not None:
         from mechscope.viz.moe_report import render_utilization_html
 
