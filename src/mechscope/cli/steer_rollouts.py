@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Column
 
-from mechscope.cli.options import JsonOpt, ModelOptions, model_options, one_line_errors
+from mechscope.cli.options import (
+    AddressOpt,
+    BackendOpt,
+    JsonOpt,
+    ModelOptions,
+    WorkersOpt,
+    model_options,
+    one_line_errors,
+)
 from mechscope.cli.output import print_json, print_line, print_table
 
 if TYPE_CHECKING:
@@ -87,6 +95,11 @@ def load_vectors(paths: list[Path], lm: LanguageModel, *, force: bool = False) -
     return vectors
 
 
+def _load_vectors(lm: LanguageModel, paths: list[Path], force: bool) -> dict[str, Direction]:
+    """`load_vectors` as a runner call (on a Ray worker's model when the driver holds none)."""
+    return load_vectors(paths, lm, force=force)
+
+
 def register(app: typer.Typer) -> None:
     """Adds ``rollouts`` to the ``steer`` sub-app."""
     app.command("rollouts")(steer_rollouts)
@@ -122,9 +135,17 @@ def steer_rollouts(
     judge_url: JudgeUrlOpt = None,
     judge_model: JudgeModelOpt = None,
     judge_prompt: JudgePromptOpt = None,
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rollouts for every vector x scale, next to vanilla and prompted baselines; scored with --classifier-data.
+
+    Each (condition, rollout, batch) generate call is a shard under its own seed, kept in
+    OUT/rollouts.parquet.parts/ until the table is written: rerun to resume after a kill. With --backend ray
+    the shards run on Ray workers; the fluency (perplexity) score then loads the model once more in this
+    process after the workers are released (--no-fluency skips it).
 
     Example: mechscope steer rollouts -m toy --questions q.jsonl --vectors pirate.safetensors --scales learned,4
     --prompted-prefix "<pirate> " --classifier-data labelled.jsonl -o rollouts/
@@ -143,31 +164,39 @@ def steer_rollouts(
         raise InputError("the judge scores next to the classifier; give --classifier-data too")
     if output.exists() and not output.is_dir():
         raise InputError(f"-o '{output}' is a file; give a folder for rollouts.parquet")
+    from mechscope.distributed.runner import check_backend, make_runner
+
+    check_backend(backend, address=address, workers=workers)
     output.mkdir(parents=True, exist_ok=True)
     check_outputs(output / "rollouts.parquet")
-    lm = model.load()
-    result = run_rollouts(
-        lm,
-        asked,
-        load_vectors(list(vectors), lm, force=force),
-        scales=chosen,
-        normalize=normalize,
-        rollouts=rollouts,
-        seed=seed,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        system_prompt=system_prompt,
-        prompted_prefix=prompted_prefix,
-        prompted_suffix=prompted_suffix,
-        prompted_system_prompt=prompted_system_prompt,
-        batch_size=batch_size,
-        dataset=questions.stem,
-        progress=not as_json,
-    )
-    result.to_parquet(output / "rollouts.parquet")
+
+    lm = model.load() if backend == "local" else None
+    paths = [path.absolute() for path in vectors]  # a Ray worker's working folder may differ from ours
+    with make_runner(backend, model.spec(), lm=lm, address=address, workers=workers) as runner:
+        result = run_rollouts(
+            None,
+            asked,
+            runner.call(_load_vectors, paths, force),
+            scales=chosen,
+            normalize=normalize,
+            rollouts=rollouts,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            system_prompt=system_prompt,
+            prompted_prefix=prompted_prefix,
+            prompted_suffix=prompted_suffix,
+            prompted_system_prompt=prompted_system_prompt,
+            batch_size=batch_size,
+            dataset=questions.stem,
+            progress=not as_json,
+            out=output / "rollouts.parquet",
+            runner=runner,
+        )
     if labelled is None:
         if as_json:
-            print_json({"rollouts": str(output / "rollouts.parquet"), "rows": len(result.rows)}, indent=None)
+            shown = {"rollouts": str(output / "rollouts.parquet"), "rows": len(result.rows), "backend": backend}
+            print_json(shown, indent=None)
         else:
             print_line(f"wrote {len(result.rows)} rollouts to {output / 'rollouts.parquet'}")
         return
@@ -175,6 +204,8 @@ def steer_rollouts(
     from mechscope.steering.scoring import score_rollouts, summary_rows
 
     classifier = EmbeddingClassifier().fit(*labelled)
+    if lm is None and not no_fluency:
+        lm = model.load()  # the workers are gone: the perplexity needs the model here
     evaluation = score_rollouts(result, classifier, lm=None if no_fluency else lm, judge=judge, batch_size=batch_size)
     evaluation.to_parquet(output / "scores.parquet")
     summary = evaluation.summary_json()

@@ -93,12 +93,25 @@ def make_runner(
     Raises:
         InputError: an unknown backend, or options the local backend does not take.
     """
+    check_backend(backend, address=address, workers=workers)
     if backend == "local":
-        if address is not None:
-            raise InputError("--address needs --backend ray")
         return LocalRunner(lm if lm is not None or spec is None else spec.load())
     if backend == "ray":
         from mechscope.distributed.ray_runner import RayRunner
 
         return RayRunner(spec, address=address, workers=workers)
-    raise InputError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    raise AssertionError("unreachable: check_backend knows every backend")
+
+
+def check_backend(backend: str, *, address: str | None = None, workers: int | None = None) -> None:
+    """Refuses an unknown backend or options it does not take, before a job creates anything.
+
+    Raises:
+        InputError: an unknown backend, ``--address`` without ``ray``, or ``--workers`` below 1.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if backend == "local" and address is not None:
+        raise InputError("--address needs --backend ray")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
