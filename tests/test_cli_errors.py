@@ -225,6 +225,16 @@ CASES: list[tuple[str, list[str], str]] = [
         ["weights", "diff", "--base", "{toy}", "--finetuned", "{toy}", "--out", "{tmp}/d.txt"],
         "d.txt",
     ),
+    (
+        "weights-census-ray-workers-local",
+        ["weights", "analyze", "{toy}", "{toy}", "--out", "{tmp}/c.csv", "--ray-workers", "2"],
+        "--ray-workers needs --backend ray",
+    ),
+    (
+        "weights-census-twice",
+        ["weights", "analyze", "{toy}", "{toy}", "--out", "{tmp}/c.csv"],
+        "name each checkpoint once",
+    ),
     ("weights-verify-no-manifest", ["weights", "verify", "{tmp}"], "manifest"),
     ("moe-info-dense", ["moe", "info", "-m", "toy"], "has no experts (family llama is dense)"),
     ("moe-trace-dense", ["moe", "trace", "-m", "toy", "-p", PROMPT], "has no experts"),

@@ -33,7 +33,15 @@ from mechscope.weights.run_meta import RUN_META_NAME, build_run_meta, write_run_
 from mechscope.weights.schedule import ProgressCallback, compute_stats, resolve_device
 from mechscope.weights.stats import StatsOptions, TensorStats
 
-__all__ = ["RUN_META_NAME", "AnalysisRun", "analyze", "analyze_checkpoint", "default_identity"]
+__all__ = [
+    "RUN_META_NAME",
+    "AnalysisRun",
+    "analyze",
+    "analyze_checkpoint",
+    "default_identity",
+    "table_identity",
+    "write_validated",
+]
 
 
 class AnalysisRun(BaseModel):
@@ -91,6 +99,15 @@ def default_identity(checkpoint: Checkpoint) -> tuple[str, str]:
     """
     model_id = checkpoint.model_id or (checkpoint.root.name if checkpoint.root.is_dir() else checkpoint.root.stem)
     return model_id, checkpoint.revision or "local"
+
+
+def table_identity(checkpoint: Checkpoint, model_id: str | None, revision: str | None) -> tuple[str, str]:
+    """The ``(model_id, revision)`` columns `analyze` writes: the ones given, else `default_identity`'s.
+
+    The revision of an HF cache snapshot wins over the one asked for (it is the commit actually read).
+    """
+    default_id, default_revision = default_identity(checkpoint)
+    return model_id or default_id, checkpoint.revision or revision or default_revision
 
 
 def analyze_checkpoint(
@@ -194,9 +211,7 @@ def analyze(
     )
     created_at = _now()
     with open_checkpoint(source, revision=revision) as checkpoint:
-        default_id, default_revision = default_identity(checkpoint)
-        model_id = model_id or default_id
-        revision = checkpoint.revision or revision or default_revision
+        model_id, revision = table_identity(checkpoint, model_id, revision)
         rows = analyze_checkpoint(
             checkpoint,
             options,
@@ -207,7 +222,7 @@ def analyze(
             created_at=created_at,
             on_progress=on_progress(checkpoint) if on_progress is not None else None,
         )
-        count = _write_validated(rows, out, fmt, expected_names=checkpoint.names(), spectral=spectral)
+        count = write_validated(rows, out, fmt, expected_names=checkpoint.names(), spectral=spectral)
         seconds = time.perf_counter() - started
         meta = build_run_meta(
             checkpoint,
@@ -238,7 +253,7 @@ def analyze(
         )
 
 
-def _write_validated(
+def write_validated(
     rows: Sequence[ParamRow], out: Path, fmt: str, *, expected_names: Sequence[str], spectral: bool
 ) -> int:
     """Write the table and validate it before it takes its final name: a table that fails never sits at
