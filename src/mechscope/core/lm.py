@@ -52,7 +52,7 @@ class LanguageModel:
         self.arch: ModelMap = loaded.arch
         self.source = loaded.source
         self._tracker = PassTracker(self.model)
-        self._device = next(self.arch.embed_module().parameters()).device
+        self._device = _input_device(self.arch)
         self._site_memo: dict[tuple[str | Site, ...], list[Site]] = {}
         self._plan_memo: dict[tuple[str | Site, ...], CapturePlan] = {}
 
@@ -85,13 +85,13 @@ class LanguageModel:
 
     @property
     def device(self) -> torch.device:
-        """The device of the input embedding (where inputs go)."""
+        """Where the input embedding computes (where inputs go); see `execution_device`."""
         return self._device
 
     def to(self, device: str | torch.device) -> LanguageModel:
         """Move the model to ``device`` (use this rather than ``lm.model.to`` so inputs follow)."""
         self.model.to(device)
-        self._device = next(self.arch.embed_module().parameters()).device
+        self._device = _input_device(self.arch)
         return self
 
     @property
@@ -314,6 +314,28 @@ class LanguageModel:
         Example: ``lm.intervene({"resid_post.6": ms.ops.add(v, coeff=4.0), "head_out.3.1": ms.ops.zero()})``.
         """
         return Intervention(self.arch, self._tracker, plan(self.arch, ops))
+
+
+def execution_device(module: nn.Module) -> torch.device | None:
+    """The device ``module`` computes on: None for a module without parameters or device hooks.
+
+    A model dispatched by accelerate (``device_map``) keeps offloaded weights on the meta device and
+    moves them in for each call; its hooks name the real device, so they come first. Otherwise it is the
+    device of the module's first parameter.
+    """
+    for part in module.modules():  # an offloaded block hooks its leaves, not itself
+        hook = getattr(part, "_hf_hook", None)
+        for step in getattr(hook, "hooks", (hook,)):  # a SequentialHook chains several
+            device = getattr(step, "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+    for parameter in module.parameters():
+        return parameter.device
+    return None
+
+
+def _input_device(arch: ModelMap) -> torch.device:
+    return execution_device(arch.embed_module()) or torch.device("cpu")
 
 
 def wrap(model: nn.Module, tokenizer: Any = None) -> LanguageModel:

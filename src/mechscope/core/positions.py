@@ -204,7 +204,7 @@ def select(tensor: Tensor, positions: Positions, info: PassInfo, axis: int = 1) 
         return tensor
     moved = tensor.movedim(axis, 1)
     if isinstance(positions, str) and positions == "mean":
-        mask = info.current_mask().to(torch.float32)
+        mask = info.current_mask().to(device=tensor.device, dtype=torch.float32)  # device_map: layers elsewhere
         mask = mask.reshape(*mask.shape, *([1] * (moved.dim() - 2)))
         pooled = (moved.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
         return pooled.to(tensor.dtype)
@@ -212,9 +212,10 @@ def select(tensor: Tensor, positions: Positions, info: PassInfo, axis: int = 1) 
     if isinstance(positions, str):  # "last"
         picked = moved[rows, info._get("last").to(tensor.device)]
         return picked
-    cols = info.explicit_columns(positions).to(tensor.device)
+    cols = info.explicit_columns(positions)  # checked where the pass's layout lives, then moved
     if bool(((cols < 0) | (cols >= info.length)).any()):
         raise PositionError("a requested position is not in this forward pass (it is in the KV cache)")
+    cols = cols.to(tensor.device)
     picked = moved[rows.unsqueeze(1), cols]  # [batch, k, ...]
     single = isinstance(positions, int) or (isinstance(positions, Tensor) and positions.dim() == 1)
     if single:

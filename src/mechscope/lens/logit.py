@@ -80,11 +80,13 @@ class LogitLens:
             reads: dict[int, Tensor] = {last: final}
             if inner and self.tuned is None:
                 # One read-out of all layers together reads the unembedding from memory once, not per layer.
-                together = self.lm.arch.logits(torch.cat([cache[f"resid_post.{i}"] for i in inner]))
+                # With a device_map the layers' residuals sit where each layer ran: join them where the logits are.
+                residuals = [cache[f"resid_post.{i}"].to(final.device) for i in inner]
+                together = self.lm.arch.logits(torch.cat(residuals))
                 reads.update(zip(inner, torch.split(together, batch), strict=True))
             else:
                 reads.update((i, self.readout(i, cache[f"resid_post.{i}"])) for i in inner)
-            stacked = torch.stack([reads[i] for i in chosen])
+            stacked = torch.stack([reads[i].to(final.device) for i in chosen])
         return stacked.float(), final.float()
 
     def _final(self, logits: Tensor, encoded: dict[str, Tensor], position: int) -> Tensor:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.core.lm import LanguageModel
+from mechscope.core.lm import LanguageModel, execution_device
 from mechscope.core.ops import OpContext
 from mechscope.errors import InputError
 from mechscope.steering.train_data import TrainData
@@ -36,10 +36,11 @@ class AddVector:
     positions: str = "all"
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
-        vector = self.vector.to(dtype=x.dtype)
+        # A device_map model computes late layers elsewhere than the batch (and its mask) lives.
+        vector = self.vector.to(device=x.device, dtype=x.dtype)
         if self.mask is None:
             return x + vector
-        return x + self.mask[:, : x.shape[1]].to(dtype=x.dtype) * vector
+        return x + self.mask[:, : x.shape[1]].to(device=x.device, dtype=x.dtype) * vector
 
 
 @contextmanager
@@ -112,10 +113,8 @@ def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
 
 
 def layer_device(lm: LanguageModel, layer: int) -> torch.device:
-    """Where layer ``layer``'s weights live (for ``device_map`` models the vector goes there)."""
-    for parameter in lm.arch.layer(layer).parameters():
-        return parameter.device
-    return lm.device
+    """Where layer ``layer`` computes (for ``device_map`` models the vector goes there, not to offloaded weights)."""
+    return execution_device(lm.arch.layer(layer)) or lm.device
 
 
 def save_state(
