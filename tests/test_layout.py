@@ -19,6 +19,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "mechscope"
 
 ANALYSES = (
     "lens", "attention", "causal", "steering", "weights", "checks", "zoo", "testing", "moe", "probing", "concepts",
+    "sae",
 )  # fmt: skip
 LEVELS = {
     "errors": 0,

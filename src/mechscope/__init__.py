@@ -28,7 +28,7 @@ from mechscope.errors import (
 )
 
 if TYPE_CHECKING:
-    from mechscope import moe
+    from mechscope import moe, sae
     from mechscope.api.analyzer import Analyzer, AsyncAnalyzer
     from mechscope.api.expert_router import ExpertRouter
     from mechscope.api.model_analyzer import AnalysisConfig, ModelAnalyzer
@@ -46,7 +46,12 @@ if TYPE_CHECKING:
 __version__ = "0.1.0.dev0"
 
 #: public name -> the module it is (imported on first access).
-_MODULES = {"ops": "mechscope.core.ops", "moe": "mechscope.moe", "steering": "mechscope.steering"}
+_MODULES = {
+    "ops": "mechscope.core.ops",
+    "moe": "mechscope.moe",
+    "sae": "mechscope.sae",
+    "steering": "mechscope.steering",
+}
 #: public name -> the module that defines it (imported on first access).
 _LAZY = {
     "Analyzer": "mechscope.api.analyzer",
@@ -98,6 +103,7 @@ __all__ = [
     "moe",
     "ops",
     "register_organism",
+    "sae",
     "steering",
     "wrap",
 ]

@@ -23,6 +23,7 @@ from mechscope.cli import (
     lens,
     models,
     moe,
+    sae,
     steer_compare,
     steer_rollouts,
     steer_search,
@@ -55,6 +56,8 @@ steer_compare.register(steering.steer_app)  # steer compare
 steer_search.register(steering.steer_app)  # steer search
 app.add_typer(steering.steer_app, name="steer")
 app.add_typer(steering.directions_app, name="directions")
+# sae sub-commands register here (one line per module)
+app.add_typer(sae.app, name="sae")
 app.add_typer(ui.app)
 
 

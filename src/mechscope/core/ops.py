@@ -22,7 +22,7 @@ Example (add ``4 × v`` to layer 0's residual at the last position only):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -174,6 +174,74 @@ class Patch:
             return self.source[site]
         except KeyError:
             raise InterventionError(f"the patch source has no site '{site}'") from None
+
+
+class FeatureCoder(Protocol):
+    """What `SAEEdit` needs of a sparse autoencoder (`mechscope.sae.SAE` is one)."""
+
+    @property
+    def d_sae(self) -> int: ...
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    def decode_delta(self, delta: Tensor, features: Tensor, *, like: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class SAEEdit:
+    """Edit a site's SAE features and keep the SAE's error term: ``x + decode(f') - decode(f)``.
+
+    ``f`` are the features of ``x``; ``f'`` has ``ablate`` zeroed, ``clamp`` set to the given values and
+    ``add`` increased by the given amounts. The change is computed from the edited columns only
+    (`SAE.decode_delta`), so an edit that changes no feature returns ``x`` bit for bit, and only the chosen
+    features' decoder rows move the value. Values of ``head_out.L`` (``[batch, pos, head, head_dim]``) are
+    flattened for the SAE and reshaped back.
+    """
+
+    sae: FeatureCoder
+    ablate: tuple[int, ...] = ()
+    clamp: tuple[tuple[int, float], ...] = ()
+    add: tuple[tuple[int, float], ...] = ()
+    positions: Positions = "all"
+
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        flat = x.flatten(2) if x.dim() == 4 else x
+        features = self.sae.encode(flat)
+        edited = features.clone()
+        if self.ablate:
+            edited[..., list(self.ablate)] = 0
+        for feature, value in self.clamp:
+            edited[..., feature] = value
+        for feature, amount in self.add:
+            edited[..., feature] += amount
+        change = self.sae.decode_delta(edited - features, features, like=flat).to(x.dtype)
+        return x + change.reshape(x.shape)
+
+
+def sae_edit(
+    sae: FeatureCoder,
+    *,
+    ablate: Sequence[int] = (),
+    clamp: Mapping[int, float] | None = None,
+    add: Mapping[int, float] | None = None,
+    positions: Positions = "all",
+) -> SAEEdit:
+    """Ablate, clamp or add to SAE features at ``positions``, keeping the error term (see `SAEEdit`).
+
+    Raises:
+        InterventionError: a feature index outside the SAE.
+    """
+    chosen = [*ablate, *(clamp or {}), *(add or {})]
+    bad = [feature for feature in chosen if not 0 <= int(feature) < sae.d_sae]
+    if bad:
+        raise InterventionError(f"feature {bad[0]} is out of range; the SAE has features 0..{sae.d_sae - 1}")
+    return SAEEdit(
+        sae,
+        tuple(int(f) for f in ablate),
+        tuple((int(f), float(v)) for f, v in (clamp or {}).items()),
+        tuple((int(f), float(v)) for f, v in (add or {}).items()),
+        check_positions(positions, allow_mean=False),
+    )
 
 
 def add(vector: Tensor, coeff: float = 1.0, *, normalize: bool = False, positions: Positions = "all") -> Add:
