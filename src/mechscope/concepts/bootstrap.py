@@ -43,7 +43,7 @@ from mechscope.distributed.runner import LocalRunner, Runner
 from mechscope.errors import InputError
 from mechscope.progress import bar
 from mechscope.storage.hdf5 import create, remove_stale_temporaries
-from mechscope.storage.tensors import StoredFileError, load_tensors, save_tensors
+from mechscope.storage.tensors import StoredFileError, load_tensors, save_tensors, stored_meta
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -146,13 +146,8 @@ class BootstrapTask:
 
 
 def _part_done(path: Path, plan: BootstrapPlan, shard: int) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        stored = load_tensors(path, kind=PART_KIND)
-    except StoredFileError:
-        return False  # never complete (atomic writes make this rare): redo it
-    return bool(stored.meta.get("rows") == list(plan.batches[shard]))
+    meta = stored_meta(path, PART_KIND)
+    return meta is not None and meta.get("rows") == list(plan.batches[shard])
 
 
 def bootstrap(

@@ -47,7 +47,7 @@ from mechscope.moe.results import LayerUtilization, Utilization
 from mechscope.moe.routing import RoutingBatch, routing
 from mechscope.progress import bar
 from mechscope.storage.atomic import atomic_write_text
-from mechscope.storage.tensors import StoredFileError, load_tensors, save_tensors
+from mechscope.storage.tensors import StoredFileError, load_tensors, save_tensors, stored_meta
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -251,13 +251,8 @@ class UtilizationTask:
 
 
 def _part_done(path: Path, plan: UtilizationPlan, shard: int) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        stored = load_tensors(path, kind=PART_KIND)
-    except StoredFileError:
-        return False  # never complete (atomic writes make this rare): redo it
-    return bool(stored.meta.get("prompts") == list(plan.shards[shard]))
+    meta = stored_meta(path, PART_KIND)
+    return meta is not None and meta.get("prompts") == list(plan.shards[shard])
 
 
 def gather(plan: UtilizationPlan, out: str | os.PathLike[str], *, cold_threshold: float = 0.01) -> Utilization:

@@ -126,6 +126,19 @@ def load_tensors(
     return StoredTensors(tensors=tensors, kind=found or (kind or ""), schema_version=version, meta=meta)
 
 
+def stored_meta(path: str | os.PathLike[str], kind: str) -> dict[str, Any] | None:
+    """The metadata of a complete file of ``kind`` at ``path``, or None when it is missing or unreadable.
+
+    What a sharded job asks of a part before it trusts it (and redoes the shard when the answer is None).
+    """
+    if not Path(path).is_file():
+        return None
+    try:
+        return load_tensors(path, kind=kind).meta
+    except StoredFileError:
+        return None  # never complete (atomic writes make this rare): the shard is redone
+
+
 def _existing(path: str | os.PathLike[str], what: str) -> Path:
     source = Path(path)
     if not source.is_file():
