@@ -84,7 +84,7 @@ def test_top_level_commands_keep_their_names() -> None:
     names = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
     assert names == {
         *("models", "doctor", "analyze", "compare", "tuned-lens", "attention", "heads", "patch", "ablate"),
-        *("weights", "circuit", "steer", "directions", "moe", "concepts", "ui"),
+        *("weights", "circuit", "steer", "directions", "moe", "concepts", "sae", "ui"),
     }
 
 

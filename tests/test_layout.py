@@ -58,6 +58,7 @@ SIBLINGS = {
         "probe_battery_report",
         "probing_report",
         "concepts_report",
+        "sae_report",
     ),
 }
 #: Modules allowed over 500 lines, with the reason.

@@ -24,6 +24,8 @@ from mechscope.cli import (
     models,
     moe,
     sae,
+    sae_edit,
+    sae_read,
     steer_compare,
     steer_rollouts,
     steer_search,
@@ -57,6 +59,8 @@ steer_search.register(steering.steer_app)  # steer search
 app.add_typer(steering.steer_app, name="steer")
 app.add_typer(steering.directions_app, name="directions")
 # sae sub-commands register here (one line per module)
+sae_read.register(sae.app)  # sae evaluate, features, top-examples
+sae_edit.register(sae.app)  # sae steer, ablate, links
 app.add_typer(sae.app, name="sae")
 app.add_typer(ui.app)
 

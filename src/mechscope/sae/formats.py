@@ -140,7 +140,8 @@ def read_config(path: str | os.PathLike[str]) -> SAEConfig:
 
     Raises:
         InputError: the file is not JSON or lacks ``d_in`` / ``d_sae`` / a hook name, or names an architecture
-            or normalisation mechscope does not run (gated, ...).
+            or normalisation mechscope does not run (gated, ...), or sets ``rescale_acts_by_decoder_norm`` or
+            ``finetuning_scaling_factor``.
         SiteError: the hook has no mechscope site.
     """
     folder = _folder(path)
@@ -175,6 +176,9 @@ def read_config(path: str | os.PathLike[str]) -> SAEConfig:
         raise InputError(
             f"'{folder / CFG_NAME}' is a {architecture} SAE; mechscope runs standard (ReLU), topk and jumprelu"
         )
+    for flag in ("rescale_acts_by_decoder_norm", "finetuning_scaling_factor"):  # both change the maths if set
+        if raw.get(flag):
+            raise InputError(f"'{folder / CFG_NAME}' sets {flag}, which mechscope does not run; fold it in first")
     k = raw.get("k", kwargs.get("k"))
     known = {"d_in", "d_sae", "architecture", "k", "apply_b_dec_to_input", "normalize_activations", "metadata"}
     known |= {"hook_name", "model_name", "activation_fn_str", "activation_fn_kwargs", "norm_scaling_factor"}

@@ -5,7 +5,7 @@ An `SAE` maps a site's value ``x`` (``[..., d_in]``) to feature activations ``f`
 * pre-activations ``h = (n(x) - b_dec) @ W_enc + b_enc`` (``- b_dec`` only with ``apply_b_dec_to_input``;
   ``n`` is the input normalisation, identity by default);
 * ``f = relu(h)`` (``architecture="standard"``), the ``k`` largest of ``relu(h)`` per token with the rest zero
-  (``"topk"``), or ``h`` where ``h > threshold`` else 0 (``"jumprelu"``, read from SAELens files);
+  (``"topk"``), or ``relu(h)`` where ``h > threshold`` else 0 (``"jumprelu"``, read from SAELens files);
 * reconstruction ``x_hat = n⁻¹(f @ W_dec + b_dec)``.
 
 The weights use SAELens's names and shapes (``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``,
@@ -129,7 +129,15 @@ class SAE(nn.Module):
         return self.config.d_sae
 
     def with_config(self, **changes: Any) -> SAE:
-        """The same weights under a changed config (e.g. another ``site`` or ``model``)."""
+        """The same weights under a changed config (e.g. another ``site`` or ``model``).
+
+        A new ``site`` drops the recorded ``hook_name`` (it named the old site) unless one is given.
+
+        Raises:
+            InputError: the changed config is invalid (e.g. ``k`` out of range for a topk SAE).
+        """
+        if "site" in changes:
+            changes.setdefault("hook_name", None)
         copy = SAE(replace(self.config, **changes), dtype=self.W_enc.dtype)
         copy.load_state_dict(self.state_dict())
         return copy
@@ -174,7 +182,7 @@ class SAE(nn.Module):
             return torch.relu(h)
         if self.config.architecture == "jumprelu":
             assert self.threshold is not None
-            return h * (h > self.threshold)
+            return torch.relu(h) * (h > self.threshold)  # SAELens's JumpReLU: ReLU, then the gate
         k = int(self.config.k or 1)
         top = torch.topk(h, k, dim=-1)
         return torch.zeros_like(h).scatter(-1, top.indices, torch.relu(top.values))
