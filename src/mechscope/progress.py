@@ -72,7 +72,11 @@ def track(items: Iterable[T], description: str, *, total: int | None = None, ena
 
 @contextmanager
 def bar(description: str, total: float, *, enabled: bool = True) -> Iterator[Any]:
-    """A bar to ``advance(n)`` by hand (``None`` when not `shown` and no `report_to` listener is set)."""
+    """A bar to ``advance(n)`` by hand (``None`` when not `shown` and no `report_to` listener is set).
+
+    ``advance(n, note="L0 16.0")`` also shows a short live note beside the bar (the statistics of a training
+    run); a listener is told of the steps only.
+    """
     listener = _listener.get()
     if not shown(enabled):
         yield None if listener is None else _Told(description, total, listener)
@@ -81,13 +85,17 @@ def bar(description: str, total: float, *, enabled: bool = True) -> Iterator[Any
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(description, total=total)
+    with Progress(
+        *columns, TextColumn("{task.fields[note]}"), console=Console(stderr=True), transient=True
+    ) as progress:
+        task = progress.add_task(description, total=total, note="")
 
         told = None if listener is None else _Told(description, total, listener)
 
         class Handle:
-            def advance(self, amount: float = 1) -> None:
+            def advance(self, amount: float = 1, note: str | None = None) -> None:
+                if note is not None:
+                    progress.update(task, note=note)
                 progress.update(task, advance=amount)
                 if told is not None:
                     told.advance(amount)
@@ -102,6 +110,6 @@ class _Told:
         self.description, self.total, self.listener, self.done = description, total, listener, 0.0
         listener(0, total, description)
 
-    def advance(self, amount: float = 1) -> None:
+    def advance(self, amount: float = 1, note: str | None = None) -> None:
         self.done += amount
         self.listener(self.done, self.total, self.description)

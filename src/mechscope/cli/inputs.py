@@ -62,6 +62,27 @@ def finite(value: float, option: str) -> float:
     return value
 
 
+def token_count(text: str, option: str) -> int:
+    """A count written ``2M``, ``500K``, ``1.5M``, ``1G`` or ``200000`` (``_`` and ``,`` allowed), as an int.
+
+    >>> [token_count(t, "--tokens") for t in ("2M", "500k", "1.5M", "12_000")]
+    [2000000, 500000, 1500000, 12000]
+
+    Raises:
+        InputError: not a positive count.
+    """
+    cleaned = text.strip().replace("_", "").replace(",", "")
+    scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(cleaned[-1:].upper(), 1)
+    number = cleaned[:-1] if scale > 1 else cleaned
+    try:
+        value = float(number)
+    except ValueError:
+        raise InputError(f"{option} wants a count such as 2M, 500K or 200000, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise InputError(f"{option} must be a positive count, got {text!r}")
+    return round(value * scale)
+
+
 def read_corpus(path: Path | None, prompts: list[str] | None) -> list[str]:
     """A corpus: the lines of ``--prompts FILE``, then every ``-p``; one of them is needed.
 

@@ -26,6 +26,7 @@ from mechscope.cli import (
     sae,
     sae_edit,
     sae_read,
+    sae_train,
     steer_compare,
     steer_rollouts,
     steer_search,
@@ -59,6 +60,7 @@ steer_search.register(steering.steer_app)  # steer search
 app.add_typer(steering.steer_app, name="steer")
 app.add_typer(steering.directions_app, name="directions")
 # sae sub-commands register here (one line per module)
+sae_train.register(sae.app)  # sae train
 sae_read.register(sae.app)  # sae evaluate, features, top-examples
 sae_edit.register(sae.app)  # sae steer, ablate, links
 app.add_typer(sae.app, name="sae")
