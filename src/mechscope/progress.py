@@ -7,7 +7,7 @@ stderr is not a terminal (a pipe, a log file, a test runner). Callers pass ``ena
 Whatever the terminal, the same calls also tell a listener set with `report_to` how far they are (the web
 app's progress events): ``listener(done, total, description)`` after each step, ``total`` None when unknown.
 
-Example:
+Examples:
     >>> [step for step in track(range(3), "counting")]
     [0, 1, 2]
     >>> seen = []

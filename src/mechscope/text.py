@@ -3,7 +3,7 @@
 Tokens are user data; this only makes their whitespace visible. Each output escapes for its medium (HTML in
 `mechscope.viz`, rich markup in the CLI). Imports nothing of mechscope.
 
-Example:
+Examples:
     >>> show_whitespace(" Paris\\n")
     '␣Paris⏎'
 """

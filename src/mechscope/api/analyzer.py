@@ -5,7 +5,7 @@ the async front runs each call in a worker thread, so an event loop stays respon
 computes. Each method is one function of `mechscope.api.tasks` with the model bound, returning that
 function's result (pydantic models: JSON-ready).
 
-Example:
+Examples:
     >>> import asyncio, mechscope as ms
     >>> analyzer = ms.Analyzer.from_pretrained("toy")
     >>> analyzer.lens("The capital of France is", top_k=1)[0].predicted_token

@@ -11,7 +11,7 @@ call at a time on the model), so an event loop stays responsive while the model 
 library's pydantic models. ``from_pretrained`` loads the model (in a thread) and checks that it has
 experts: a dense model raises `mechscope.errors.MoEError` there, in one line.
 
-Example:
+Examples:
     >>> import asyncio
     >>> async def main():
     ...     async with await ExpertRouter.from_pretrained("toy-moe") as router:

@@ -3,7 +3,7 @@
 The async API runs the sync core in a worker thread, so an event loop stays responsive while a model
 computes. Calls on one analyzer are serialised by a lock: hooks and the model are shared state.
 
-Example:
+Examples:
     >>> import asyncio, mechscope as ms
     >>> async def main():
     ...     async with ms.ModelAnalyzer.from_pretrained("toy") as analyzer:

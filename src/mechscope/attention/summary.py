@@ -1,6 +1,6 @@
 """One prompt at one layer: every head's pattern, focus edges, and per-head summaries of all layers.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy")
     >>> report = layer_attention(lm, "The capital of France is", layer=1, with_roles=False)

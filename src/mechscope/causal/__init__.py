@@ -3,7 +3,7 @@
 The names below are importable from ``mechscope.causal`` directly; they load on first use, so importing
 `mechscope.causal.results` (as the HTML reports do) does not import torch.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> from mechscope.causal import LogitDiff, activation_patching
     >>> lm = ms.load("toy")

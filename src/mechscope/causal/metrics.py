@@ -4,7 +4,7 @@ A `Metric` is any callable mapping logits ``[batch, pos, vocab]`` to ``[batch]``
 clean run (such as `KLToClean`) also has ``fit(clean_logits)``; the sweeps call `prepare` with the clean
 logits before measuring anything, so every metric works in patching and in ablation alike.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy")
     >>> metric = LogitDiff(lm, correct=" Paris", wrong=" Tokyo")

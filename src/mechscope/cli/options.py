@@ -114,7 +114,7 @@ def model_options(fn: Callable[..., Any] | None = None, *, default: str | None =
         prefix: for commands that load two models: ``prefix="base"`` reads ``--base``,
             ``--base-dtype`` ... into the parameter ``base``.
 
-    Example:
+    Examples:
         >>> @model_options
         ... def lens(prompt: str, model: ModelOptions) -> None: ...
     """

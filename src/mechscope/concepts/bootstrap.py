@@ -11,7 +11,7 @@ Where the shards run is a `mechscope.distributed.Runner`: in this process by def
 (``runner=RayRunner(...)``, ``--backend ray``); the parts, and so the HDF5 file, are the same either way,
 and the gather checks them against the plan (no shard missing, none extra, each holding its own rows).
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> import mechscope as ms
     >>> from mechscope.concepts.sources import toyworld_concepts

@@ -7,7 +7,7 @@
   ``ECE = Σ_m |B_m|/n · |acc(B_m) − conf(B_m)|``. `reliability` returns the bins themselves.
 * `score_reader` and `score_categories` turn scores into the `ReaderScore` / `CategoryScore` results.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> float(confidence(np.array([[1.0, 0.0, 0.0, 0.0]]))[0]), float(confidence(np.full((1, 4), 0.25))[0])
     (1.0, 0.0)

@@ -8,7 +8,7 @@ lexicographer file, e.g. ``noun.animal``), its hypernym path from the root, and 
 A concept list is JSONL, one concept per line. `check_concepts` rejects duplicate ids and empty terms
 and names every offending line, so a bad list is fixed in one go.
 
-Example:
+Examples:
     >>> dog = Concept(id="dog.n.01", term="dog", category="noun.animal", kind="concrete")
     >>> Concept.from_json(dog.to_json()) == dog
     True

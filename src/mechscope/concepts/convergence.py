@@ -11,7 +11,7 @@ A concept is converged at n when its relative difference is at most ``tolerance`
 ``min_cosine``, and it stays so up to ``max_n``. The defaults (0.5 and 0.85) were chosen on MiniLM's last
 layer so that the seed's five concepts spread across n instead of all passing at n = 1 or none ever.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> reference = rng.normal(size=8)

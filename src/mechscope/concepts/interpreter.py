@@ -16,7 +16,7 @@ A checkpoint folder holds ``interpreter.safetensors`` (the state dict) and ``int
 shapes, layer indices, concepts and their categories, training log, ``format_version``). Training lives in
 `mechscope.concepts.interpreter_train`.
 
-Example:
+Examples:
     >>> import tempfile, torch
     >>> model = Interpreter(d=8, n_layers=2, concept_ids=["a", "b", "c"], category=["x", "y", "x"],
     ...                     config=InterpreterConfig(d_model=16, heads=2), layers=[3, 5])

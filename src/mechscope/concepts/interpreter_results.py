@@ -5,7 +5,7 @@
 reader (the interpreter, a nearest-centroid reader, a linear probe), each with the chance level it must be
 compared with.
 
-Example:
+Examples:
     >>> score = ReaderScore(name="centroid", top1=0.5, top5=0.75, n=40, chance_top1=0.1, chance_top5=0.5)
     >>> round(score.top1 - score.chance_top1, 2)
     0.4

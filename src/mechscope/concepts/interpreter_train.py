@@ -12,7 +12,7 @@
   shuffle every epoch, cross-entropy (category plus concept cross-entropy for the hierarchical variant), and
   bfloat16 autocast on CUDA only (plain float32 on the CPU, where a seed gives the same model every time).
 
-Example:
+Examples:
     >>> import torch
     >>> _ = torch.manual_seed(0)
     >>> x = torch.cat([torch.randn(30, 2, 8) + 3 * torch.eye(8)[k] for k in range(3)])

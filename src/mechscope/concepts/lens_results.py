@@ -3,7 +3,7 @@
 `LensScore` and `LensFitSummary` describe fitted lenses (what ``lenses.json`` stores per concept);
 `MonitorToken` and `MonitorResult` are what `mechscope.concepts.monitor.monitor` reports token by token.
 
-Example:
+Examples:
     >>> hit = ConceptHit(id="toy:country:France", term="France", score=3.5, margin=1.25)
     >>> token = MonitorToken(index=4, token=" F", token_id=381, generated=False, concepts=[hit])
     >>> token.fired[0].term

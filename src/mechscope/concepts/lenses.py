@@ -6,7 +6,7 @@ batched in torch, on standardised features, and folds the standardisation into `
 ``h @ W + b`` scores raw hidden states against every concept at once. A score is a logit (above 0 the probe
 prefers the concept over its negatives); `calibrate` sets each concept's firing threshold on ordinary text.
 
-Example:
+Examples:
     >>> import torch
     >>> x = torch.cat([torch.randn(20, 8) + 3 * torch.eye(8)[k] for k in range(3)])
     >>> y = torch.arange(3).repeat_interleave(20)

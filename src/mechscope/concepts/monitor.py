@@ -13,7 +13,7 @@ back, so that token is read by one extra forward pass of the whole sequence afte
 (``read_last=False`` skips it). Token ids come from a streamer handed to ``generate``, which sees the
 prompt and then each token as it is chosen.
 
-Example:
+Examples:
     >>> import torch, mechscope as ms
     >>> from mechscope.concepts.lenses import Lenses
     >>> lm = ms.load("toy")

@@ -9,7 +9,7 @@ Poolings (`POOLINGS`):
 * ``term_last`` — the state at the term's last token: what the model holds once it has read the term,
   which is what a per-token monitor later sees (lenses meant for monitoring are fitted on this).
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy")
     >>> rows = pooled(lm, ["France", "The capital of France is"], [-1])

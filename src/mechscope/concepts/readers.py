@@ -11,7 +11,7 @@ default, standardise every feature with the mean and population standard deviati
   torch: full-batch L-BFGS for small problems, minibatch AdamW for large ones (scikit-learn's solver is too
   slow for thousands of classes).
 
-Example:
+Examples:
     >>> import torch
     >>> _ = torch.manual_seed(0)
     >>> x = torch.cat([torch.randn(20, 2, 8) + 3 * torch.eye(8)[k] for k in range(4)])

@@ -20,7 +20,7 @@ context list is refused. The merge checks the parts, concatenates them in plan o
 once and removes the folder. The shards run on a `mechscope.distributed.Runner`: here (the default) or on
 Ray workers; both run the same shards, so both give the same file.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> import mechscope as ms
     >>> from mechscope.concepts.bootstrap import bootstrap

@@ -1,6 +1,6 @@
 """Where concept lists come from: WordNet, the organisms' own world, a plain list or a JSONL file.
 
-Example:
+Examples:
     >>> world = toyworld_concepts()
     >>> world[0].id, world[0].category, world[0].parent
     ('toy:country:France', 'toy:country', 'toy:country')

@@ -5,7 +5,7 @@ encyclopedia (what is particular to ``c``), as a core `Direction`. Adding it at 
 average concept's mean onto ``c``'s. From a lens, the direction is the lens's weight vector, scaled to the
 same length, so that coefficients mean the same for both.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> import mechscope as ms
     >>> from mechscope.concepts.bootstrap import bootstrap

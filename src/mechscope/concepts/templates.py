@@ -5,7 +5,7 @@ templates are never used to build an encyclopedia's means or to train a reader; 
 evaluation on them measures reading a concept in wording the reader never saw. Which templates a concept
 gets is a pure function of its id (seeded), so reruns and shards agree.
 
-Example:
+Examples:
     >>> bank = bank_for("general")
     >>> len(bank.train), len(bank.held_out)
     (24, 8)

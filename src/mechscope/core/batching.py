@@ -5,7 +5,7 @@ by length: within each *window* of consecutive prompts (in the caller's order), 
 count and packed into batches of at most ``batch_size`` prompts and at most ``max_tokens`` padded tokens.
 A window bounds how much a reordering capture holds before it hands its rows back in the caller's order.
 
-Example:
+Examples:
     >>> plan = plan_batches([5, 20, 6, 19], batch_size=2)
     >>> plan
     [[[0, 2], [3, 1]]]

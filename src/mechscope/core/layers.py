@@ -6,7 +6,7 @@ not layer 1).
 
 This module imports no torch, so the checkpoint tools can use it without loading a model.
 
-Example:
+Examples:
     >>> resolve_layer(-1, 4)
     3
     >>> parse_layers("0,2-3", 4)

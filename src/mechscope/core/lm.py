@@ -1,6 +1,6 @@
 """`LanguageModel`: a loaded Hugging Face model with capture, intervention, forward and generate.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy")  # a bundled organism; a local folder or a hub id load the same way
     >>> with lm.capture(["resid_post.*"], positions="last") as cache:
@@ -216,7 +216,7 @@ class LanguageModel:
         Captures that keep a position axis make the batches run in the caller's order instead. Logits
         are not returned (nothing of a finished batch is kept); use `forward` to get them.
 
-        Example:
+        Examples:
             >>> import mechscope as ms
             >>> lm = ms.load("toy")
             >>> rows = []
@@ -347,7 +347,7 @@ def wrap(model: nn.Module, tokenizer: Any = None) -> LanguageModel:
     token ids only. The model is switched to eval mode; the tokenizer gets a pad token and the padding
     side mechscope batches with (see `mechscope.models.loading.wrap_model`).
 
-    Example:
+    Examples:
         >>> import mechscope as ms
         >>> from transformers import AutoModelForCausalLM, AutoTokenizer
         >>> folder = ms.load("toy").source

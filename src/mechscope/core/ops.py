@@ -58,7 +58,9 @@ class Op(Protocol):
     @property
     def positions(self) -> Positions: ...
 
-    def apply(self, x: Tensor, ctx: OpContext) -> Tensor: ...
+    def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """The new value of the site at the op's positions, given its value ``x`` there."""
+        ...
 
 
 def _feature_like(value: Tensor, x: Tensor, what: str) -> Tensor:
@@ -87,6 +89,7 @@ class Add:
     positions: Positions = "all"
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """``x`` plus the (optionally normalised) vector times ``coeff``."""
         vector = self.vector
         if self.normalize:
             vector = vector / vector.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(vector.dtype).tiny)
@@ -101,6 +104,7 @@ class Set:
     positions: Positions = "all"
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """The set value, broadcast to ``x``'s shape."""
         return _feature_like(self.value, x, "the set value").expand_as(x)
 
 
@@ -111,6 +115,7 @@ class Zero:
     positions: Positions = "all"
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """Zeros shaped like ``x``."""
         return torch.zeros_like(x)
 
 
@@ -122,6 +127,7 @@ class Mean:
     positions: Positions = "all"
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """The stored mean activation of this site, broadcast to ``x``'s shape."""
         means = self.means
         if not isinstance(means, Tensor):
             if ctx.site not in means:
@@ -138,6 +144,7 @@ class Scale:
     positions: Positions = "all"
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """``x`` times ``factor``."""
         return x * self.factor
 
 
@@ -154,6 +161,7 @@ class Patch:
     positions: Positions = "all"
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """The source activation (a tensor, or this site's entry of a cache) in place of ``x``."""
         source = self.source if isinstance(self.source, Tensor) else self._from_mapping(ctx.site)
         source = source.to(device=x.device, dtype=x.dtype)
         if source.dim() == x.dim():
@@ -182,9 +190,13 @@ class FeatureCoder(Protocol):
     @property
     def d_sae(self) -> int: ...
 
-    def encode(self, x: Tensor) -> Tensor: ...
+    def encode(self, x: Tensor) -> Tensor:
+        """The feature activations of ``x`` (``[..., d_sae]``)."""
+        ...
 
-    def decode_delta(self, delta: Tensor, features: Tensor, *, like: Tensor) -> Tensor: ...
+    def decode_delta(self, delta: Tensor, features: Tensor, *, like: Tensor) -> Tensor:
+        """What changing ``features`` by ``delta`` adds to the site (dtype and device of ``like``)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,7 @@ class SAEEdit:
     positions: Positions = "all"
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """``x + (f' - f) @ W_dec``: only the edited features change, the error term is kept."""
         flat = x.flatten(2) if x.dim() == 4 else x
         features = self.sae.encode(flat)
         edited = features.clone()

@@ -5,7 +5,7 @@ attends to the token *after* the current token's first occurrence, a previous-to
 before, a duplicate-token head to the same token in the first copy. The head-role analysis
 (`mechscope.attention.roles`) and the organisms' cards (`mechscope.zoo.measure`) both score heads with it.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy")
     >>> scores = repeat_scores(lm, repeated_sequences(lm, count=8, length=20), length=20)

@@ -6,7 +6,7 @@ the output. A `Runner` decides where the shards run: `LocalRunner` on the model 
 process, `mechscope.distributed.ray_runner.RayRunner` on Ray actors that each load the model once (one
 per GPU, or per CPU slot). Ray is imported only by `ray_runner`, so the local path never needs it.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> runner = make_runner("local", ModelSpec("toy"))
     >>> runner.call(lambda lm: lm.arch.n_layers)

@@ -7,7 +7,7 @@ of the same job finds the plan equal, skips the parts there (`todo`) and runs th
 job is refused, never mixed in. The merge checks that the parts are exactly the plan's shards (`check`),
 writes the output (aside, then renamed) and removes the folder.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "result.parquet"
     >>> parts = PartsFolder(out, {"job": "demo", "shards": 3}, 3, suffix=".json").open()

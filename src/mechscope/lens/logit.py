@@ -1,6 +1,6 @@
 """The logit lens: read every layer's residual out through the model's own final norm and unembedding.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lens = ms.LogitLens(ms.load("toy"))
     >>> result = lens.run(["The capital of France is"], track=[" Paris"])[0]

@@ -14,7 +14,7 @@ The functions share their modules' names (``mechscope.moe.trace`` is both), so t
 their modules are imported; those modules import torch only when a function runs, so that this package and
 its ``results`` import without torch (for the HTML reports).
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> ms.moe.info(lm).top_k

@@ -8,7 +8,7 @@ in proportion to the other experts' overall counts (see `Coactivation.expected`)
 
 Counts are accumulated batch by batch from `mechscope.moe.routing.routing` (one batch of routing in memory).
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> result = coactivation(lm, ["The capital of France is", "Two plus two is"], layer=1)
@@ -94,7 +94,7 @@ def coactivation_counts(
     ``N[i]`` counts the tokens that chose i; ``pairs[i, j]`` (i ≠ j) those that chose both, over every pair of
     slots, not only neighbouring ranks; the diagonal is 0.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> single, pairs = coactivation_counts(np.array([[0, 1, 2], [2, 3, 0]]), 4)
         >>> single.tolist(), pairs[0].tolist()  # expert 0 and 2 share both tokens, from slots 0 and 2

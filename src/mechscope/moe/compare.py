@@ -8,7 +8,7 @@ routing distributions ``softmax(router_logits)`` over all experts (in float64; f
 rule softmaxes only the top k, this is still the softmax over every expert's logit). Only running sums are
 kept, so memory stays at one batch per model.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> same = compare(lm, lm, ["The capital of France is", "Two plus two is"])

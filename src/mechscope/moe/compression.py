@@ -34,7 +34,7 @@ What `compression` measures, per layer:
 Memory: the layer's weights are read as views of its own tensors (`read_experts` with ``copy=False``); an
 edit builds one edited copy of that one layer, and `applied` one saved copy. No module per expert is built.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> result = compression(lm, 1, ranks=[8, 128])

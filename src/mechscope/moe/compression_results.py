@@ -4,7 +4,7 @@
 on a corpus), its merge candidates and cold experts, the SVD overlay by rank, and the edits (`Merge`,
 `Overlay`) applied and measured on the corpus (`EditCheck`). It checks its own values.
 
-Example:
+Examples:
     >>> edit = Overlay(rank=2)
     >>> edit.label(), Merge(experts=(1, 3)).label()
     ('overlay rank 2', 'merge 1+3')
@@ -193,7 +193,7 @@ class Compression(BaseModel):
     def matrix(self, what: Literal["raw", "aligned", "output"]) -> list[list[float | None]]:
         """``[expert][expert]`` cosines of one kind (1 on the diagonal, None where not measured).
 
-        Example:
+        Examples:
             >>> pairs = [PairSimilarity(a=0, b=1, raw_cosine=0.1, aligned_cosine=0.5)]
             >>> result = Compression(
             ...     model="m", family="mixtral", layer=0, n_experts=2, top_k=1, hidden=4, d_model=2, full_rank=2,

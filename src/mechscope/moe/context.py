@@ -15,7 +15,7 @@ across occurrences:
 The counts stream over `mechscope.moe.routing.routing`; only the distinct top-k sets (for the Jaccard
 mean) and the first ``listed`` occurrences are kept.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> prompts = ["The capital of France is Paris.", "Find flights to Paris. <call>search(query=flights Paris)</call>"]
@@ -121,7 +121,7 @@ def mean_jaccard(sets: Mapping[tuple[int, ...], int], top_k: int) -> float | Non
 
     Every set has ``top_k`` experts, so two sets sharing ``i`` experts have Jaccard ``i / (2 top_k - i)``.
 
-    Example:
+    Examples:
         >>> round(mean_jaccard({(0, 1): 2, (1, 2): 1}, 2), 4)  # pairs: (0,1)-(0,1) = 1, twice (0,1)-(1,2) = 1/3
         0.5556
     """

@@ -16,7 +16,7 @@ organisms' own corpus generators (`mechscope.zoo.corpus`, seed 2024): one file o
 call; the span counts ``<call>`` ... ``</call>``), ``pirate`` and ``formal`` (the 40 sentences of each
 register) and ``repeated_names`` (50 stories repeating made-up names).
 
-Example:
+Examples:
     >>> [d.name for d in default_domains()][:3], default_domains()[-1].span
     (['facts_capital', 'facts_color', 'facts_opposite'], ('<call>', '</call>'))
     >>> import tempfile

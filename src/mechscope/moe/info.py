@@ -3,7 +3,7 @@
 The knowledge comes from the family's row (`mechscope.models.families.RoutingSpec`, read off transformers'
 own router code) and the model's config; the modules the row names are checked on the loaded model.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> info = moe_info(ms.load("toy-moe"))
     >>> info.family, info.n_experts, info.top_k, info.moe_layers

@@ -25,7 +25,7 @@ What each edit does at its layer, per token (``k`` = top-k; the rule is the fami
 
 Weights are recomputed in float32 and cast to the dtype the router returned; indices keep theirs.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> with ms.moe.override(lm, force={1: 3}, forbid={2: [0]}):

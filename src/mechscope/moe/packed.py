@@ -22,7 +22,7 @@ units is a symmetry of the expert (the same function), so weight similarity is o
 module was called with (a `LayerBatch`: its input hidden states and the routing, read by a pre-hook on the
 module itself, so they are exactly what the experts computed on) for the real tokens only.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> module = lm.arch.part("experts", 0)
@@ -238,7 +238,7 @@ def applied(module: nn.Module, weights: ExpertWeights) -> Iterator[None]:
     is bit-identical afterwards, also when the body (or the write itself) raised. Nesting works: an inner
     ``applied`` restores what the outer one wrote.
 
-    Example:
+    Examples:
         >>> import mechscope as ms
         >>> lm = ms.load("toy-moe")
         >>> module = lm.arch.part("experts", 1)

@@ -8,7 +8,7 @@ checks its own counts; each carries the baseline a reader needs to tell structur
 Axis names: ``expert`` (0 .. n_experts - 1), ``source`` / ``target`` (the expert at the earlier / later
 layer of a transition), ``layer`` (the model's own layer numbers, MoE layers only where said).
 
-Example:
+Examples:
     >>> t = Transition(source_layer=0, target_layer=1, counts=[[3, 1], [0, 0]], probability=[[0.75, 0.25], [0, 0]],
     ...                mutual_information=0.0)
     >>> t.lift(0, 0)  # P(target 0 | source 0) = 0.75 over P(target 0) = 0.75: no structure

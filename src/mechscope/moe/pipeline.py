@@ -14,7 +14,7 @@ Counts are accumulated batch by batch from `mechscope.moe.routing.routing`: memo
 plus one counter entry per distinct path seen (at most the number of tokens, and at most
 ``n_experts ** moe_layers``).
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> result = pipeline(lm, ["The capital of France is", "Two plus two is"], top_paths=3)
@@ -102,7 +102,7 @@ class PathCounts:
 
     Fed ``[tokens, layers]`` arrays of top-1 experts (one column per MoE layer, in order), one batch at a time.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> counts = PathCounts(layers=2, n_experts=3)
         >>> counts.add(np.array([[0, 1], [0, 1], [2, 1]]))

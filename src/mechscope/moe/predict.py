@@ -14,7 +14,7 @@ Memory: one forward pass per batch keeps only the asked layers' residuals (float
 real tokens; in all ``tokens x d_model x len(from_layers)`` floats. ``max_examples`` caps the tokens: prompts
 are taken in corpus order until the cap is reached (the last one whole), the rest are not run.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> from mechscope.zoo.corpus import text_documents
     >>> lm = ms.load("toy-moe")
@@ -189,7 +189,7 @@ def fit_probe(
     ``x`` rows are tokens' residuals, ``y`` their top-1 experts. With one class in training, the probe is that
     constant (it then scores exactly the majority baseline).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> x = np.random.default_rng(0).normal(size=(200, 4)).astype("float32")
         >>> y = (x[:, 0] > 0).astype(int)  # linearly decodable

@@ -1,6 +1,6 @@
 """One prompt run clean and with its routing overridden: a scored target or two generations, side by side.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> result = reroute(lm, "The capital of France is", force={1: 2}, target=" Paris")

@@ -5,7 +5,7 @@ bulk path's planner, so padding costs little) and runs each batch once under a c
 Each batch's routing is handed over as a `RoutingBatch` holding only its non-padding tokens and is not
 kept: memory stays at one batch, whatever the corpus size (router logits only when asked for).
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> prompts = ["The capital of France is", "Two plus two is", "Hello"]

@@ -25,7 +25,7 @@ as the router returned it. Which tokens count: every real token of a domain's pr
 opening marker to the closing one (`mechscope.moe.domain_sets`). Counts stream over the batches of
 `mechscope.moe.routing.routing`: memory is one batch plus the (token id, expert) pairs seen.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> domains = {"sea": ["Arr, the sea be calm.", "The ship sails."], "facts": ["The capital of France is Paris."]}
@@ -153,7 +153,7 @@ def expert_labels(
     ``mean_domain_share`` (unweighted over domains), ``ratio`` = top / mean (1 when the mean is 0),
     ``domain_entropy_normalised`` and ``label``: ``"specialist"`` when ``ratio >= specialist_ratio``.
 
-    Example:
+    Examples:
         >>> table = [[0.9, 0.5, 0.6], [0.1, 0.5, 0.6], [0.1, 0.5, 0.6]]  # 3 domains x 3 experts
         >>> [(row["label"], row["top_domain"], round(row["ratio"], 2))
         ...  for row in expert_labels(table, ["code", "math", "prose"])]

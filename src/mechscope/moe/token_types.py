@@ -18,7 +18,7 @@ tried in this order:
 7. **other**: anything else, e.g. a byte fragment of a multi-byte character (decoded as ``"\\ufffd"``) or a
    token mixing kinds (``"P."``).
 
-Example:
+Examples:
     >>> [token_type(text) for text in [" Paris", " 42", "?", "  ", "==", "<call>", "\\ufffd"]]
     ['word', 'number', 'punctuation', 'whitespace', 'code symbol', 'other', 'other']
     >>> token_type("<call>", special=True)
@@ -88,7 +88,7 @@ def special_ids(tokenizer: object) -> frozenset[int]:
 class TokenTypes:
     """The type of each token id of one model's tokenizer, decoded once per id and remembered.
 
-    Example:
+    Examples:
         >>> import mechscope as ms
         >>> types = TokenTypes(ms.load("toy-moe"))
         >>> ids = types.lm.tokenizer("<call>time(city=Rome)</call>")["input_ids"]

@@ -4,7 +4,7 @@ The experts, weights and logits are the router modules' own outputs (the ``exper
 and ``router_logits`` sites), so they equal what transformers computes bit for bit; only the entropy is
 computed here, as the entropy of ``softmax(router_logits)`` over all experts, in float32, in nats.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> result = trace(lm, "The capital of France is")

@@ -16,7 +16,7 @@ The corpus is cut into shards of consecutive prompts (`make_plan`; ``shard_size`
 shards and the same merge, so the result is the same to the last bit on either backend. With ``out`` the
 parts are kept in ``OUT.parts/`` until the result is written, so a killed run resumes where it stopped.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> result = utilization(lm, ["The capital of France is", "Two plus two is"])

@@ -44,7 +44,7 @@ Definitions (``v`` is a vector an expert adds to the residual stream, ``d`` = d_
   experts' corpus read-outs (the baseline), ``overlap`` the size of the intersection of the two top-k
   promoted lists.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy-moe")
     >>> result = vocab(lm, layers=[3], top_k=5, prompts=["The capital of France is", "Two plus two is"])

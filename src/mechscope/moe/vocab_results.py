@@ -4,7 +4,7 @@
 the direct-logit read-out, from its weights alone and from its outputs on a corpus, and how well the two
 agree. The definitions are in `mechscope.moe.vocab`. It checks its own values.
 
-Example:
+Examples:
     >>> token = VocabToken(token=" Paris", token_id=7, logit=2.5)
     >>> readout = VocabReadout(promoted=[token], suppressed=[token], norm=1.0)
     >>> row = ExpertVocab(expert=0, weights=readout)

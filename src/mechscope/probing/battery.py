@@ -385,7 +385,7 @@ def run_battery(
 class ProbeBattery:
     """The seed's name: a battery bound to its spec; `run` probes a model.
 
-    Example:
+    Examples:
         >>> battery = ProbeBattery("default")
         >>> battery.spec.name, len(battery.spec.probes)
         ('default', 6)

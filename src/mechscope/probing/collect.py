@@ -12,7 +12,7 @@ default, or on Ray actors (``runner=RayRunner(...)``, ``--backend ray``), each w
 into the output folder. The folder is the same either way, and `check_shards` holds it against the plan
 after the run: every shard there and whole, no shard file the plan has none for.
 
-Example:
+Examples:
     >>> import tempfile
     >>> import mechscope as ms
     >>> from mechscope.probing.dataset import tool_prompt_dataset
@@ -259,7 +259,7 @@ def collect(
 class ActivationCollector:
     """The seed's name: a collector bound to a model and its options; `collect` does the work.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import mechscope as ms
         >>> from mechscope.probing.dataset import tool_prompt_dataset

@@ -157,7 +157,7 @@ def write_manifest(folder: Path, manifest: ActivationManifest) -> None:
 class ActivationSet:
     """A finished collection folder: the manifest, the prompts, and each site's features on demand.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import mechscope as ms
         >>> from mechscope.probing.collect import collect

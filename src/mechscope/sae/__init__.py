@@ -4,7 +4,7 @@
 `SAE` is the autoencoder (`mechscope.sae.model`). Editing features during a forward pass or `generate` is
 an intervention op, `mechscope.ops.sae_edit`.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy")
     >>> sae = ms.sae.SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8)

@@ -16,7 +16,7 @@ pass's document order by the pass's index. So the position in the stream is a sm
 block, where its documents start, the leftover it opened with, how many of its batches were handed out):
 resuming recomputes that one block and skips what was already handed out, giving the very same batches.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy")
     >>> source = ActivationSource(lm, "resid_post.1", ["The capital of France is Paris."] * 8, buffer_tokens=32)

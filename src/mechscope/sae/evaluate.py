@@ -19,7 +19,7 @@ in `mechscope.sae.results.Evaluation`; in short:
 Sums are kept in float64; the mean of ``x`` is merged batch by batch (Chan et al.'s pairwise update), so
 explained variance does not lose precision to ``Σ‖x‖² − N‖x̄‖²`` cancelling.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy")
     >>> sae = ms.sae.SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8)

@@ -9,7 +9,7 @@ no other analysis). `cosine_matrix` is every cosine at once, `max_cosine` the be
 Cosines are computed in float32, in chunks of features, so an SAE of 100K+ features never needs a second
 float32 copy of its weights. A feature whose row (or column) is all zeros (a dead feature) has cosine 0.
 
-Example:
+Examples:
     >>> import torch
     >>> from mechscope.sae import SAE
     >>> sae = SAE.random(d_in=8, d_sae=32, site="resid_post.1", k=4, seed=0)

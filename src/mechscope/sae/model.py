@@ -12,7 +12,7 @@ The weights use SAELens's names and shapes (``W_enc [d_in, d_sae]``, ``b_enc [d_
 ``b_dec [d_in]``), so `mechscope.sae.formats` reads and writes them unchanged. ``site`` is the mechscope
 site the SAE reads (``resid_post.2``); ``model`` names the model it was trained on.
 
-Example:
+Examples:
     >>> import torch
     >>> sae = SAE.random(d_in=8, d_sae=32, site="resid_post.1", architecture="topk", k=4, seed=0)
     >>> f = sae.encode(torch.randn(3, 8))

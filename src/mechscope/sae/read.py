@@ -14,7 +14,7 @@
   (TransformerLens's ``fold_ln`` folds that weight into ``W_U``; on models whose norm weight is far from
   uniform the rankings can differ).
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> lm = ms.load("toy")
     >>> sae = ms.sae.SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8)

@@ -207,8 +207,9 @@ def train_sae(
 def lr_factor(step: int, total: int, warmup: float, decay: float) -> float:
     """The multiplier of the peak LR at step ``step`` (0-based) of ``total``: linear warm-up, flat, linear decay.
 
-    >>> [round(lr_factor(s, 10, 0.2, 0.2), 2) for s in (0, 1, 2, 7, 8, 9)]
-    [0.5, 1.0, 1.0, 1.0, 0.67, 0.33]
+    Examples:
+        >>> [round(lr_factor(s, 10, 0.2, 0.2), 2) for s in (0, 1, 2, 7, 8, 9)]
+        [0.5, 1.0, 1.0, 1.0, 0.67, 0.33]
     """
     warm, cool = math.ceil(warmup * total), math.ceil(decay * total)
     if step < warm:

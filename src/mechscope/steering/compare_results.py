@@ -5,7 +5,7 @@ vector (which lives at one layer; the residual stream's basis is shared by all l
 defined at each), and the validation perplexities at the trained layer: the vanilla model, the trained
 vector, the difference-of-means vector at its own norm and rescaled to the trained vector's norm.
 
-Example:
+Examples:
     >>> row = LayerComparison(layer=0, cosine=0.5, diff_norm=2.0, trained_layer=True)
     >>> result = VectorComparison(model="toy", trained_layer=0, trained_norm=1.0, positions="all",
     ...     positive=2, negative=2, layers=[row])

@@ -11,7 +11,7 @@ for: the vanilla model; the trained vector; the difference-of-means vector of th
 norm; and that vector rescaled to the trained vector's norm (same strength, only the direction differs). Each
 vector is added at the trained layer and at the run's ``positions``, exactly as training measured it.
 
-Example:
+Examples:
     >>> import mechscope as ms
     >>> from mechscope.steering.trainer import train
     >>> lm = ms.load("toy")

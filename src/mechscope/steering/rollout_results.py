@@ -5,7 +5,7 @@ One `RolloutRow` per (question, vector, scale, rollout). The baselines are rows 
 no steering); their ``scale`` is ``""``. A row's ``condition`` is ``vanilla``, ``prompted`` or
 ``NAME@SCALE`` (``pirate@learned``, ``pirate@4``).
 
-Example:
+Examples:
     >>> row = RolloutRow(question_id=0, question="Hi.", prompt="Hi.", vector="pirate", scale="4",
     ...                  coefficient=4.0, added_norm=2.0, rollout=0, seed=7, text=" Arr!")
     >>> row.condition

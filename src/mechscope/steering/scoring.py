@@ -76,7 +76,7 @@ class Scorer(Protocol):
 def bootstrap_ci(values: Sequence[float], *, reps: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
     """The mean of ``values`` with its percentile-bootstrap interval (resampling the values with replacement).
 
-    Example:
+    Examples:
         >>> ci = bootstrap_ci([0.0, 1.0, 1.0, 1.0])
         >>> ci.mean, 0.0 <= ci.low <= ci.mean <= ci.high <= 1.0
         (0.75, True)

@@ -5,7 +5,7 @@ A run folder holds ``vector.safetensors`` (one float32 tensor ``vector`` of shap
 positions, d_model, dtype, norm, the training arguments, the data hash and the metrics). It never holds model
 weights. ``direction`` turns the vector into a `Direction` for `steering_ops` / `generate_with_steering`.
 
-Example:
+Examples:
     >>> import tempfile, torch
     >>> import mechscope as ms
     >>> lm = ms.load("toy")

@@ -3,7 +3,7 @@
 Every file mechscope writes goes through `atomic_write`, so an interrupted or failed write never leaves
 half a file at the target, nor a temporary file beside it.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> atomic_write_text(folder / "report.txt", "hello").read_text()

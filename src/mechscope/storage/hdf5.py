@@ -4,7 +4,7 @@ HDF5 is not crash-safe: a process killed while it writes can leave a file that n
 mechscope never writes into the only copy of an HDF5 file: `rewrite` copies it beside itself, lets the
 caller change the copy, and replaces the original atomically only when that succeeded.
 
-Example:
+Examples:
     >>> import tempfile, pathlib, numpy as np
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "data.h5"
     >>> _ = create(path, lambda f: f.create_dataset("x", data=np.arange(3)))

@@ -4,7 +4,7 @@ One writer for every table mechscope produces. Cells are plain values; ``None`` 
 empty CSV cell, JSON ``null``, a Parquet null). Lists and dicts become JSON text in CSV. Non-finite
 floats are written as ``"Infinity"``, ``"-Infinity"`` or ``"NaN"`` in JSONL (JSON has no such numbers).
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
     >>> _ = write_table(path, [{"a": 1, "b": None}], ["a", "b"])

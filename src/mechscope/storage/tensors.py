@@ -4,7 +4,7 @@ The metadata lives in the safetensors header (``__metadata__``: ``kind``, ``sche
 JSON), so one atomic write stores everything and nothing can drift apart. Files of the earlier layout
 (metadata in a ``.json`` sidecar beside the tensors) are still read.
 
-Example:
+Examples:
     >>> import tempfile, pathlib, torch
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "v.safetensors"
     >>> _ = save_tensors(path, {"vector": torch.ones(3)}, kind="direction", meta={"layer": 1})

@@ -5,7 +5,7 @@ activations and MoE routing are non-trivial, and saved with ``save_pretrained`` 
 byte-level BPE tokenizer. Tests can then load the folder back through the real ``from_pretrained``
 code paths, exactly as they would a checkpoint from the Hub.
 
-Example:
+Examples:
     >>> import tempfile
     >>> folder = build_tiny_model("llama", Path(tempfile.mkdtemp()) / "llama")
     >>> model = AutoModelForCausalLM.from_pretrained(folder)

@@ -1,6 +1,6 @@
 """HTML pages of the concept encyclopedia: the convergence study and the interpreter's reliability.
 
-Example:
+Examples:
     >>> from mechscope.concepts.convergence_results import ConceptConvergence, ConvergenceStudy
     >>> c = ConceptConvergence(id="x", term="<b>x</b>", relative_difference=[1.0, 0.4], cosine=[0.5, 0.9],
     ...     variance=[0.0, 1.0], ci_width=[None, 2.0], converged_at=2)

@@ -47,7 +47,7 @@ def pipeline_graph(result: Pipeline, *, threshold: float = 0.3, min_tokens: int 
     ``input`` node joins the kept experts of the earliest layer and the ``output`` node those of the latest,
     weighted by their share, as circuit graphs are drawn. No edge passes: only ``input`` and ``output``.
 
-    Example:
+    Examples:
         >>> from mechscope.moe.path_results import Transition
         >>> t = Transition(source_layer=0, target_layer=1, counts=[[3, 1], [0, 4]],
         ...                probability=[[0.75, 0.25], [0.0, 1.0]], mutual_information=0.5)

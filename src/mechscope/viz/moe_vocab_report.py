@@ -6,7 +6,7 @@ suppressed tokens with their direct logits, from the weights and from the corpus
 are user data: they are escaped everywhere (the chart kit's `table` escapes every cell), whitespace made
 visible.
 
-Example:
+Examples:
     >>> from mechscope.moe.vocab_results import ExpertVocab, LayerVocab, VocabContribution, VocabReadout, VocabToken
     >>> token = VocabToken(token="<b>", token_id=3, logit=1.5)
     >>> row = ExpertVocab(expert=0, weights=VocabReadout(promoted=[token], suppressed=[token], norm=1.0))

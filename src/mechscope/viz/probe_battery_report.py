@@ -6,7 +6,7 @@ and every cell's hover text gives the control accuracy, selectivity and p-value.
 lists emergence (with its bootstrap interval), peak and destruction per property, grouped by category.
 Every string (property names, categories, the model) is escaped.
 
-Example:
+Examples:
     >>> from mechscope.probing.battery_results import BatteryResult, PropertyStrata
     >>> from mechscope.probing.results import ProbeScore
     >>> s = ProbeScore(method="logistic", accuracy=0.9, fold_accuracies=[0.9, 0.9], majority=0.5,

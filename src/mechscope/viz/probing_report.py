@@ -5,7 +5,7 @@ baseline and the control task (shuffled labels); then each layer gets a scatter 
 or UMAP), points coloured by class, and a table of its geometry. Every string (class names, the model, the
 dataset) is escaped.
 
-Example:
+Examples:
     >>> from mechscope.probing.analysis_results import LayerAnalysis, NamedProbe
     >>> from mechscope.probing.geometry_results import GeometryResult, Point
     >>> from mechscope.probing.results import ProbeScore

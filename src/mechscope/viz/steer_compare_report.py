@@ -5,7 +5,7 @@ table of the difference-of-means norms per layer, and a table of the validation 
 trained vector, the difference-of-means vector at its own norm and rescaled to the trained norm. Every string
 (the model name, paths) is escaped.
 
-Example:
+Examples:
     >>> from mechscope.steering.compare_results import LayerComparison, VectorComparison
     >>> row = LayerComparison(layer=0, cosine=0.5, diff_norm=2.0, trained_layer=True)
     >>> result = VectorComparison(model="<script>x</script>", trained_layer=0, trained_norm=1.0,

@@ -11,7 +11,7 @@ inline script, no CDN); with an access token (servers bound beyond loopback), ev
 size-limited and parsed as safetensors or JSON only; bad input gets a 4xx with
 ``{"error": "<one line>"}`` and a failure a 500 of the same shape, never a stack trace.
 
-Example:
+Examples:
     >>> from fastapi.testclient import TestClient
     >>> import mechscope as ms
     >>> client = TestClient(create_app(ms.Analyzer.from_pretrained("toy"), name="toy"))

@@ -7,7 +7,7 @@ before every pass (and the progress listener at every step): the next pass raise
 unwinds through the library's own ``finally`` blocks, so every capture and intervention hook is removed,
 and the cancelling hook itself goes in a ``finally`` of its own.
 
-Example:
+Examples:
     >>> import mechscope as ms, time
     >>> from mechscope.api import tasks
     >>> jobs = Jobs(ms.Analyzer.from_pretrained("toy"))

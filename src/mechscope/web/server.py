@@ -1,6 +1,6 @@
 """Run the web app with uvicorn: loopback by default; anywhere else only when asked, and behind a token.
 
-Example:
+Examples:
     >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("::1"), is_loopback("0.0.0.0")
     (True, True, True, False)
 """

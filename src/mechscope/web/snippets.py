@@ -5,7 +5,7 @@ the view's last request, ending with the result in ``result``. Every value is wr
 prompt with quotes, newlines or markup comes back as the same string. The tests run each snippet and compare
 its ``result`` with the server's answer.
 
-Example:
+Examples:
     >>> print(snippet("toy", "lens", {"prompt": "The capital of France is", "top_k": 3}))
     import mechscope as ms
     <BLANKLINE>

@@ -133,7 +133,7 @@ def analyze_checkpoint(
         created_at: The ``created_at`` column (default: now, UTC, ISO 8601).
         on_progress: Called after each batch with ``(elements_done, tensors_done)``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> import torch
         >>> from safetensors.torch import save_file

@@ -4,7 +4,7 @@ The vocabulary (which names mean what, per family) lives in `mechscope.models.ar
 (``PARAM_LAYER_PATTERN`` and ``PARAM_BLOCK_RULES``), the one module that holds family knowledge; this
 module compiles and applies it.
 
-Example:
+Examples:
     >>> classify("model.layers.3.self_attn.o_proj.weight")
     (3, 'o_proj')
     >>> classify("transformer.h.0.attn.c_attn.weight")

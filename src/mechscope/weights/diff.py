@@ -89,7 +89,7 @@ def tensor_diff(
     Returns:
         A `ParamDiff`; an unchanged tensor has relative change 0, cosine 1 and rank 0.
 
-    Example:
+    Examples:
         >>> a = torch.zeros(4, 3)
         >>> tensor_diff("w", a, a + torch.outer(torch.ones(4), torch.ones(3))).rank
         1

@@ -98,7 +98,7 @@ class VerifyReport(BaseModel):
 def git_blob_sha1(path: Path) -> str:
     """The git blob id of a file, as ``git hash-object`` prints it.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> path = Path(tempfile.mkdtemp()) / "hello.txt"
         >>> _ = path.write_bytes(b"hello")

@@ -21,7 +21,7 @@ values, and LAPACK's path through torch is several times faster on tall ones). V
 Effective rank: ``exp(entropy of s / sum(s))`` (Roy & Vetterli, 2007), 0 for an all-zero spectrum. Stable
 rank: ``sum(s**2) / s[0]**2``, NaN for an all-zero spectrum.
 
-Example:
+Examples:
     >>> matrix_dims((5,)), matrix_dims((4, 3, 2))
     ((5, 1), (3, 2))
     >>> s = singular_values(torch.eye(3)[None])

@@ -9,7 +9,7 @@
 
 Plain shape arithmetic, without torch, so that result types and reports can use it.
 
-Example:
+Examples:
     >>> matrix_dims((5,)), matrix_dims((4, 3, 2))
     ((5, 1), (3, 2))
 """

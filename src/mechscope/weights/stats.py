@@ -277,7 +277,7 @@ def batch_stats(batch: torch.Tensor, options: StatsOptions) -> list[TensorStats]
 def tensor_stats(values: torch.Tensor, options: StatsOptions | None = None) -> TensorStats:
     """Statistics of one tensor (see `batch_stats`).
 
-    Example:
+    Examples:
         >>> stats = tensor_stats(torch.eye(4))
         >>> stats.rank, stats.sparsity, round(stats.mean, 4)
         (4, 0.75, 0.25)
