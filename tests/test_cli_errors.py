@@ -54,6 +54,16 @@ def _files(tmp: Path) -> dict[str, Callable[[], Path]]:
 
 #: (id, arguments with {placeholders}, words the error line must contain)
 CASES: list[tuple[str, list[str], str]] = [
+    (
+        "sae-train-two-architectures",
+        ["sae", "train", "--site", "resid_post.2", "--width", "64", "-o", "{tmp}/s", "--k", "4", "--l1", "1"],
+        "exactly one",
+    ),
+    (
+        "sae-train-tokens",
+        ["sae", "train", "--site", "resid_post.2", "--width", "64", "-o", "{tmp}/s", "--k", "4", "--tokens", "2X"],
+        "--tokens wants a count",
+    ),
     ("steer-other-model", ["steer", "-m", "toy-moe", "-p", PROMPT, "-d", "{direction}"], "--force"),
     ("sweep-other-model", ["steer", "sweep", "-m", "toy-moe", "-p", PROMPT, "-d", "{direction}"], "made for"),
     (

@@ -40,8 +40,7 @@ from mechscope.core.lm import LanguageModel
 from mechscope.core.positions import PassInfo
 from mechscope.errors import InputError
 from mechscope.sae.formats import site_width
-from mechscope.sae.model import SAE
-from mechscope.sae.train_results import EvalStats
+from mechscope.sae.read import evaluated, flat_site
 
 #: Documents run in a block's first forward chunk (later chunks are sized from the block's tokens per document).
 _FIRST_CHUNK_DOCUMENTS = 64
@@ -137,13 +136,8 @@ class ActivationSource:
 
         def sink(values: dict[str, Tensor], info: PassInfo) -> None:
             value = values[self.site]
-            mask = info.current_mask().to(value.device).clone()
-            if self.skip_first:
-                # each row's first real column: left or right padding alike
-                first = mask.int().argmax(dim=1)
-                mask[torch.arange(mask.shape[0], device=mask.device), first] = False
-            flat = value.reshape(value.shape[0], value.shape[1], -1)
-            parts.append(flat[mask].to(device=self.device, dtype=torch.float32))
+            keep = evaluated(info.current_mask(), self.skip_first).to(value.device)
+            parts.append(flat_site(value)[keep].to(device=self.device, dtype=torch.float32))
 
         if self.shuffle:
             # the block is shuffled anyway: run documents of like length together, so that batches carry
@@ -330,41 +324,5 @@ def split_corpus(
     return [documents[i] for i in sorted(order[cut:])], [documents[i] for i in sorted(order[:cut])]
 
 
-def reconstruction_stats(sae: SAE, source: ActivationSource, tokens: int) -> EvalStats:
-    """MSE, explained variance, L0 and never-active share of ``sae`` over the first ``tokens`` of ``source``.
-
-    Sums are kept in float64 and the mean enters only at the end (``Σ‖x - x̄‖² = Σ‖x‖² - n‖x̄‖²``), so nothing
-    but one batch is ever held.
-
-    Raises:
-        InputError: the source gives no tokens.
-    """
-    n, error, square, l0 = 0, 0.0, 0.0, 0.0
-    total = torch.zeros(source.d_in, dtype=torch.float64)
-    active = torch.zeros(sae.d_sae, dtype=torch.bool, device=source.device)
-    with torch.no_grad():
-        for batch in source.batches(4096):
-            x = batch[: tokens - n]
-            f = sae.encode(x)
-            error += float((x - sae.decode(f, like=x)).double().pow(2).sum())
-            total += x.double().sum(dim=0).cpu()
-            square += float(x.double().pow(2).sum())
-            l0 += float((f > 0).sum())
-            active |= (f > 0).any(dim=0)
-            n += x.shape[0]
-            if n >= tokens:
-                break
-    if n == 0:
-        raise InputError("the held-out documents give no tokens; give longer evaluation documents")
-    variance = square - float(total.pow(2).sum()) / n
-    return EvalStats(
-        tokens=n,
-        mse=error / (n * source.d_in),
-        explained_variance=1.0 - error / max(variance, 1e-30),
-        l0=l0 / n,
-        never_active_fraction=float((~active).float().mean()),
-    )
-
-
 __all__ = ["ActivationSource", "InitStats", "StreamState", "corpus_hash", "geometric_median"]
-__all__ += ["init_stats", "reconstruction_stats", "split_corpus"]
+__all__ += ["init_stats", "split_corpus"]

@@ -41,9 +41,11 @@ from mechscope.core.lm import LanguageModel
 from mechscope.core.ops import OpContext
 from mechscope.core.positions import Positions
 from mechscope.errors import InputError
+from mechscope.sae.activations import ActivationSource
 from mechscope.sae.model import SAE
 from mechscope.sae.read import check_sae, evaluated, flat_site, token_batches
 from mechscope.sae.results import DENSE_THRESHOLD, Evaluation
+from mechscope.sae.train_results import EvalStats
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,9 @@ class Splice:
 
 
 @dataclass
-class _Totals:
-    """Running sums over the evaluation tokens (float64 on the CPU; counts as ints)."""
+class Totals:
+    """Running sums over the evaluation tokens (float64 on the CPU; counts as ints); `evaluate` and the
+    training run's held-out `reconstruction_stats` both fold their batches in here."""
 
     d_in: int
     d_sae: int
@@ -181,7 +184,7 @@ def evaluate(
     if lm.arch.kind != "decoder":
         raise InputError(f"{lm.arch.family} is an encoder; the SAE's loss metrics need next-token predictions")
     check_sae(lm, sae)
-    totals = _Totals(d_in=sae.config.d_in, d_sae=sae.d_sae)
+    totals = Totals(d_in=sae.config.d_in, d_sae=sae.d_sae)
     spliced, zeroed = Splice(sae, skip_first), Splice(None, skip_first)
     batches = token_batches(
         lm, prompts, batch_size=batch_size, max_tokens=max_tokens, progress=progress, what="evaluating"
@@ -205,4 +208,31 @@ def evaluate(
     return totals.result(sae.site, len(prompts), skip_first)
 
 
-__all__ = ["Splice", "evaluate"]
+def reconstruction_stats(sae: SAE, source: ActivationSource, tokens: int) -> EvalStats:
+    """MSE per dimension, explained variance, L0 and never-active share of ``sae`` over the first ``tokens``
+    of ``source`` (the same sums as `evaluate`, without the loss passes; one batch held at a time).
+
+    Raises:
+        InputError: the source gives no tokens.
+    """
+    totals = Totals(d_in=source.d_in, d_sae=sae.d_sae)
+    with torch.no_grad():
+        for batch in source.batches(4096):
+            x = batch[: tokens - totals.tokens]
+            f = sae.encode(x)
+            totals.add_values(x, sae.decode(f, like=x), f)
+            if totals.tokens >= tokens:
+                break
+    if totals.tokens == 0 or totals.active is None:
+        raise InputError("the held-out documents give no tokens; give longer evaluation documents")
+    n = totals.tokens
+    return EvalStats(
+        tokens=n,
+        mse=totals.error / (n * source.d_in),
+        explained_variance=1.0 - totals.error / totals.spread if totals.spread > 0 else 0.0,
+        l0=float(totals.active.sum()) / n,
+        never_active_fraction=float((totals.active == 0).double().mean()),
+    )
+
+
+__all__ = ["Splice", "Totals", "evaluate", "reconstruction_stats"]

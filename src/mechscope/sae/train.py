@@ -56,9 +56,9 @@ from mechscope.sae.activations import (
     StreamState,
     corpus_hash,
     init_stats,
-    reconstruction_stats,
     split_corpus,
 )
+from mechscope.sae.evaluate import reconstruction_stats
 from mechscope.sae.formats import CFG_NAME, save, site_width
 from mechscope.sae.model import SAE, SAEConfig
 from mechscope.sae.train_results import EvalStats, SAETrainResult, TrainRecord
