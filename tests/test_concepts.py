@@ -86,10 +86,31 @@ def test_wordnet_concepts_carry_category_hypernyms_and_kind() -> None:
     wn = reader()
     dog = synset_concept(wn.synset("dog.n.01"))
     assert dog.term == "dog" and dog.category == "noun.animal" and dog.kind == "concrete"
-    assert dog.hypernyms[0] == "entity.n.01" and dog.parent in {"canine.n.02", "domestic_animal.n.01"}
+    # of dog's two hypernyms the first by name, in every process (nltk's own path order follows the hash seed)
+    assert dog.hypernyms[0] == "entity.n.01" and dog.parent == "canine.n.02"
     democracy = synset_concept(wn.synset("democracy.n.01"))
     assert democracy.kind == "abstract" and democracy.gloss
     assert len(list(wn.all_synsets("n"))) == 82115  # WordNet 3.0's noun synsets
+
+
+def test_wordnet_hypernym_paths_do_not_depend_on_the_hash_seed() -> None:
+    """Sibling sets (the lenses' negatives) and list digests hang on the parent: it must be the same in
+    every process. With nltk's ``hypernym_paths()[0]`` person.n.01's parent changed with PYTHONHASHSEED."""
+    code = (
+        "from mechscope.concepts.wordnet import reader, synset_concept; wn = reader(); "
+        "print([synset_concept(wn.synset(n)).hypernyms for n in ('person.n.01', 'dog.n.01', 'water.n.01')])"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("0", "2")
+    }
+    assert len(seen) == 1, seen
 
 
 # ----------------------------------------------------------------- bootstrap

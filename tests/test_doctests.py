@@ -3,15 +3,19 @@
 Every module of ``mechscope`` is imported and its doctests are run, one test per module so that a failure
 names it. The examples run offline: on the bundled organisms (``ms.load("toy")``), on tiny random models
 built into temporary folders, or on files written to ``tempfile.mkdtemp()``. A ``+SKIP`` directive is only
-allowed where `ALLOWED_SKIPS` says why, and the public API's modules must each have an example that runs.
+allowed where `ALLOWED_SKIPS` says why, and the public API's modules must each have an example that runs; in
+them every public function and class has one of its own (issue 24), except exceptions, protocols, enums and
+the classes a function of the module returns (that function's example shows them).
 """
 
 from __future__ import annotations
 
 import ast
 import doctest
+import enum
 import functools
 import importlib
+import inspect
 import io
 import pkgutil
 import re
@@ -150,3 +154,42 @@ def test_public_api_modules_have_running_examples(name: str) -> None:
     outcome = _run(name)
     assert outcome.attempted > 0 and outcome.skipped == 0, (name, outcome.attempted, outcome.skipped)
     assert outcome.failed == 0, outcome.report
+
+
+def _returned_classes(module: object) -> set[str]:
+    """Names of the classes that the module's public functions return (by their return annotations)."""
+    names: set[str] = set()
+    for attribute, value in vars(module).items():
+        if attribute.startswith("_") or not inspect.isfunction(value):
+            continue
+        annotation = inspect.signature(value).return_annotation
+        names.update(
+            re.findall(r"\w+", annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""))
+        )
+    return names
+
+
+def _needs_own_example(value: object, returned: set[str]) -> bool:
+    if inspect.isfunction(value):
+        return True
+    if not inspect.isclass(value):
+        return False
+    if issubclass(value, BaseException | enum.Enum) or getattr(value, "_is_protocol", False):
+        return False  # raised, enumerated or implemented: nothing to call
+    return value.__name__ not in returned  # a class a function returns is shown by that function's example
+
+
+@pytest.mark.parametrize("name", PUBLIC_API)
+def test_every_public_function_of_the_public_api_has_an_example(name: str) -> None:
+    module = importlib.import_module(name)
+    returned = _returned_classes(module)
+    public = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+    parser = doctest.DocTestParser()
+    lacking = [
+        attribute
+        for attribute in public
+        if getattr(getattr(module, attribute), "__module__", None) == name  # re-exports are checked where defined
+        and _needs_own_example(getattr(module, attribute), returned)
+        and not parser.get_examples(inspect.getdoc(getattr(module, attribute)) or "")
+    ]
+    assert not lacking, f"{name}: public names whose docstring has no example: {lacking}"

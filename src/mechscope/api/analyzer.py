@@ -54,6 +54,14 @@ class Analyzer:
 
     Args:
         lm: an already loaded model, or None to load ``name`` with ``load_kwargs`` on first use.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> analyzer = ms.Analyzer(ms.load("toy"))
+        >>> analyzer.generate("The capital of France is", max_new_tokens=1)
+        [' Paris']
+        >>> analyzer.heads().top("previous_token", 1)[0][:2]
+        (0, 0)
     """
 
     def __init__(self, lm: LanguageModel | None = None, *, name: str | None = None, **load_kwargs: Any) -> None:
@@ -125,7 +133,18 @@ class Analyzer:
 
 
 class AsyncAnalyzer:
-    """The async twin of an `Analyzer` (its ``.aio``): the same methods, awaited, run in a worker thread."""
+    """The async twin of an `Analyzer` (its ``.aio``): the same methods, awaited, run in a worker thread.
+
+    Examples:
+        >>> import asyncio, mechscope as ms
+        >>> async def main():
+        ...     analyzer = ms.Analyzer.from_pretrained("toy")
+        ...     results = await asyncio.gather(analyzer.aio.lens("The capital of France is", top_k=1),
+        ...                                    analyzer.aio.lens("The capital of Japan is", top_k=1))
+        ...     return [result[0].predicted_token for result in results]
+        >>> asyncio.run(main())
+        [' Paris', ' Tokyo']
+    """
 
     def __init__(self, sync: Analyzer) -> None:
         self.sync = sync

@@ -30,7 +30,15 @@ from mechscope.lens.results import LensResult
 
 
 class AnalysisConfig(BaseModel):
-    """What to analyse: which layers, how many top tokens, which tokens to track, which position."""
+    """What to analyse: which layers, how many top tokens, which tokens to track, which position.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> config = ms.AnalysisConfig(layer_strategy="custom", layers=[1, 3], top_k=2, track_tokens=[" Paris"])
+        >>> result = ms.ModelAnalyzer(ms.load("toy")).analyze_sync("The capital of France is", config)
+        >>> [p.layer for p in result.layer_predictions], result.predicted_token
+        ([1, 3], ' Paris')
+    """
 
     layer_strategy: LayerStrategy = LayerStrategy.ALL
     layer_step: int = Field(default=4, ge=1)
@@ -44,7 +52,15 @@ class ModelAnalyzer(Analyzer):
     """The seed's interface: logit-lens analysis of one model from sync or async code.
 
     It is an `Analyzer`, so every other analysis is there too (``analyzer.patch(...)``,
+    ``analyzer.patch(...)``,
     ``await analyzer.aio.heads()``); ``analyze`` and ``analyze_batch`` keep the seed's signatures.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> analyzer = ms.ModelAnalyzer.from_pretrained("toy")
+        >>> results = analyzer.analyze_batch_sync(["The capital of France is", "The capital of Peru is"])
+        >>> [result.predicted_token for result in results]
+        [' Paris', ' Lima']
     """
 
     @classmethod

@@ -82,7 +82,7 @@ def activation_patching(
 
     Raises:
         InputError: the prompts tokenize to different lengths, or the clean and corrupted metrics are equal.
-        SiteError: ``site`` is not one of resid_pre, resid_post, attn_out, mlp_out.
+        SiteError: ``site`` is not one of resid_pre, resid_post, attn_out, mlp_out, head_out.
     """
     if site not in PATCHABLE:
         raise SiteError(f"cannot patch '{site}' by layer and position; use one of {', '.join(PATCHABLE)}")

@@ -45,6 +45,8 @@ from mechscope.progress import bar
 from mechscope.storage.hdf5 import create, remove_stale_temporaries
 from mechscope.storage.tensors import StoredFileError, load_tensors, save_tensors, stored_meta
 
+__all__ = ["BootstrapPlan", "BootstrapTask", "bootstrap", "bootstrap_shard", "check_parts", "gather", "make_plan"]
+
 if TYPE_CHECKING:
     from torch import Tensor
 

@@ -116,11 +116,27 @@ def reader(folder: Path | None = None) -> Any:
         return OfflineWordNet(FileSystemPathPointer(str(root)), None)
 
 
+def _primary_path(synset: Any) -> tuple[str, ...]:
+    """The synset's hypernyms from the root down to its parent, taking the first (sorted) hypernym each step.
+
+    Not ``hypernym_paths()[0]``: nltk's order of those paths changes with Python's hash seed, so the parent
+    (and the lenses' sibling sets built on it) would change from one process to the next.
+    """
+    chain: list[str] = []
+    node, seen = synset, {synset.name()}
+    while True:
+        parents = sorted(node.hypernyms() + node.instance_hypernyms(), key=lambda parent: parent.name())
+        if not parents or parents[0].name() in seen:
+            return tuple(reversed(chain))
+        node = parents[0]
+        seen.add(node.name())
+        chain.append(node.name())
+
+
 def synset_concept(synset: Any) -> Concept:
     """An nltk synset as a `Concept`: id, first lemma as term, gloss, lexicographer category, hypernym path."""
     lemmas = tuple(name.replace("_", " ") for name in synset.lemma_names())
-    paths = synset.hypernym_paths()
-    path = tuple(node.name() for node in paths[0][:-1]) if paths else ()
+    path = _primary_path(synset)
     category = synset.lexname()
     return Concept(
         id=synset.name(),

@@ -50,6 +50,14 @@ class Cache(Mapping[str, Tensor]):
         positions: how positions were selected (its string form).
         meta: free-form JSON-serialisable metadata (model source, prompts ...), saved with the cache.
         n_layers: the model's layer count, so that ``cache["resid_post.-1"]`` finds the last layer.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> with lm.capture(["resid_post.*"], positions="last") as cache:  # a capture fills a Cache
+        ...     _ = lm.forward(["The capital of France is", "Two plus two is"])
+        >>> cache.sites, cache["resid_post.-1"].shape
+        (['resid_post.0', 'resid_post.1', 'resid_post.2', 'resid_post.3'], torch.Size([2, 128]))
     """
 
     sites: list[str]

@@ -89,7 +89,10 @@ class PassTracker:
         """The layout of the pass now running (computed on first use within the pass)."""
         if self._info is None:
             if self._call is None:
-                raise RuntimeError("no forward pass of the tracked model is running")
+                raise RuntimeError(
+                    "the pass layout is unknown here: no tracked forward pass is running (a custom op that reads "
+                    "ctx.info must declare needs_layout = True)"
+                )
             self._info = PassInfo.from_forward(
                 self._call[1], self._call[0], past=self._past, prompt_mask=self.prompt_mask
             )

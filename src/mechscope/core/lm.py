@@ -44,6 +44,14 @@ class LanguageModel:
         arch: the architecture map (dimensions and where each part lives).
         source: the folder or hub id it was loaded from (for a wrapped model: its ``name_or_path``, else
             its class name).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> lm.arch.family, lm.arch.n_layers, lm.arch.d_model
+        ('llama', 4, 128)
+        >>> [str(site) for site in lm.sites("head_out.1.*")]
+        ['head_out.1.0', 'head_out.1.1', 'head_out.1.2', 'head_out.1.3']
     """
 
     def __init__(self, loaded: LoadedModel) -> None:
@@ -102,7 +110,13 @@ class LanguageModel:
         return int(value) if value else None
 
     def sites(self, patterns: str | Site | Sequence[str | Site]) -> list[Site]:
-        """Expand site patterns (``"resid_post.*"``) into concrete sites, validated for this model."""
+        """Expand site patterns (``"resid_post.*"``) into concrete sites, validated for this model.
+
+        Examples:
+            >>> import mechscope as ms
+            >>> [str(site) for site in ms.load("toy").sites(["resid_post.*", "attn_out.0"])]
+            ['resid_post.0', 'resid_post.1', 'resid_post.2', 'resid_post.3', 'attn_out.0']
+        """
         key = (patterns,) if isinstance(patterns, str | Site) else tuple(patterns)
         sites = self._site_memo.get(key)
         if sites is None:
@@ -119,6 +133,12 @@ class LanguageModel:
         Args:
             first: accept a text of several tokens and use its first token, with a warning (tracking a
                 word in the lens); by default several tokens are an error.
+
+        Examples:
+            >>> import mechscope as ms
+            >>> lm = ms.load("toy")
+            >>> lm.token_texts([lm.token_id(" Paris")])
+            [' Paris']
 
         Raises:
             InputError: ``text`` tokenizes to nothing, or to several tokens without ``first``.
@@ -142,6 +162,12 @@ class LanguageModel:
 
     def tokenize(self, prompts: str | Sequence[str]) -> dict[str, Tensor]:
         """Tokenize and pad a batch (left for decoders, right for encoders), on the model's device.
+
+        Examples:
+            >>> import mechscope as ms
+            >>> batch = ms.load("toy").tokenize(["The capital of France is", "Hi"])
+            >>> batch["attention_mask"].tolist()  # a decoder pads on the left
+            [[1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1]]
 
         Raises:
             InputError: no prompts, an empty prompt, or a prompt longer than the model's context.
@@ -189,6 +215,13 @@ class LanguageModel:
         Args:
             inputs: a prompt, a list of prompts (padded as a batch), token ids, or a tokenizer output.
             grad: keep the autograd graph (for gradient-based analyses).
+
+        Examples:
+            >>> import mechscope as ms
+            >>> lm = ms.load("toy")
+            >>> logits = lm.forward("The capital of France is")
+            >>> logits.shape, lm.token_texts([int(logits[0, -1].argmax())])
+            (torch.Size([1, 7, 2054]), [' Paris'])
         """
         kwargs = self.encode(inputs)
         with torch.set_grad_enabled(grad):
@@ -240,6 +273,15 @@ class LanguageModel:
         """Generate continuations (greedy unless ``do_sample=True`` is passed); returns the new text.
 
         Interventions active around the call apply to every step, the prompt pass and each new token.
+
+        Examples:
+            >>> import mechscope as ms
+            >>> lm = ms.load("toy")
+            >>> lm.generate(["The capital of France is", "The capital of Japan is"], max_new_tokens=2)
+            [' Paris.', ' Tokyo.']
+            >>> with lm.intervene({"head_out.0.0": ms.ops.zero()}):  # the planted previous-token head
+            ...     lm.generate("The capital of France is", max_new_tokens=1)
+            ' Lisbon'
         """
         if self.arch.kind != "decoder":
             raise InputError(f"{self.arch.family} is an encoder; it cannot generate text")
@@ -287,6 +329,14 @@ class LanguageModel:
 
         Capturing ``attn_pattern`` switches a non-eager model to eager attention for the duration of
         the block, because sdpa and flash attention never form the pattern; the switch is undone on exit.
+
+        Examples:
+            >>> import mechscope as ms
+            >>> lm = ms.load("toy")
+            >>> with lm.capture(["attn_pattern.1", "resid_post.3"], positions="all") as cache:
+            ...     _ = lm.forward("The capital of France is")
+            >>> cache["attn_pattern.1"].shape, cache["resid_post.3"].shape  # [batch, head, query, key]
+            (torch.Size([1, 4, 7, 7]), torch.Size([1, 7, 128]))
         """
         resolved = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
         if isinstance(resolved, str):
@@ -311,7 +361,17 @@ class LanguageModel:
     def intervene(self, ops: Mapping[str | Site, OpSpec]) -> Intervention:
         """Apply ``{site: op or [ops]}`` on every forward pass inside the ``with`` block.
 
-        Example: ``lm.intervene({"resid_post.6": ms.ops.add(v, coeff=4.0), "head_out.3.1": ms.ops.zero()})``.
+        Several sites and several ops per site combine, e.g.
+        ``lm.intervene({"resid_post.6": ms.ops.add(v, coeff=4.0), "head_out.3.1": ms.ops.zero()})``. The hooks
+        are removed on exit, also when the block raises.
+
+        Examples:
+            >>> import mechscope as ms
+            >>> lm = ms.load("toy")
+            >>> with lm.intervene({"head_out.0.0": ms.ops.zero()}):
+            ...     ablated = lm.forward("The capital of France is")
+            >>> lm.token_texts([int(ablated[0, -1].argmax())])
+            [' Lisbon']
         """
         return Intervention(self.arch, self._tracker, plan(self.arch, ops))
 
@@ -322,6 +382,12 @@ def execution_device(module: nn.Module) -> torch.device | None:
     A model dispatched by accelerate (``device_map``) keeps offloaded weights on the meta device and
     moves them in for each call; its hooks name the real device, so they come first. Otherwise it is the
     device of the module's first parameter.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> from mechscope.core.lm import execution_device
+        >>> execution_device(ms.load("toy").model)
+        device(type='cpu')
     """
     for part in module.modules():  # an offloaded block hooks its leaves, not itself
         hook = getattr(part, "_hf_hook", None)
@@ -372,7 +438,16 @@ def load(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
 ) -> LanguageModel:
-    """Load a model by bundled organism name, local folder or hub id (see `load_model` for the args)."""
+    """Load a model by bundled organism name, local folder or hub id (see `load_model` for the args).
+
+    Weights load through ``from_pretrained`` (safetensors first; ``trust_remote_code`` only when asked).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")  # or ms.load("path/to/folder"), ms.load("gpt2", revision="main")
+        >>> lm.arch.family, lm.has_tokenizer
+        ('llama', True)
+    """
     return LanguageModel(
         load_model(
             name_or_path,

@@ -40,7 +40,28 @@ class _LayoutSource(Protocol):
 
 @dataclass(frozen=True)
 class OpContext:
-    """What an op may need besides the value: the site's name and (computed on demand) the pass layout."""
+    """What an op may need besides the value: the site's name and (computed on demand) the pass layout.
+
+    Examples:
+        A custom op is any object with ``positions`` and ``apply(x, ctx)``; one that reads ``ctx.info`` (the
+        pass layout: padding mask, KV-cache offset) says so with ``needs_layout = True``.
+
+        >>> import torch, mechscope as ms
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Clip:
+        ...     limit: float
+        ...     positions: str = "all"
+        ...     needs_layout: bool = True
+        ...     def apply(self, x: torch.Tensor, ctx: OpContext) -> torch.Tensor:
+        ...         seen.append((ctx.site, ctx.info.offset))
+        ...         return x.clamp(-self.limit, self.limit)
+        >>> seen, lm = [], ms.load("toy")
+        >>> with lm.intervene({"resid_post.1": Clip(1e9)}):  # a limit no value reaches: nothing changes
+        ...     clipped = lm.forward("The capital of France is")
+        >>> seen, torch.equal(clipped, lm.forward("The capital of France is"))
+        ([('resid_post.1', 0)], True)
+    """
 
     site: str
     source: _LayoutSource
@@ -53,7 +74,11 @@ class OpContext:
 
 @runtime_checkable
 class Op(Protocol):
-    """An intervention: ``positions`` to touch and ``apply(x, ctx)`` giving the new value."""
+    """An intervention: ``positions`` to touch and ``apply(x, ctx)`` giving the new value.
+
+    An op that reads ``ctx.info`` also sets ``needs_layout = True`` (see `OpContext`), so that the pass
+    layout is tracked while it is active.
+    """
 
     @property
     def positions(self) -> Positions: ...
@@ -241,6 +266,18 @@ def sae_edit(
 ) -> SAEEdit:
     """Ablate, clamp or add to SAE features at ``positions``, keeping the error term (see `SAEEdit`).
 
+    Examples:
+        >>> import torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = ms.sae.SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8)
+        >>> plain = lm.forward("The capital of France is")
+        >>> with lm.intervene({"resid_post.2": ms.ops.sae_edit(sae)}):  # no feature edited: the model's logits
+        ...     torch.equal(lm.forward("The capital of France is"), plain)
+        True
+        >>> with lm.intervene({"resid_post.2": ms.ops.sae_edit(sae, add={3: 50.0})}):  # feature 3 pushed up
+        ...     torch.equal(lm.forward("The capital of France is"), plain)
+        False
+
     Raises:
         InterventionError: a feature index outside the SAE.
     """
@@ -258,30 +295,105 @@ def sae_edit(
 
 
 def add(vector: Tensor, coeff: float = 1.0, *, normalize: bool = False, positions: Positions = "all") -> Add:
-    """Add ``coeff × vector`` (unit-normalised first if ``normalize``) at ``positions``."""
+    """Add ``coeff × vector`` (unit-normalised first if ``normalize``) at ``positions``.
+
+    Examples:
+        >>> import torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> def top(logits):
+        ...     return lm.token_texts([int(logits[0, -1].argmax())])
+        >>> with lm.capture(["resid_post.1"], positions="last") as tokyo:
+        ...     _ = lm.forward("The capital of Japan is")
+        >>> with lm.capture(["resid_post.1"], positions="last") as paris:
+        ...     _ = lm.forward("The capital of France is")
+        >>> towards = tokyo["resid_post.1"][0] - paris["resid_post.1"][0]
+        >>> with lm.intervene({"resid_post.1": ms.ops.add(towards, positions="last")}):
+        ...     top(lm.forward("The capital of France is"))
+        [' Tokyo']
+    """
     return Add(vector, coeff, normalize, check_positions(positions, allow_mean=False))
 
 
 def set(value: Tensor, *, positions: Positions = "all") -> Set:
-    """Overwrite the value with ``value`` at ``positions``."""
+    """Overwrite the value with ``value`` at ``positions``.
+
+    Examples:
+        >>> import torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> def top(logits):
+        ...     return lm.token_texts([int(logits[0, -1].argmax())])
+        >>> with lm.capture(["resid_post.1"], positions="last") as japan:
+        ...     _ = lm.forward("The capital of Japan is")
+        >>> with lm.intervene({"resid_post.1": ms.ops.set(japan["resid_post.1"][0], positions="last")}):
+        ...     top(lm.forward("The capital of France is"))
+        [' Tokyo']
+    """
     return Set(value, check_positions(positions, allow_mean=False))
 
 
 def zero(*, positions: Positions = "all") -> Zero:
-    """Zero the value at ``positions`` (zero ablation)."""
+    """Zero the value at ``positions`` (zero ablation).
+
+    Examples:
+        >>> import torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> def top(logits):
+        ...     return lm.token_texts([int(logits[0, -1].argmax())])
+        >>> with lm.intervene({"head_out.0.0": ms.ops.zero()}):  # the planted previous-token head
+        ...     top(lm.forward("The capital of France is"))
+        [' Lisbon']
+    """
     return Zero(check_positions(positions, allow_mean=False))
 
 
 def mean(means: Tensor | Mapping[str, Tensor], *, positions: Positions = "all") -> Mean:
-    """Replace the value with supplied means (mean ablation) at ``positions``."""
+    """Replace the value with supplied means (mean ablation) at ``positions``.
+
+    ``means`` is one tensor for every site the op is applied to, or a mapping site → tensor (a `Cache`).
+
+    Examples:
+        >>> import torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> def top(logits):
+        ...     return lm.token_texts([int(logits[0, -1].argmax())])
+        >>> with lm.capture(["resid_post.2"], positions="mean") as reference:
+        ...     _ = lm.forward(["The capital of Japan is", "The capital of Peru is"])
+        >>> average = reference["resid_post.2"].mean(0)  # [d_model]: over prompts and positions
+        >>> with lm.intervene({"resid_post.2": ms.ops.mean(average)}):  # the country is lost
+        ...     top(lm.forward("The capital of France is"))
+        [' sound']
+    """
     return Mean(means, check_positions(positions, allow_mean=False))
 
 
 def scale(factor: float, *, positions: Positions = "all") -> Scale:
-    """Multiply the value by ``factor`` at ``positions``."""
+    """Multiply the value by ``factor`` at ``positions``.
+
+    Examples:
+        >>> import torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> def top(logits):
+        ...     return lm.token_texts([int(logits[0, -1].argmax())])
+        >>> plain = lm.forward("The capital of France is")
+        >>> with lm.intervene({"attn_out.3": ms.ops.scale(1.0)}):  # a factor of one changes nothing
+        ...     torch.equal(lm.forward("The capital of France is"), plain)
+        True
+    """
     return Scale(factor, check_positions(positions, allow_mean=False))
 
 
 def patch(source: Tensor | Mapping[str, Tensor], *, positions: Positions = "all") -> Patch:
-    """Replace the value with the same site's value from ``source`` (a `Cache`) at ``positions``."""
+    """Replace the value with the same site's value from ``source`` (a `Cache`) at ``positions``.
+
+    Examples:
+        >>> import torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> def top(logits):
+        ...     return lm.token_texts([int(logits[0, -1].argmax())])
+        >>> with lm.capture(["resid_post.1"]) as japan:  # every position
+        ...     _ = lm.forward("The capital of Japan is")
+        >>> with lm.intervene({"resid_post.1": ms.ops.patch(japan, positions=[-1])}):
+        ...     top(lm.forward("The capital of France is"))  # the last position carries the country
+        [' Tokyo']
+    """
     return Patch(source, check_positions(positions, allow_mean=False))

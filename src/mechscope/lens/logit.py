@@ -37,6 +37,13 @@ class LogitLens:
     The read-out of layer L is ``arch.logits(resid_post.L)``: the final norm, the unembedding and the
     family's output transform (soft-capping, scaling). At the last layer it equals the model's logits.
     Given a `TunedLens`, each layer's residual first goes through that layer's learned translator.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lens = ms.LogitLens(ms.load("toy"))
+        >>> result = lens.run(["The capital of France is"], top_k=1)[0]
+        >>> [(p.layer, p.top[0].token) for p in result.layer_predictions]
+        [(0, ' blue'), (1, ' a'), (2, ' late'), (3, ' Paris')]
     """
 
     def __init__(self, lm: LanguageModel, tuned: TunedLens | None = None) -> None:
@@ -65,6 +72,12 @@ class LogitLens:
         """``(lens, final)``: lens logits ``[layer, batch, vocab]`` at ``position`` and the model's logits.
 
         ``prompts`` are strings (padded as a batch) or token ids ``[batch, pos]``.
+
+        Examples:
+            >>> import torch, mechscope as ms
+            >>> lens, final = ms.LogitLens(ms.load("toy")).layer_logits(["The capital of France is", "Hi"])
+            >>> lens.shape, torch.equal(lens[-1], final)  # the last layer's read-out is the model's output
+            (torch.Size([4, 2, 2054]), True)
         """
         chosen = self._layers(layers)
         encoded = self.lm.encode(prompts if isinstance(prompts, Tensor) else list(prompts))
@@ -108,7 +121,14 @@ class LogitLens:
         top_k: int = 5,
         track: Sequence[str] = (),
     ) -> list[LensResult]:
-        """Apply the lens to each prompt at ``position`` (own coordinates; -1 = last token)."""
+        """Apply the lens to each prompt at ``position`` (own coordinates; -1 = last token).
+
+        Examples:
+            >>> import mechscope as ms
+            >>> result = ms.LogitLens(ms.load("toy")).run(["The capital of France is"], track=[" Paris"])[0]
+            >>> result.predicted_token, result.emergence_layer
+            (' Paris', 3)
+        """
         self._check_top_k(top_k)
         chosen = self._layers(layers)
         lens, final = self.layer_logits(prompts, chosen, position)

@@ -29,6 +29,12 @@ _REGISTERED: dict[str, Organism] = {}
 def register_organism(name: str, path: str | Path, summary: str = "") -> Organism:
     """Make ``load(name)`` resolve to ``path``.
 
+    Examples:
+        >>> import mechscope as ms
+        >>> organism = ms.register_organism("my-toy-copy", ms.load("toy").source, summary="toy, by another name")
+        >>> ms.load("my-toy-copy").generate("The capital of France is", max_new_tokens=1)
+        ' Paris'
+
     Raises:
         ValueError: ``name`` is registered already or names a bundled organism.
     """
@@ -60,7 +66,13 @@ def _bundled() -> dict[str, Organism]:
 
 
 def list_organisms() -> list[Organism]:
-    """Every organism `load()` can resolve by name, bundled first."""
+    """Every organism `load()` can resolve by name, bundled first.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> [organism.name for organism in ms.list_organisms()][:2]
+        ['toy', 'toy-moe']
+    """
     return [*_bundled().values(), *_REGISTERED.values()]
 
 

@@ -22,7 +22,8 @@ class ProbeScore(BaseModel):
         accuracy: held-out accuracy, pooled over the folds (each example is predicted once, by a probe that
             never saw its group).
         fold_accuracies: held-out accuracy of each fold.
-        majority: the majority baseline: each fold's training majority class, scored on its test fold.
+        majority: the majority baseline: always guessing the class most common among the tested examples
+            (pooled over the folds; a fold's training majority is no baseline under grouped splits).
         control_accuracy: the same probe's held-out accuracy on shuffled labels (the mean over the shuffles).
         selectivity: ``accuracy - control_accuracy``.
         p_value: permutation p-value, ``(1 + #shuffles scoring >= accuracy) / (1 + permutations)``; 1.0

@@ -117,6 +117,7 @@ class Totals:
             self.losses[i] += float(F.cross_entropy(picked, targets.to(run.device), reduction="sum").double())
 
     def result(self, site: str, prompts: int, skip_first: bool) -> Evaluation:
+        """The `Evaluation` the sums add up to (raises `InputError` when no token was counted)."""
         if self.tokens == 0 or self.active is None:
             first = " after each prompt's first" if skip_first else ""
             raise InputError(f"the prompts have no token{first} to evaluate; give longer prompts")

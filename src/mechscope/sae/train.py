@@ -27,13 +27,7 @@ training settings in ``cfg.json``) and ``train_state.pt`` (weights, Adam, step, 
 RNG; read back with ``weights_only=True``). ``resume=True`` continues from it and ends with the same weights
 as a run never interrupted.
 
-Example (a tiny run on the toy organism):
-    >>> import mechscope as ms
-    >>> lm = ms.load("toy")
-    >>> docs = ["The capital of France is Paris.", "Arr, the sea be grand, matey!"] * 50
-    >>> sae, result = train_sae(lm, "resid_post.1", docs, width=64, k=4, tokens=2048, batch_size=256)
-    >>> result.steps, sae.config.k, round(float(sae.W_dec.detach().norm(dim=1).mean()), 4)
-    (8, 4, 1.0)
+`train_sae`'s docstring has a tiny run on the toy organism.
 """
 
 from __future__ import annotations
@@ -168,6 +162,14 @@ def train_sae(
         InputError: a bad argument, an empty corpus, ``out`` a file or holding another run (without ``resume``),
             or a resumed run started with other settings.
         SiteError: a site the model lacks or an SAE cannot read.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> docs = ["The capital of France is Paris.", "Arr, the sea be grand, matey!"] * 50
+        >>> sae, result = train_sae(lm, "resid_post.1", docs, width=64, k=4, tokens=2048, batch_size=256)
+        >>> result.steps, sae.config.k, round(float(sae.W_dec.detach().norm(dim=1).mean()), 4)
+        (8, 4, 1.0)
     """
     d_in = site_width(site, lm)
     settings: dict[str, Any] = {

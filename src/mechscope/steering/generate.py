@@ -37,6 +37,7 @@ class PhaseAdd:
     needs_layout: bool = True  # the op reads the KV offset to tell the prompt pass from generated tokens
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """``x + coeff * vector`` in the passes of the op's phase (the prompt pass or the new tokens), else ``x``."""
         if self.phase != "all":
             prompt_pass = ctx.info.offset == 0
             if prompt_pass != (self.phase == "prompt"):

@@ -54,6 +54,8 @@ from mechscope.steering.train_state import (
 )
 from mechscope.steering.vector import CONFIG_FILE, SteeringVector
 
+__all__ = ["lr_sweep", "train"]
+
 SCHEDULES = ("constant", "cosine")
 POSITIONS = ("all", "prompt", "completion")
 Init = str | Path | Tensor | Direction | SteeringVector | None

@@ -55,6 +55,12 @@ def save_tensors(
     """Write ``tensors`` (moved to the CPU, made contiguous) and their metadata to ``path`` atomically.
 
     ``fsync=False``: see `mechscope.storage.atomic.atomic_write` (for parts that are checked when read).
+
+    Examples:
+        >>> import tempfile, pathlib, torch
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "v.safetensors"
+        >>> save_tensors(path, {"vector": torch.ones(3)}, kind="direction", meta={"layer": 1}) == path
+        True
     """
     from safetensors.torch import save_file
 
@@ -68,6 +74,18 @@ def read_header(path: str | os.PathLike[str], *, what: str = "tensor file") -> t
 
     A file of the earlier layout gets its kind and metadata from the ``.json`` sidecar (kind ``""`` if it
     names none).
+
+    Examples:
+        >>> import tempfile, pathlib, torch
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "v.safetensors"
+        >>> _ = save_tensors(path, {"vector": torch.ones(3)}, kind="direction", meta={"layer": 1})
+        >>> read_header(path)
+        ('direction', 1, {'layer': 1})
+        >>> _ = path.write_bytes(b"not safetensors")
+        >>> read_header(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechscope.storage.tensors.StoredFileError: '...v.safetensors' is not a safetensors tensor file (...); give a ...
 
     Raises:
         StoredFileError: the file is missing or is not a safetensors file.
@@ -113,6 +131,18 @@ def load_tensors(
         what: how error messages call the file (default: the kind).
         device: where the tensors land.
 
+    Examples:
+        >>> import tempfile, pathlib, torch
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "v.safetensors"
+        >>> _ = save_tensors(path, {"vector": torch.ones(3)}, kind="direction", meta={"layer": 1})
+        >>> stored = load_tensors(path, kind="direction")
+        >>> stored.kind, stored.meta, stored.tensors["vector"].tolist()
+        ('direction', {'layer': 1}, [1.0, 1.0, 1.0])
+        >>> load_tensors(path, kind="probe")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechscope.storage.tensors.StoredFileError: '...v.safetensors' holds a direction, not a probe
+
     Raises:
         StoredFileError: the file is missing, not safetensors, or of another kind.
     """
@@ -130,6 +160,15 @@ def stored_meta(path: str | os.PathLike[str], kind: str) -> dict[str, Any] | Non
     """The metadata of a complete file of ``kind`` at ``path``, or None when it is missing or unreadable.
 
     What a sharded job asks of a part before it trusts it (and redoes the shard when the answer is None).
+
+    Examples:
+        >>> import tempfile, pathlib, torch
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "v.safetensors"
+        >>> stored_meta(path, "part") is None  # not written yet
+        True
+        >>> _ = save_tensors(path, {"rows": torch.zeros(2, 3)}, kind="part", meta={"shard": 4})
+        >>> stored_meta(path, "part")
+        {'shard': 4}
     """
     if not Path(path).is_file():
         return None
