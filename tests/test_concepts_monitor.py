@@ -103,6 +103,25 @@ def test_live_reading_and_reading_after_generation_agree(toy: ms.LanguageModel, 
         assert [h.score for h in one.concepts] == pytest.approx([h.score for h in other.concepts], abs=1e-4)
 
 
+@pytest.mark.parametrize("read_last", [True, False])
+def test_without_the_prompt_live_and_after_generation_list_the_same_tokens(
+    toy: ms.LanguageModel, lenses: Lenses, read_last: bool
+) -> None:
+    prompt = "The capital of Peru is"
+    kwargs = {"max_new_tokens": 3, "min_new_tokens": 3, "include_prompt": False, "read_last": read_last}
+    seen: list[MonitorToken] = []
+    live = monitor(toy, lenses, prompt, on_token=seen.append, **kwargs)
+    after = monitor(toy, lenses, prompt, **kwargs)
+    n_prompt = len(toy.tokenizer(prompt)["input_ids"])
+    assert seen == live.tokens and all(token.generated for token in after.tokens)
+    assert [t.index for t in after.tokens] == [t.index for t in live.tokens]
+    assert [t.index for t in after.tokens] == list(range(n_prompt, n_prompt + 3 - (0 if read_last else 1)))
+    assert [t.token for t in after.tokens] == toy.token_texts([t.token_id for t in after.tokens])
+    for one, other in zip(live.tokens, after.tokens, strict=True):
+        assert [h.id for h in one.concepts] == [h.id for h in other.concepts]
+        assert [h.margin for h in one.concepts] == pytest.approx([h.margin for h in other.concepts], abs=1e-4)
+
+
 def test_the_cli_fits_lenses_and_monitors_in_json_lines(toy: ms.LanguageModel, folder: Path) -> None:
     data = folder / "term_last.h5"
     runner = CliRunner()

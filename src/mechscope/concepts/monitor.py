@@ -32,9 +32,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import TypeAdapter
 from torch import Tensor
 
-from mechscope.concepts.lens_results import ConceptHit, MonitorResult, MonitorToken
+from mechscope.concepts.lens_results import MonitorResult, MonitorToken
 from mechscope.concepts.pooling import term_positions
 from mechscope.errors import InputError
 from mechscope.models.registry import check_provenance
@@ -61,8 +62,17 @@ def _site(lm: LanguageModel, lenses: Lenses, force: bool) -> tuple[str, int | No
     return str(sites[0]), sites[0].layer
 
 
+#: Validates a whole generation's tokens in one call (pydantic-core): a third of the cost of building them one by one.
+_TOKENS: TypeAdapter[list[MonitorToken]] = TypeAdapter(list[MonitorToken])
+
+
 class _Reader:
-    """Collects the rows of each pass and the ids of the streamer, and emits a `MonitorToken` per token."""
+    """Collects the rows of each pass and the ids of the streamer, and emits a `MonitorToken` per token.
+
+    Live (``on_token``), each pass is read as it arrives and each token is handed on at once. Otherwise the
+    passes' rows and the streamer's ids are only kept (no work per token while generating) and `finish` reads
+    them all: one product, one batch of token texts, one validation of every `MonitorToken`.
+    """
 
     def __init__(
         self,
@@ -71,7 +81,7 @@ class _Reader:
         top_k: int,
         include_prompt: bool,
         on_token: Callable[[MonitorToken], None] | None,
-        token_text: Callable[[int], str],
+        token_texts: Callable[[list[int]], list[str]],
         streamer: Any,
     ) -> None:
         self.lenses = lenses
@@ -79,9 +89,11 @@ class _Reader:
         self.top_k = min(top_k, lenses.n_concepts)
         self.include_prompt = include_prompt
         self.on_token = on_token
-        self.token_text = token_text
+        self.token_texts = token_texts
+        self.texts: dict[int, str] = {}
         self.streamer = streamer  # the caller's own streamer, told everything this one is
         self.ids: list[int] = []
+        self.chunks: list[Tensor] = []  # the streamer's values not yet turned into ids (no live callback)
         self.n_prompt = -1
         self.top: list[tuple[list[float], list[float], list[int]]] = []  # per row: top scores, margins, concepts
         self.skip = 0  # columns of the next pass already read (the extra pass for the last token)
@@ -95,6 +107,9 @@ class _Reader:
             self.streamer.put(value)
         if self.n_prompt < 0:
             self.n_prompt = int(value.shape[-1])
+        if self.on_token is None:
+            self.chunks.append(value)
+            return
         self.ids.extend(int(i) for i in value.reshape(-1).tolist())
         self._emit()
 
@@ -102,15 +117,23 @@ class _Reader:
         if self.streamer is not None:
             self.streamer.end()
 
+    def all_ids(self) -> list[int]:
+        """Every token id seen so far (the prompt's, then each new token's)."""
+        if self.chunks:
+            self.ids.extend(torch.cat([chunk.reshape(-1) for chunk in self.chunks]).tolist())
+            self.chunks = []
+        return self.ids
+
     @property
     def n_rows(self) -> int:
         """Positions captured so far (read or waiting to be read)."""
         return len(self.top) + sum(len(h) for h in self.pending)
 
     def sink(self, values: dict[str, Tensor], info: PassInfo) -> None:
+        # the capture hands over its own copy of the values: keeping a view of it is safe, no second copy
         h = values[self.key][0, self.skip :]  # [length, d]: one batch row, the positions this pass adds
         if self.on_token is None:
-            self.pending.append(h.detach().clone())  # read all at once in `finish`: one product in all
+            self.pending.append(h)  # read all at once in `finish`: one product in all
             return
         self._read(h)  # live: one [length, d] @ [d, K] product per pass
         self._emit()
@@ -121,12 +144,26 @@ class _Reader:
             rows, self.pending = torch.cat(self.pending), []
             for start in range(0, len(rows), 512):  # bounds the [rows, K] score block
                 self._read(rows[start : start + 512])
-        self._emit()
+        if self.on_token is not None:
+            self._emit()
+            return
+        ids = self.all_ids()
+        ready = min(len(ids), len(self.top))
+        first = self.read if self.include_prompt else max(self.read, self.n_prompt)
+        self._texts(ids[first:ready])
+        self.tokens.extend(_TOKENS.validate_python([self._fields(index) for index in range(first, ready)]))
+        self.read = ready
 
     def _read(self, h: Tensor) -> None:
         top = self.lenses.scores(h).topk(self.top_k, dim=-1)
         margins = top.values - self.lenses.threshold[top.indices]
         self.top.extend(zip(top.values.tolist(), margins.tolist(), top.indices.tolist(), strict=True))
+
+    def _texts(self, ids: list[int]) -> None:
+        """Decode the ids not seen before, all in one call."""
+        new = list(dict.fromkeys(i for i in ids if i not in self.texts))
+        if new:
+            self.texts.update(zip(new, self.token_texts(new), strict=True))
 
     def _emit(self) -> None:
         ready = min(len(self.ids), len(self.top))
@@ -135,27 +172,26 @@ class _Reader:
             self.read += 1
             if index < self.n_prompt and not self.include_prompt:
                 continue
-            token = self._token(index)
+            self._texts([self.ids[index]])
+            token = MonitorToken.model_validate(self._fields(index))
             self.tokens.append(token)
             if self.on_token is not None:
                 self.on_token(token)
 
-    def _token(self, index: int) -> MonitorToken:
-        # model_construct: the values come from the lenses and the tokenizer, already of the right types, and
-        # validating a few objects per token was a visible part of the monitoring cost on small models
+    def _fields(self, index: int) -> dict[str, Any]:
         scores, margins, concepts = self.top[index]
-        hits = [
-            ConceptHit.model_construct(id=self.lenses.concept_ids[c], term=self.lenses.terms[c], score=s, margin=m)
-            for s, m, c in zip(scores, margins, concepts, strict=True)
-        ]
+        ids, terms = self.lenses.concept_ids, self.lenses.terms
         token_id = self.ids[index]
-        return MonitorToken.model_construct(
-            index=index,
-            token=self.token_text(token_id),
-            token_id=token_id,
-            generated=index >= self.n_prompt,
-            concepts=hits,
-        )
+        return {
+            "index": index,
+            "token": self.texts[token_id],
+            "token_id": token_id,
+            "generated": index >= self.n_prompt,
+            "concepts": [
+                {"id": ids[c], "term": terms[c], "score": s, "margin": m}
+                for s, m, c in zip(scores, margins, concepts, strict=True)
+            ],
+        }
 
 
 def monitor(
@@ -196,19 +232,15 @@ def monitor(
     if top_k < 1:
         raise InputError(f"top_k must be at least 1; got {top_k}")
     lenses = lenses.to(lm.device)
-    texts: dict[int, str] = {}
-
-    def token_text(token_id: int) -> str:
-        if token_id not in texts:
-            texts[token_id] = lm.token_texts([token_id])[0]
-        return texts[token_id]
-
-    reader = _Reader(lenses, key, top_k, include_prompt, on_token, token_text, generate_kwargs.pop("streamer", None))
+    reader = _Reader(
+        lenses, key, top_k, include_prompt, on_token, lm.token_texts, generate_kwargs.pop("streamer", None)
+    )
     with torch.no_grad(), lm.capture([key], positions="all", sink=reader.sink):
         generated = lm.generate(prompt, max_new_tokens=max_new_tokens, streamer=reader, **generate_kwargs)
-        if read_last and reader.n_rows < len(reader.ids):
+        ids = reader.all_ids()
+        if read_last and reader.n_rows < len(ids):
             reader.skip = reader.n_rows
-            lm.forward(torch.tensor([reader.ids], device=lm.device))
+            lm.forward(torch.tensor([ids], device=lm.device))
         reader.finish()
     return MonitorResult(
         prompt=prompt, generated=generated, tokens=reader.tokens, site=key, layer=layer, model=str(lm.source)

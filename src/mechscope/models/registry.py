@@ -6,6 +6,8 @@ found there automatically; other packages can add theirs with `register_organism
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,7 @@ def register_organism(name: str, path: str | Path, summary: str = "") -> Organis
     return organism
 
 
+@functools.cache  # the bundled cards do not change while a process runs; provenance checks ask often
 def _card_summary(folder: Path) -> str:
     card = folder / "CARD.md"
     if not card.is_file():
