@@ -4,8 +4,8 @@ Every module of ``mechscope`` is imported and its doctests are run, one test per
 names it. The examples run offline: on the bundled organisms (``ms.load("toy")``), on tiny random models
 built into temporary folders, or on files written to ``tempfile.mkdtemp()``. A ``+SKIP`` directive is only
 allowed where `ALLOWED_SKIPS` says why, and the public API's modules must each have an example that runs; in
-them every public function and class has one of its own (issue 24), except exceptions, protocols, enums and
-the classes a function of the module returns (that function's example shows them).
+them every public function and class has one of its own (issue 24), except exceptions, protocols, enums, result
+types (the ``*results`` modules) and the classes a function of the module returns (its example shows them).
 """
 
 from __future__ import annotations
@@ -176,20 +176,36 @@ def _needs_own_example(value: object, returned: set[str]) -> bool:
         return False
     if issubclass(value, BaseException | enum.Enum) or getattr(value, "_is_protocol", False):
         return False  # raised, enumerated or implemented: nothing to call
+    if value.__module__.rsplit(".", 1)[-1].endswith("results"):
+        return False  # a result type (the `*results` modules): shown by the functions that return it
     return value.__name__ not in returned  # a class a function returns is shown by that function's example
 
 
-@pytest.mark.parametrize("name", PUBLIC_API)
-def test_every_public_function_of_the_public_api_has_an_example(name: str) -> None:
+def _api_reference_modules() -> list[str]:
+    """The modules the docs site's API reference renders (``::: module`` lines of ``docs/api/*.md``)."""
+    pages = Path(__file__).resolve().parents[1] / "docs" / "api"
+    found = (re.findall(r"^::: ([\w.]+)$", page.read_text(encoding="utf-8"), re.M) for page in pages.glob("*.md"))
+    return sorted({name for names in found for name in names})
+
+
+#: Modules whose public functions and classes each need an example: the public API and the API reference's pages.
+EXAMPLED = sorted(set(PUBLIC_API) | set(_api_reference_modules()))
+
+
+@pytest.mark.parametrize("name", EXAMPLED)
+def test_every_public_function_of_the_api_reference_has_an_example(name: str) -> None:
     module = importlib.import_module(name)
-    returned = _returned_classes(module)
+    package = hasattr(module, "__path__")
     public = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
     parser = doctest.DocTestParser()
-    lacking = [
-        attribute
-        for attribute in public
-        if getattr(getattr(module, attribute), "__module__", None) == name  # re-exports are checked where defined
-        and _needs_own_example(getattr(module, attribute), returned)
-        and not parser.get_examples(inspect.getdoc(getattr(module, attribute)) or "")
-    ]
+    lacking = []
+    for attribute in public:
+        value = getattr(module, attribute)
+        home = getattr(value, "__module__", None) or ""
+        # a package shows what its subpackages define; a module, what it defines itself (re-exports: where defined)
+        if not (home == name or (package and home.startswith(f"{name}."))):
+            continue
+        returned = _returned_classes(importlib.import_module(home))
+        if _needs_own_example(value, returned) and not parser.get_examples(inspect.getdoc(value) or ""):
+            lacking.append(attribute)
     assert not lacking, f"{name}: public names whose docstring has no example: {lacking}"

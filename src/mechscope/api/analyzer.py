@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import re
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
@@ -31,11 +33,32 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+_SECTION = re.compile(r"^(\s*)(Examples?|Args|Arguments|Returns|Yields|Raises|Attributes|Note|Notes):\s*$")
+
+
+def _method_doc(task: Callable[..., Any]) -> str:
+    """The task's docstring without its examples, which call the task itself in its module (not the method)."""
+    kept: list[str] = []
+    skipping: str | None = None  # the indentation of the Examples header being skipped
+    for line in inspect.cleandoc(task.__doc__ or "").splitlines():
+        header = _SECTION.match(line)
+        if skipping is not None:
+            if header is None or len(header.group(1)) > len(skipping):
+                continue
+            skipping = None
+        if header is not None and header.group(2).startswith("Example"):
+            skipping = header.group(1)
+            continue
+        kept.append(line)
+    source = f"`{task.__module__}.{task.__name__}`"
+    return "\n".join(kept).rstrip() + f"\n\nRuns {source} with the analyzer's model as its first argument."
+
+
 def _sync(task: Callable[Concatenate[LanguageModel, P], R]) -> Callable[Concatenate[Analyzer, P], R]:
     def method(self: Analyzer, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.run(task, *args, **kwargs)
 
-    method.__name__, method.__doc__ = task.__name__, task.__doc__
+    method.__name__, method.__doc__ = task.__name__, _method_doc(task)
     return method
 
 
@@ -45,7 +68,7 @@ def _async(
     async def method(self: AsyncAnalyzer, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self.run(task, *args, **kwargs)
 
-    method.__name__, method.__doc__ = task.__name__, task.__doc__
+    method.__name__, method.__doc__ = task.__name__, _method_doc(task)
     return method
 
 

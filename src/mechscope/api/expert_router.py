@@ -40,7 +40,17 @@ from mechscope.moe.vocab_results import VocabContribution
 
 
 class ExpertRouter:
-    """One MoE model and its routing analyses, awaited; build it with `from_pretrained` or from an `Analyzer`."""
+    """One MoE model and its routing analyses, awaited; build it with `from_pretrained` or from an `Analyzer`.
+
+    Examples:
+        >>> import asyncio, mechscope as ms
+        >>> async def main():
+        ...     async with await ms.ExpertRouter.from_pretrained("toy-moe") as router:
+        ...         usage = await router.utilization(["The capital of France is", "Two plus two is"])
+        ...         return usage.layers[1].counts  # tokens routed to each of layer 1's four experts
+        >>> asyncio.run(main())
+        [18, 6, 9, 3]
+    """
 
     def __init__(self, analyzer: Analyzer, info: MoEInfo) -> None:
         self.analyzer = analyzer

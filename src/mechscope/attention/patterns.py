@@ -31,7 +31,17 @@ class Aggregation(StrEnum):
 def patterns(
     lm: LanguageModel, prompts: str | Sequence[str] | Tensor, layers: Sequence[int] | None = None
 ) -> dict[int, Tensor]:
-    """``{layer: [batch, head, query, key]}`` attention probabilities for prompts (padded as a batch) or ids."""
+    """``{layer: [batch, head, query, key]}`` attention probabilities for prompts (padded as a batch) or ids.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> found = patterns(lm, ["The capital of France is", "Two plus two is"], layers=[0, -1])
+        >>> {layer: tuple(pattern.shape) for layer, pattern in found.items()}  # left-padded to 11 tokens
+        {0: (2, 4, 11, 11), 3: (2, 4, 11, 11)}
+        >>> bool(found[0].sum(dim=-1).allclose(torch.ones(2, 4, 11)))  # each query's row is a distribution
+        True
+    """
     chosen = resolve_layers(layers, lm.arch.n_layers)
     inputs: str | list[str] | Tensor = prompts if isinstance(prompts, str | Tensor) else list(prompts)
     with torch.no_grad(), lm.capture([f"attn_pattern.{i}" for i in chosen]) as cache:
@@ -41,7 +51,16 @@ def patterns(
 
 def aggregate(pattern: Tensor, how: Aggregation | str = Aggregation.PER_HEAD) -> Tensor:
     """Reduce ``[batch, head, query, key]``: per head (unchanged), mean or max over heads
-    (``[batch, query, key]``), or the last query row only (``[batch, head, key]``)."""
+    (``[batch, query, key]``), or the last query row only (``[batch, head, key]``).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> pattern = patterns(ms.load("toy"), "The capital of France is", [0])[0]
+        >>> tuple(pattern.shape)
+        (1, 4, 7, 7)
+        >>> tuple(aggregate(pattern, "mean").shape), tuple(aggregate(pattern, Aggregation.LAST_QUERY).shape)
+        ((1, 7, 7), (1, 4, 7))
+    """
     how = Aggregation(how)
     if how is Aggregation.MEAN:
         return pattern.mean(dim=1)
@@ -53,7 +72,18 @@ def aggregate(pattern: Tensor, how: Aggregation | str = Aggregation.PER_HEAD) ->
 
 
 def entropy(pattern: Tensor) -> Tensor:
-    """Entropy in nats of each attention row: ``[batch, head, query]`` (zero-probability keys add nothing)."""
+    """Entropy in nats of each attention row: ``[batch, head, query]`` (zero-probability keys add nothing).
+
+    Examples:
+        Uniform attention over 4 keys has entropy ``log 4``; toy's head 0.0, a previous-token head, has none:
+
+        >>> import mechscope as ms
+        >>> entropy(torch.full((1, 1, 1, 4), 0.25))
+        tensor([[[1.3863]]])
+        >>> pattern = patterns(ms.load("toy"), "The capital of France is", [0])[0]
+        >>> entropy(pattern).mean(dim=-1).round(decimals=2)  # [batch, head]: mean over the queries
+        tensor([[0.0000, 1.1200, 0.6200, 0.9100]])
+    """
     logs = torch.where(pattern > 0, pattern.clamp(min=torch.finfo(pattern.dtype).tiny).log(), 0.0)
     return -(pattern * logs).sum(dim=-1)
 
@@ -63,6 +93,19 @@ def sink_mass(pattern: Tensor, mask: Tensor | None = None) -> Tensor:
 
     With a left-padded ``mask`` (``[batch, key]``) the first real token is found per row; padded query
     rows are left out of the mean.
+
+    Examples:
+        With the batch's mask, the padded first prompt gets the same sink mass as on its own:
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> prompts = ["The capital of France is", "Two plus two is"]
+        >>> sink_mass(patterns(lm, prompts[0], [0])[0]).round(decimals=2)
+        tensor([[0.2900, 0.3100, 0.7200, 0.3300]])
+        >>> mask = lm.tokenize(prompts)["attention_mask"]
+        >>> sink_mass(patterns(lm, prompts, [0])[0], mask).round(decimals=2)
+        tensor([[0.2900, 0.3100, 0.7200, 0.3300],
+                [0.1800, 0.3000, 0.6300, 0.2900]])
     """
     batch = pattern.shape[0]
     if mask is None:
@@ -80,7 +123,16 @@ def sink_mass(pattern: Tensor, mask: Tensor | None = None) -> Tensor:
 def focus(
     lm: LanguageModel, prompt: str, layer: int, *, threshold: float = 0.3, head: int | None = None
 ) -> list[FocusEdge]:
-    """Every (head, query, key) of one prompt at ``layer`` whose attention weight exceeds ``threshold``."""
+    """Every (head, query, key) of one prompt at ``layer`` whose attention weight exceeds ``threshold``.
+
+    Examples:
+        Toy's head 0.0 sends each token's attention to the token before it:
+
+        >>> import mechscope as ms
+        >>> edges = focus(ms.load("toy"), "The capital of France is", 0, threshold=0.9, head=0)
+        >>> [(edge.query_token, edge.key_token) for edge in edges][2:]
+        [(' capital', 'The'), (' of', ' capital'), (' F', ' of'), ('rance', ' F'), (' is', 'rance')]
+    """
     layer = resolve_layer(layer, lm.arch.n_layers)
     pattern = patterns(lm, prompt, [layer])[layer][0]  # [head, query, key]
     tokens = lm.token_texts(lm.tokenize([prompt])["input_ids"][0])
@@ -90,7 +142,14 @@ def focus(
 def focus_edges(
     pattern: Tensor, tokens: Sequence[str], layer: int, *, threshold: float = 0.3, head: int | None = None
 ) -> list[FocusEdge]:
-    """The edges of one prompt's ``[head, query, key]`` pattern above ``threshold`` (only ``head``'s if given)."""
+    """The edges of one prompt's ``[head, query, key]`` pattern above ``threshold`` (only ``head``'s if given).
+
+    Examples:
+        >>> pattern = torch.tensor([[[1.0, 0.0], [0.2, 0.8]]])  # one head, two tokens
+        >>> edges = focus_edges(pattern, ["<bos>", "cat"], layer=0, threshold=0.5)
+        >>> [(edge.head, edge.query_token, edge.key_token, round(edge.weight, 2)) for edge in edges]
+        [(0, '<bos>', '<bos>', 1.0), (0, 'cat', 'cat', 0.8)]
+    """
     if not 0.0 < threshold <= 1.0:
         raise InputError(f"threshold must be in (0, 1], got {threshold}")
     if head is not None:

@@ -82,6 +82,7 @@ class RowOp:
     positions: Positions = "all"
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """A copy of ``x`` with each listed row (and head) set to its value; rows past the batch are skipped."""
         out = x.clone()
         for row, value, index in zip(self.rows, self.values, self.index, strict=True):
             if row >= x.shape[0]:
@@ -98,12 +99,24 @@ def _named(check: Callable[[str], bool], name: str) -> Callable[[str], bool]:
 
 
 def contains(text: str) -> Callable[[str], bool]:
-    """Criterion: the generated text contains ``text``."""
+    """Criterion: the generated text contains ``text``.
+
+    Examples:
+        >>> check = contains(" Paris")
+        >>> check(" Paris is the capital."), check(" Tokyo."), check.__name__
+        (True, False, "contains ' Paris'")
+    """
     return _named(lambda generated: text in generated, f"contains {text!r}")
 
 
 def regex(pattern: str) -> Callable[[str], bool]:
-    """Criterion: the generated text matches ``pattern`` anywhere."""
+    """Criterion: the generated text matches ``pattern`` anywhere.
+
+    Examples:
+        >>> check = regex("[0-9]+")
+        >>> check("Two plus two is 4."), check("Two plus two is four."), check.__name__
+        (True, False, 'matches /[0-9]+/')
+    """
     try:
         compiled = re.compile(pattern)
     except re.error as error:
@@ -112,12 +125,27 @@ def regex(pattern: str) -> Callable[[str], bool]:
 
 
 def function_call(generated: str) -> bool:
-    """Criterion: the generated text holds a tool call (a ``<call>`` marker or ``name(arg=...)``)."""
+    """Criterion: the generated text holds a tool call (a ``<call>`` marker or ``name(arg=...)``).
+
+    Examples:
+        >>> function_call('get_weather(city="Paris")'), function_call("<call>search"), function_call(" Paris.")
+        (True, True, False)
+    """
     return "<call>" in generated or re.search(r"\b\w+\(\w+=", generated) is not None
 
 
 def parse_criterion(spec: str) -> Callable[[str], bool]:
-    """A CLI criterion: ``contains:<text>``, ``regex:<pattern>`` or ``function_call``."""
+    """A CLI criterion: ``contains:<text>``, ``regex:<pattern>`` or ``function_call``.
+
+    Examples:
+        >>> check = parse_criterion("contains: Paris")
+        >>> check.__name__, check(" Paris."), parse_criterion("function_call") is function_call
+        ("contains ' Paris'", True, True)
+        >>> parse_criterion("starts: Paris")
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: unknown criterion 'starts: Paris'; use contains:<text>, regex:<pattern> or ...
+    """
     if spec == "function_call":
         return function_call
     kind, _, argument = spec.partition(":")
@@ -187,6 +215,26 @@ def sweep(
     ``indices`` restricts a head or expert sweep to those heads or experts. ``ablator`` replaces the sweep's
     own ops (and ``method``) with a custom per-row ablation (see `Ablator`); the batching stays the same.
     Stopping the sweep with Ctrl-C returns what was measured so far with ``partial=True``.
+
+    Examples:
+        A logit metric: one batched pass ablates each layer's MLP in its own row.
+
+        >>> import mechscope as ms
+        >>> from mechscope.causal import LogitDiff
+        >>> lm = ms.load("toy")
+        >>> metric = LogitDiff(lm, correct=" Paris", wrong=" Tokyo")
+        >>> result = sweep(lm, "The capital of France is", component="mlp", metric=metric)
+        >>> round(result.clean_metric, 1), [(e.layer, round(e.delta, 1)) for e in result.effects]
+        (9.9, [(0, -10.0), (1, -9.3), (2, -2.0), (3, -5.3)])
+        >>> heads = sweep(lm, "The capital of France is", component="head", metric=metric, layers=[0], indices=[0, 1])
+        >>> [(e.layer, e.index, round(e.delta, 1)) for e in heads.effects]  # head 0.0 carries the answer
+        [(0, 0, -12.9), (0, 1, 0.9)]
+
+        A text criterion: each ablated row generates, and the criterion judges its text.
+
+        >>> texts = sweep(lm, "The capital of France is", criterion=contains(" Paris"), max_new_tokens=2)
+        >>> texts.clean_text, [e.layer for e in texts.effects if e.criterion]  # " Paris" survives ablating MLP 2 only
+        (' Paris.', [2])
     """
     component, method = _choice(Component, component, "component"), _choice(Method, method, "method")
     if (metric is None) == (criterion is None):
@@ -266,7 +314,17 @@ def grid(
     components: Sequence[Component | str] = (Component.ATTN, Component.MLP),
     **options: object,
 ) -> AblationResult:
-    """A (layer, component) grid: one sweep per component kind, joined into one result."""
+    """A (layer, component) grid: one sweep per component kind, joined into one result.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> from mechscope.causal import LogitDiff
+        >>> lm = ms.load("toy")
+        >>> metric = LogitDiff(lm, correct=" Paris", wrong=" Tokyo")
+        >>> result = grid(lm, "The capital of France is", metric=metric)  # attn and mlp of every layer
+        >>> result.component, len(result.effects), [(e.component, e.layer) for e in result.summary(3)]
+        ('attn+mlp', 8, [('attn', 0), ('mlp', 0), ('mlp', 1)])
+    """
     if not components:
         raise InputError("name at least one component for the grid")
     results = [sweep(lm, prompt, component=c, **options) for c in components]  # type: ignore[arg-type]

@@ -36,7 +36,9 @@ class Metric(Protocol):
 class FitsClean(Protocol):
     """A metric measured relative to the clean run: ``fit`` is given the clean logits first."""
 
-    def fit(self, clean_logits: Tensor) -> object: ...
+    def fit(self, clean_logits: Tensor) -> object:
+        """Remember what the clean run's ``clean_logits`` give (the metric's reference); returns the fitted metric."""
+        ...
 
 
 def prepare(metric: Metric, clean_logits: Tensor) -> Metric:
@@ -47,7 +49,16 @@ def prepare(metric: Metric, clean_logits: Tensor) -> Metric:
 
 
 class LogitDiff:
-    """``logit(correct) - logit(wrong)`` at the last position: the standard patching metric."""
+    """``logit(correct) - logit(wrong)`` at the last position: the standard patching metric.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> metric = LogitDiff(lm, correct=" Paris", wrong=" Tokyo")
+        >>> logits = lm.forward(["The capital of France is", "The capital of Japan is"])
+        >>> [round(value, 1) for value in metric(logits).tolist()]  # > 0: " Paris" wins; < 0: " Tokyo" does
+        [9.9, -8.5]
+    """
 
     def __init__(self, lm: LanguageModel, *, correct: str, wrong: str) -> None:
         self.correct = lm.token_id(correct)
@@ -60,7 +71,16 @@ class LogitDiff:
 
 
 class TargetProb:
-    """The probability of ``target`` (one token) at the last position."""
+    """The probability of ``target`` (one token) at the last position.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> metric = TargetProb(lm, " Paris")
+        >>> logits = lm.forward(["The capital of France is", "The capital of Japan is"])
+        >>> metric.name, [round(p, 3) for p in metric(logits).tolist()]
+        ('p(␣Paris)', [0.993, 0.0])
+    """
 
     def __init__(self, lm: LanguageModel, target: str) -> None:
         self.target = lm.token_id(target)
@@ -74,6 +94,15 @@ class KLToClean:
     """Minus the KL divergence from the clean run's next-token distribution (higher is closer to clean).
 
     The sweeps fit it to the clean logits themselves; call `fit` first when using it directly.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> metric = KLToClean().fit(lm.forward("The capital of France is"))  # the clean run
+        >>> abs(float(metric(lm.forward("The capital of France is"))[0])) < 1e-6  # the clean run itself: 0
+        True
+        >>> round(float(metric(lm.forward("The capital of Japan is"))[0]), 2)  # another prompt: far below 0
+        -8.42
     """
 
     name = "−KL to clean"

@@ -80,6 +80,21 @@ def activation_patching(
 
     Ctrl-C during the sweep returns the layers done so far, marked ``partial``.
 
+    Examples:
+        >>> import mechscope as ms
+        >>> from mechscope.causal import LogitDiff
+        >>> lm = ms.load("toy")
+        >>> metric = LogitDiff(lm, correct=" Paris", wrong=" Tokyo")
+        >>> clean, corrupted = "The capital of France is", "The capital of Japan is"
+        >>> result = activation_patching(lm, clean, corrupted, metric)
+        >>> result.layers, result.tokens[-1], round(result.clean_metric, 1), round(result.corrupted_metric, 1)
+        ([0, 1, 2, 3], ' is', 9.9, -8.5)
+        >>> [round(row[-1], 1) for row in result.effects]  # the last token's residual restores " Paris"
+        [1.0, 1.0, 1.0, 1.0]
+        >>> attn = activation_patching(lm, clean, corrupted, metric, site="attn_out")
+        >>> [round(row[-1], 1) for row in attn.effects]  # the attention outputs: layer 0 carries it all
+        [1.0, -0.1, 0.2, 0.4]
+
     Raises:
         InputError: the prompts tokenize to different lengths, or the clean and corrupted metrics are equal.
         SiteError: ``site`` is not one of resid_pre, resid_post, attn_out, mlp_out, head_out.
@@ -158,6 +173,19 @@ def attribution_patching(
     whatever the number of layers and positions. Gradients are taken with ``torch.autograd.grad``, so
     nothing accumulates in the model's parameters. Sites: the residual-type ones (``head_out`` is a view
     taken inside a hook, off the autograd path; patch it with `activation_patching`).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> from mechscope.causal import LogitDiff
+        >>> lm = ms.load("toy")
+        >>> metric = LogitDiff(lm, correct=" Paris", wrong=" Tokyo")
+        >>> clean, corrupted = "The capital of France is", "The capital of Japan is"
+        >>> estimate = attribution_patching(lm, clean, corrupted, metric)
+        >>> [round(row[-1], 2) for row in estimate.effects]  # the last position, layer by layer
+        [0.54, 0.68, 0.76, 0.7]
+        >>> exact = activation_patching(lm, clean, corrupted, metric)
+        >>> round(correlation(estimate.effects, exact.effects), 2)  # the estimate ranks the cells as patching does
+        0.99
     """
     if site not in ATTRIBUTABLE:
         raise SiteError(f"attribution patching supports {', '.join(ATTRIBUTABLE)}; got '{site}'")
@@ -186,7 +214,14 @@ def attribution_patching(
 
 
 def correlation(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
-    """Pearson correlation of two equally shaped effect grids (e.g. attribution vs activation patching)."""
+    """Pearson correlation of two equally shaped effect grids (e.g. attribution vs activation patching).
+
+    Examples:
+        >>> round(correlation([[1, 2], [3, 4]], [[2, 4], [6, 8]]), 6)  # one grid a multiple of the other
+        1.0
+        >>> round(correlation([[1, 2, 3]], [[3, 2, 1]]), 6)
+        -1.0
+    """
     x, y = torch.tensor(a, dtype=torch.float64).flatten(), torch.tensor(b, dtype=torch.float64).flatten()
     x, y = x - x.mean(), y - y.mean()
     return float((x * y).sum() / (x.norm() * y.norm()).clamp(min=1e-12))

@@ -75,6 +75,7 @@ def _plain(lm: LanguageModel, prompts: Sequence[str], **kwargs: Any) -> Any:
 
 
 def check_hooks_fire(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
+    """Every site of every kind the model has is captured by one forward pass (its hook fires)."""
     kinds = [k for k, spec in SITE_KINDS.items() if lm.arch.is_moe or not spec.moe]
     patterns = [k if k == "embed" else f"{k}.*" for k in kinds]
     patterns = [p + ".*" if SITE_KINDS[p.split(".")[0]].sub_required else p for p in patterns]
@@ -85,6 +86,7 @@ def check_hooks_fire(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
 
 
 def check_residuals(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
+    """The residuals equal plain transformers' hidden states bit for bit (the last one through the final norm)."""
     n = lm.arch.n_layers
     with lm.capture(["resid_pre.*", "resid_post.*"]) as cache:
         lm.forward(list(prompts[:1]))
@@ -102,6 +104,7 @@ def check_residuals(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
 
 
 def check_patterns(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
+    """``attn_pattern`` is bit-identical to eager attention's ``output_attentions``, layer by layer."""
     with lm.capture(["attn_pattern.*"]) as cache:
         lm.forward(list(prompts[:1]))
     config: Any = lm.model.config
@@ -121,6 +124,7 @@ def check_patterns(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
 
 
 def check_padding(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
+    """Padding changes nothing: each prompt's last-token state in a padded batch equals its own pass alone."""
     site = f"resid_post.{lm.arch.n_layers - 1}"
     with lm.capture([site], positions="last") as batched:
         lm.forward(list(prompts))
@@ -132,6 +136,7 @@ def check_padding(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
 
 
 def check_generate(lm: LanguageModel, prompts: Sequence[str], steps: int = 6) -> CheckResult:
+    """``generate`` with the KV cache picks the same greedy tokens as full forward passes without one."""
     if lm.arch.kind != "decoder":
         return CheckResult(name="generate (KV cache) = full forward", passed=True, detail="skipped: encoder")
     encoded = lm.tokenize(list(prompts[:1]))
@@ -170,6 +175,7 @@ def _per_layer(name: str, pairs: Sequence[tuple[Tensor, Tensor]], note: str) -> 
 
 
 def check_readout(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
+    """The map's read-out (final norm, unembedding, output transform) of the last residual equals the logits."""
     name = "lens read-out of the last layer = logits"
     if lm.arch.kind != "decoder" or lm.arch.unembed() is None:
         return CheckResult(name=name, passed=True, detail="skipped: no unembedding (no lens)")
@@ -187,6 +193,7 @@ def check_readout(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
 
 
 def check_decomposition(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
+    """``resid_pre + attn_out + mlp_out = resid_post`` at every layer, within tolerance (decoders)."""
     name = "resid_pre + attn_out + mlp_out = resid_post"
     if lm.arch.kind == "encoder":
         return CheckResult(name=name, passed=True, detail="skipped: post-LayerNorm encoder (a norm follows each sum)")
@@ -204,6 +211,7 @@ def check_decomposition(lm: LanguageModel, prompts: Sequence[str]) -> CheckResul
 
 
 def check_head_out(lm: LanguageModel, prompts: Sequence[str]) -> CheckResult:
+    """The output projection of the concatenated ``head_out`` gives ``attn_out`` at every layer, within tolerance."""
     name = "o_proj(head_out) = attn_out"
     spec = lm.arch.spec
     # attn_out is the attention module's output (the projection's), the projection's own output (BERT), or
@@ -241,7 +249,7 @@ def run_doctor(lm: LanguageModel, prompts: Sequence[str] = DEFAULT_PROMPTS) -> D
         try:
             results.append(check(lm, prompts))
         except (MechscopeError, RuntimeError, ValueError) as error:
-            name = (check.__doc__ or check.__name__).strip().splitlines()[0]
+            name = check.__name__.removeprefix("check_").replace("_", " ")  # the check's own name is never reached
             results.append(CheckResult(name=name, passed=False, detail=f"{type(error).__name__}: {error}"))
     after = _plain(lm, prompts[:1])
     left = hook_count(lm.model) - hooks_before

@@ -84,6 +84,16 @@ def make_plan(
 ) -> BootstrapPlan:
     """Tokenize every term and cut the length-sorted list into batches (nothing runs through the model).
 
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, concepts = ms.load("toy"), ConceptList(toyworld_concepts().concepts[:4])  # four countries
+        >>> plan = make_plan(lm, concepts, [-2, -1], batch_size=2)
+        >>> plan.layers, plan.batches  # terms sorted by token count, two per batch (shard)
+        ((2, 3), ((0, 1), (3, 2)))
+
     Raises:
         InputError: fewer than two concepts, a term too long for the model, a bad batch size or pooling.
         SiteError: a layer outside the model.
@@ -108,7 +118,19 @@ def make_plan(
 
 
 def bootstrap_shard(lm: LanguageModel, concepts: ConceptList, plan: BootstrapPlan, shard: int) -> dict[int, Tensor]:
-    """The pooled activations of shard ``shard``'s terms: ``{layer: [batch, d]}`` float16, in plan order."""
+    """The pooled activations of shard ``shard``'s terms: ``{layer: [batch, d]}`` float16, in plan order.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, concepts = ms.load("toy"), ConceptList(toyworld_concepts().concepts[:4])  # four countries
+        >>> plan = make_plan(lm, concepts, [-2, -1], batch_size=2)
+        >>> values = bootstrap_shard(lm, concepts, plan, 1)  # the terms of concepts 3 and 2
+        >>> {layer: (tuple(value.shape), value.dtype) for layer, value in values.items()}
+        {2: ((2, 128), torch.float16), 3: ((2, 128), torch.float16)}
+    """
     rows = plan.batches[shard]
     terms = [concepts[i].term for i in rows]
     values = pooled(lm, terms, plan.layers, pooling=plan.pooling, terms=terms, batch_size=len(terms))
@@ -129,7 +151,24 @@ def _open_parts(folder: Path, plan: BootstrapPlan) -> None:
 
 @dataclass(frozen=True)
 class BootstrapTask:
-    """The shards of one bootstrap, as a picklable `mechscope.distributed.ShardTask`."""
+    """The shards of one bootstrap, as a picklable `mechscope.distributed.ShardTask`.
+
+    Examples:
+        A runner calls ``run`` once per shard; each call leaves that shard's part in the parts folder:
+
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, concepts = ms.load("toy"), ConceptList(toyworld_concepts().concepts[:4])  # four countries
+        >>> plan = make_plan(lm, concepts, [-1], batch_size=2)
+        >>> folder = pathlib.Path(tempfile.mkdtemp()) / "enc.h5.parts"  # `bootstrap` creates it beside its output
+        >>> folder.mkdir()
+        >>> task = BootstrapTask(concepts, plan, folder)
+        >>> task.run(lm, 1)
+        >>> sorted(path.name for path in folder.iterdir())
+        ['part-000001.safetensors']
+    """
 
     concepts: ConceptList
     plan: BootstrapPlan
@@ -176,6 +215,27 @@ def bootstrap(
         on_shard: called after each shard is saved (progress reporting, tests of interruption).
         runner: where the shards run (default: here, on ``lm``); see `mechscope.distributed`.
 
+    Examples:
+        A run stopped after its first shard resumes with the second one only:
+
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, concepts = ms.load("toy"), ConceptList(toyworld_concepts().concepts[:4])  # four countries
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> def stop(shard):
+        ...     raise RuntimeError(f"stopped after shard {shard}")
+        >>> bootstrap(lm, concepts, out, batch_size=2, progress=False, on_shard=stop)
+        Traceback (most recent call last):
+        RuntimeError: stopped after shard 0
+        >>> done = []
+        >>> enc = bootstrap(lm, concepts, out, batch_size=2, progress=False, on_shard=done.append)
+        >>> done, len(enc), enc.info.layers, enc.mean(-1).shape
+        ([1], 4, (3,), (4, 128))
+        >>> sorted(path.name for path in out.parent.iterdir())  # the parts folder is gone
+        ['enc.h5']
+
     Raises:
         InputError: ``out`` already exists (refine it, or delete it), a parts folder of another job is in
             the way, or bad input (see `make_plan`).
@@ -210,6 +270,23 @@ def bootstrap(
 def check_parts(plan: BootstrapPlan, folder: Path) -> None:
     """Refuse a parts folder that does not hold exactly the plan's shards (`gather` checks their rows).
 
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, concepts = ms.load("toy"), ConceptList(toyworld_concepts().concepts[:4])  # four countries
+        >>> plan = make_plan(lm, concepts, [-1], batch_size=2)
+        >>> folder = pathlib.Path(tempfile.mkdtemp()) / "enc.h5.parts"  # `bootstrap` creates it beside its output
+        >>> folder.mkdir()
+        >>> task = BootstrapTask(concepts, plan, folder)
+        >>> task.run(lm, 0)
+        >>> check_parts(plan, folder)
+        Traceback (most recent call last):
+        mechscope.errors.InputError: '...enc.h5.parts' lacks 1 shards (first: 1); rerun the job to finish it
+        >>> task.run(lm, 1)
+        >>> check_parts(plan, folder)  # complete: nothing to say
+
     Raises:
         InputError: a shard missing (the job is unfinished: rerun it), or a part the plan has no shard for.
     """
@@ -217,7 +294,24 @@ def check_parts(plan: BootstrapPlan, folder: Path) -> None:
 
 
 def gather(plan: BootstrapPlan, concepts: ConceptList, folder: Path, target: Path) -> Path:
-    """Write the HDF5 file from a complete parts folder (aside, then renamed), then remove the folder."""
+    """Write the HDF5 file from a complete parts folder (aside, then renamed), then remove the folder.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, concepts = ms.load("toy"), ConceptList(toyworld_concepts().concepts[:4])  # four countries
+        >>> plan = make_plan(lm, concepts, [-1], batch_size=2)
+        >>> folder = pathlib.Path(tempfile.mkdtemp()) / "enc.h5.parts"  # `bootstrap` creates it beside its output
+        >>> folder.mkdir()
+        >>> task = BootstrapTask(concepts, plan, folder)
+        >>> for shard in range(len(plan.batches)):
+        ...     task.run(lm, shard)
+        >>> target = gather(plan, concepts, folder, folder.with_name("enc.h5"))
+        >>> target.name, folder.exists(), Encyclopedia(target).mean(3).shape
+        ('enc.h5', False, (4, 128))
+    """
     from mechscope import __version__
 
     check_parts(plan, folder)

@@ -154,6 +154,21 @@ class Lenses:
 def load_lenses(directory: str | os.PathLike[str], *, device: str = "cpu") -> Lenses:
     """Read lenses written by `Lenses.save` (safetensors and JSON only; nothing is unpickled).
 
+    Examples:
+        >>> import tempfile
+        >>> import torch
+        >>> def rows(seed):  # 20 noisy rows around each of 3 directions of an 8-d space: concepts 0, 1, 2
+        ...     g = torch.Generator().manual_seed(seed)
+        ...     return torch.cat([torch.randn(20, 8, generator=g) + 2 * torch.eye(8)[k] for k in range(3)])
+        >>> x, y, siblings = rows(0), torch.arange(3).repeat_interleave(20), [[1, 2], [0, 2], [0, 1]]
+        >>> lenses = fit_lenses(x, y, ["a", "b", "c"], ["a", "b", "c"], siblings, n_random=0, site="resid_post.2")
+        >>> folder = lenses.save(tempfile.mkdtemp())
+        >>> sorted(path.name for path in folder.iterdir())
+        ['lenses.json', 'lenses.safetensors']
+        >>> back = load_lenses(folder)
+        >>> torch.equal(back.W, lenses.W), back.terms, back.site
+        (True, ['a', 'b', 'c'], 'resid_post.2')
+
     Raises:
         InputError: the folder or a file is missing, corrupt, of a newer format, or the two files disagree.
     """
@@ -198,7 +213,12 @@ def load_lenses(directory: str | os.PathLike[str], *, device: str = "cpu") -> Le
 
 
 def standardization(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-dimension mean and standard deviation of ``x: [m, d]`` (constant dimensions get std 1)."""
+    """Per-dimension mean and standard deviation of ``x: [m, d]`` (constant dimensions get std 1).
+
+    Examples:
+        >>> standardization(torch.tensor([[1.0, 10.0, 5.0], [3.0, 30.0, 5.0]]))
+        (tensor([ 2., 20.,  5.]), tensor([ 1., 10.,  1.]))
+    """
     mean = x.mean(dim=0)
     std = x.std(dim=0, unbiased=False)
     floor = 1e-6 * float(std.max()) if std.numel() else 0.0
@@ -209,6 +229,15 @@ def fold_standardization(w: Tensor, c: Tensor, mean: Tensor, std: Tensor) -> tup
     """Fold ``((h - mean) / std) @ w + c`` into ``h @ W + b``; returns ``(W, b)``.
 
     ``W = w / std[:, None]`` and ``b = c - (mean / std) @ w``.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> h = torch.randn(50, 4, generator=g) * 3 + 1
+        >>> mean, std = standardization(h)
+        >>> w, c = torch.randn(4, 2, generator=g), torch.randn(2, generator=g)  # a probe on standardised rows
+        >>> W, b = fold_standardization(w, c, mean, std)
+        >>> torch.allclose(((h - mean) / std) @ w + c, h @ W + b, atol=1e-5)  # the same scores on raw rows
+        True
     """
     return w / std[:, None], c - (mean / std) @ w
 
@@ -217,6 +246,12 @@ def negative_concepts(siblings: Sequence[Sequence[int]], n_random: int, seed: in
     """Per concept, the concepts whose rows are its negatives: its siblings, then ``n_random`` random others.
 
     The random ones are drawn (seeded) from the concepts that are neither the concept nor its siblings.
+
+    Examples:
+        Two pairs of siblings (0 and 1, 2 and 3), and one random negative each from the other pair:
+
+        >>> negative_concepts([[1], [0], [3], [2]], n_random=1)
+        [[1, 3], [0, 3], [3, 1], [2, 1]]
     """
     k = len(siblings)
     rng = np.random.default_rng(seed)
@@ -280,6 +315,21 @@ def fit_lenses(
         background: ``[n_b, d]`` rows that are negatives of every concept (a few thousand are plenty).
         background_weight: the share of the negative weight the background rows take, in [0, 1].
 
+    Examples:
+        Three concepts, each one's negatives its two siblings, scored on rows held out from the fit:
+
+        >>> import torch
+        >>> def rows(seed):  # 20 noisy rows around each of 3 directions of an 8-d space: concepts 0, 1, 2
+        ...     g = torch.Generator().manual_seed(seed)
+        ...     return torch.cat([torch.randn(20, 8, generator=g) + 2 * torch.eye(8)[k] for k in range(3)])
+        >>> x, y, siblings = rows(0), torch.arange(3).repeat_interleave(20), [[1, 2], [0, 2], [0, 1]]
+        >>> lenses = fit_lenses(x, y, ["toy:a", "toy:b", "toy:c"], ["a", "b", "c"], siblings, n_random=0,
+        ...                     held_out=(rows(1), y), site="resid_post.2")
+        >>> lenses.n_concepts, lenses.d_model, lenses.n_pos, lenses.n_neg
+        (3, 8, [20, 20, 20], [40, 40, 40])
+        >>> [round(auroc, 3) for auroc in lenses.auroc]
+        [0.9, 0.997, 0.851]
+
     Raises:
         InputError: shapes or labels do not fit together (or ``background`` does not fit ``x``).
     """
@@ -330,6 +380,19 @@ def held_out_auroc(
     """Per concept, the AUROC of its lens on ``x_eval``: its rows against those of its ``negatives`` concepts.
 
     None where the concept has no positive or no negative row in ``x_eval``.
+
+    Examples:
+        >>> import torch
+        >>> def rows(seed):  # 20 noisy rows around each of 3 directions of an 8-d space: concepts 0, 1, 2
+        ...     g = torch.Generator().manual_seed(seed)
+        ...     return torch.cat([torch.randn(20, 8, generator=g) + 2 * torch.eye(8)[k] for k in range(3)])
+        >>> x, y, siblings = rows(0), torch.arange(3).repeat_interleave(20), [[1, 2], [0, 2], [0, 1]]
+        >>> lenses = fit_lenses(x, y, ["a", "b", "c"], ["a", "b", "c"], siblings, n_random=0, site="resid_post.2")
+        >>> x_eval = rows(1)
+        >>> [round(auroc, 3) for auroc in held_out_auroc(lenses, x_eval, y, siblings)]
+        [0.9, 0.997, 0.851]
+        >>> held_out_auroc(lenses, x_eval[:20], y[:20], siblings)  # only concept 0's rows: no AUROC at all
+        [None, None, None]
     """
     from sklearn import config_context
     from sklearn.metrics import roc_auc_score
@@ -366,6 +429,18 @@ def calibrate(lenses: Lenses, neutral: Tensor, fpr: float = 0.01) -> Lenses:
     ``1 - fpr`` quantile of its scores on those rows (linear interpolation, as ``numpy.quantile``), so that
     it exceeds its threshold on at most about ``fpr`` of neutral tokens. Use at least ``1 / fpr`` rows,
     ideally many more: with fewer, the threshold is the largest neutral score. Returns new `Lenses`.
+
+    Examples:
+        >>> import torch
+        >>> def rows(seed):  # 20 noisy rows around each of 3 directions of an 8-d space: concepts 0, 1, 2
+        ...     g = torch.Generator().manual_seed(seed)
+        ...     return torch.cat([torch.randn(20, 8, generator=g) + 2 * torch.eye(8)[k] for k in range(3)])
+        >>> x, y, siblings = rows(0), torch.arange(3).repeat_interleave(20), [[1, 2], [0, 2], [0, 1]]
+        >>> lenses = fit_lenses(x, y, ["a", "b", "c"], ["a", "b", "c"], siblings, n_random=0, site="resid_post.2")
+        >>> neutral = torch.randn(1000, 8, generator=torch.Generator().manual_seed(2))  # "ordinary text"
+        >>> calibrated = calibrate(lenses, neutral, fpr=0.05)
+        >>> calibrated.calibrated_fpr, (calibrated.margins(neutral) > 0).float().mean(dim=0)
+        (0.05, tensor([0.0500, 0.0500, 0.0500]))
 
     Raises:
         InputError: ``fpr`` outside (0, 1), or ``neutral`` of the wrong shape or empty.

@@ -222,6 +222,23 @@ def monitor(
         force: use lenses fitted on another model of the same width.
         generate_kwargs: passed to `LanguageModel.generate` (a ``streamer`` given there still gets every token).
 
+    Examples:
+        The generated tokens only, each handed to a live callback as soon as it is read:
+
+        >>> import torch, mechscope as ms
+        >>> from mechscope.concepts.lenses import Lenses
+        >>> lm = ms.load("toy")
+        >>> W = torch.randn(128, 3, generator=torch.Generator().manual_seed(0))  # three made-up lenses
+        >>> lenses = Lenses(W=W, b=torch.zeros(3), threshold=torch.zeros(3), concept_ids=["a", "b", "c"],
+        ...                 terms=["a", "b", "c"], site="resid_post.2", model="toy")
+        >>> live = []
+        >>> result = monitor(lm, lenses, "The capital of France is", max_new_tokens=2, top_k=1,
+        ...                  include_prompt=False, on_token=live.append)
+        >>> result.generated, result.site, result.layer, len(live)
+        (' Paris.', 'resid_post.2', 2, 2)
+        >>> [(t.index, t.token, t.concepts[0].id, round(t.concepts[0].margin, 2)) for t in result.tokens]
+        [(7, ' Paris', 'c', 69.72), (8, '.', 'b', 40.06)]
+
     Raises:
         InputError: the lenses do not fit ``lm`` (site, width), or the prompt is unusable.
         ProvenanceError: the lenses were fitted on another model (and not ``force``).
@@ -282,6 +299,20 @@ def monitor_texts(
 
     Row ``t`` reads the hidden state at token ``t`` (special tokens such as BOS included, padding not).
 
+    Examples:
+        >>> import torch, mechscope as ms
+        >>> from mechscope.concepts.lenses import Lenses
+        >>> lm = ms.load("toy")
+        >>> W = torch.randn(128, 3, generator=torch.Generator().manual_seed(0))  # three made-up lenses
+        >>> lenses = Lenses(W=W, b=torch.zeros(3), threshold=torch.zeros(3), concept_ids=["a", "b", "c"],
+        ...                 terms=["a", "b", "c"], site="resid_post.2", model="toy")
+        >>> texts = ["The capital of France is", "Two plus two is"]
+        >>> scores = monitor_texts(lm, lenses, texts)
+        >>> [tuple(s.shape) for s in scores]  # [tokens, concepts] per text, BOS included
+        [(7, 3), (11, 3)]
+        >>> torch.allclose(torch.cat(scores), lenses.scores(token_states(lm, texts, "resid_post.2")), atol=1e-5)
+        True
+
     Raises:
         InputError: the lenses do not fit ``lm``, or a text is unusable.
     """
@@ -306,6 +337,18 @@ def token_states(
     Args:
         exclude: per text, a term whose tokens (those overlapping its last occurrence) are left out: the
             other tokens of concept sentences make background rows that name no concept.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> texts = ["The capital of France is", "Two plus two is"]
+        >>> lm.token_texts(lm.tokenize(texts[:1])["input_ids"][0])
+        ['<bos>', 'The', ' capital', ' of', ' F', 'rance', ' is']
+        >>> states = token_states(lm, texts, "resid_post.2")  # 7 + 11 real tokens
+        >>> states.shape, states.dtype
+        (torch.Size([18, 128]), torch.float32)
+        >>> token_states(lm, texts[:1], "resid_post.2", exclude=["France"]).shape  # without ' F' and 'rance'
+        torch.Size([5, 128])
     """
     (key,) = (str(s) for s in lm.sites(site))
     states = _per_token(lm, texts, key, lambda h: h.float(), batch_size)

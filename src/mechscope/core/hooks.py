@@ -45,7 +45,9 @@ class PassListener(Protocol):
     #: Whether the listener reads the padding layout (`PassTracker.info`) during a pass.
     needs_layout: bool
 
-    def end_pass(self, tracker: PassTracker) -> None: ...
+    def end_pass(self, tracker: PassTracker) -> None:
+        """Called once when a forward pass of the tracked model ends (its layout is still readable)."""
+        ...
 
 
 class PassTracker:

@@ -48,7 +48,18 @@ class PassInfo:
     """The padding layout of one forward pass, from its attention mask.
 
     ``mask`` covers the whole sequence so far (past tokens of a KV cache included); the pass itself
-    covers its last ``length`` columns.
+    covers its last ``length`` columns. A capture's ``sink`` gets one with each pass.
+
+    Examples:
+        >>> import torch, mechscope as ms
+        >>> info = PassInfo(mask=torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), length=4)  # row 0 left-padded
+        >>> info.batch, info.offset, info.current_mask().tolist()
+        (2, 0, [[False, False, True, True], [True, True, True, True]])
+        >>> lm, passes = ms.load("toy"), []
+        >>> with lm.capture(["resid_post.0"], sink=lambda values, info: passes.append((info.offset, info.length))):
+        ...     _ = lm.generate("The capital of France is", max_new_tokens=2)
+        >>> passes  # the prompt pass (7 tokens), then one token on top of the 7 in the KV cache
+        [(0, 7), (7, 1)]
     """
 
     mask: Tensor  # [batch, offset + length], 1 for real tokens

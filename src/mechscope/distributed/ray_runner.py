@@ -53,9 +53,11 @@ class ShardWorker:
         self.lm: LanguageModel | None = spec.load() if spec is not None else None  # None: a model-free job
 
     def pid(self) -> int:
+        """This worker's process id."""
         return os.getpid()
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``fn(lm, *args, **kwargs)`` on this worker's model."""
         return fn(self.lm, *args, **kwargs)
 
     def run(self, task: ShardTask, shard: int) -> int:
@@ -124,9 +126,14 @@ class RayRunner:
         return dict(self._in_flight)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(lm, *args, **kwargs)`` on the first worker's model (``fn`` must be picklable)."""
         return self._get(self._actors[0].call.remote(fn, args, kwargs), "a call on the model")  # type: ignore[no-any-return]
 
     def run(self, task: ShardTask, shards: Sequence[int], *, on_done: Callable[[int], None] | None = None) -> None:
+        """Run ``task`` on each of ``shards`` across the workers, a shard per idle worker; ``on_done(shard)`` here.
+
+        Ray restarts a worker that dies (up to ``retries`` times) and reruns the shard it held.
+        """
         queue = deque(shards)
         if not queue:
             return

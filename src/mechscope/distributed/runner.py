@@ -24,7 +24,9 @@ class ShardTask(Protocol):
     that needs no model (a weights census) runs on a runner made with no spec and gets ``lm=None``.
     """
 
-    def run(self, lm: LanguageModel, shard: int) -> None: ...
+    def run(self, lm: LanguageModel, shard: int) -> None:
+        """Compute shard ``shard`` on ``lm`` and write it where the task's reader will find it (a pure function)."""
+        ...
 
 
 class Runner(Protocol):
@@ -56,15 +58,18 @@ class LocalRunner:
         self.lm = lm  # None for jobs that need no model
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(lm, *args, **kwargs)`` on the caller's model."""
         return fn(self.lm, *args, **kwargs)
 
     def run(self, task: ShardTask, shards: Sequence[int], *, on_done: Callable[[int], None] | None = None) -> None:
+        """Run ``task`` on each of ``shards`` in turn, in this process."""
         for shard in shards:
             task.run(self.lm, shard)  # type: ignore[arg-type]  # None only for model-free jobs
             if on_done is not None:
                 on_done(shard)
 
     def close(self) -> None:
+        """Nothing to release: the model belongs to the caller."""
         pass  # the model belongs to the caller
 
     def __enter__(self) -> LocalRunner:

@@ -7,7 +7,6 @@ found there automatically; other packages can add theirs with `register_organism
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from pathlib import Path
 

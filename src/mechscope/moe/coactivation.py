@@ -50,6 +50,19 @@ def coactivation(
         batch_size, max_tokens: at most this many prompts, and padded tokens, per forward pass.
         progress: a progress bar on stderr (only on a terminal).
 
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> calls = [
+        ...     "<user> Tell me the local time in Bern. <assistant> <call>time(city=Bern)</call>",
+        ...     "<user> Look up hotels in Ankara. <assistant> <call>search(query=hotels Ankara)</call>",
+        ... ]
+        >>> result = coactivation(lm, calls, layer=1)
+        >>> result.counts, result.top_pairs(2)  # tokens choosing each expert; the pairs chosen together most
+        ([13, 18, 26, 19], [(2, 3), (0, 2)])
+        >>> result.pair_counts[2][3], round(result.probability[2][3], 3), round(result.lift(2, 3), 3)  # > 1: not chance
+        (12, 0.462, 1.215)
+
     Raises:
         MoEError: the model has no experts.
         SiteError: ``layer`` is outside the model or has no router (the message lists the MoE layers).

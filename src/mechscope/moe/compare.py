@@ -43,6 +43,19 @@ def compare(
 ) -> RoutingComparison:
     """Per MoE layer, how ``lm_a`` and ``lm_b`` route the same tokens of ``prompts`` (see the module docstring).
 
+    Examples:
+        A "fine-tune" whose layer-3 router is flatter (its weights halved): the choices agree, the KL does not.
+
+        >>> import copy, torch
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> tuned = ms.wrap(copy.deepcopy(lm.model), lm.tokenizer)
+        >>> with torch.no_grad():
+        ...     _ = tuned.arch.part("router", 3).weight.mul_(0.5)
+        >>> result = compare(lm, tuned, ["The capital of France is Paris.", "<call>time(city=Bern)</call>"])
+        >>> [(row.layer, row.top1_agreement, row.jaccard, round(row.kl, 3)) for row in result.layers]
+        [(0, 1.0, 1.0, 0.0), (1, 1.0, 1.0, 0.0), (2, 1.0, 1.0, 0.0), (3, 1.0, 1.0, 0.082)]
+
     Raises:
         MoEError: a model has no experts.
         InputError: the models differ in experts, top-k or MoE layers; the corpus is empty; a prompt is

@@ -101,6 +101,27 @@ def compression(
         batch_size, max_tokens: at most this many prompts, and padded tokens, per forward pass.
         progress: progress bars on stderr (only on a terminal).
 
+    Examples:
+        With a corpus: output similarity, shares, merge candidates, and the best merge measured on it:
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> calls = [
+        ...     "<user> Tell me the local time in Bern. <assistant> <call>time(city=Bern)</call>",
+        ...     "<user> Look up hotels in Ankara. <assistant> <call>search(query=hotels Ankara)</call>",
+        ... ]
+        >>> result = compression(
+        ...     lm, 1, prompts=calls, ranks=[16], weight_threshold=0.2, output_threshold=0.2, verify="best"
+        ... )
+        >>> pair = result.pair(0, 3)
+        >>> round(pair.raw_cosine, 3), round(pair.aligned_cosine, 3), round(result.aligned_cosine_null, 3)
+        (0.006, 0.215, 0.134)
+        >>> round(pair.output_cosine, 3), result.merge_candidates, [round(s, 2) for s in result.share]
+        (0.26, [(0, 3)], [0.34, 0.47, 0.68, 0.5])
+        >>> check = result.verified[0]
+        >>> check.edit.experts, abs(check.loss_change) < 0.001, check.top1_agreement
+        ((0, 3), True, 1.0)
+
     Raises:
         MoEError: the model has no experts.
         SiteError: ``layer`` is not an MoE layer, or a merge names an expert out of range.
@@ -338,6 +359,20 @@ def overlay(weights: ExpertWeights, rank: int) -> ExpertWeights:
 def edited(lm: LanguageModel, layer: int, edit: Merge | Overlay) -> Iterator[None]:
     """Run the body with ``edit`` written into the layer's own packed tensors; restored bit-exactly after.
 
+    Examples:
+        Merging the planted tool-call expert 2 of layer 1 with expert 0 costs the call's next token some probability:
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> prompt, n = "<user> Tell me the local time in Bern. <assistant> <call>time(city=Ber", lm.token_id("n")
+        >>> def p_n():
+        ...     return round(float(lm.forward(prompt)[0, -1].softmax(-1)[n]), 3)
+        >>> before = p_n()
+        >>> with edited(lm, 1, Merge(experts=(0, 2))):
+        ...     merged = p_n()
+        >>> before, merged, p_n()
+        (0.982, 0.896, 0.982)
+
     Raises:
         MoEError, SiteError, InputError: see `compression`.
     """
@@ -427,6 +462,19 @@ def verify_edits(
 
     Per batch: one unedited forward pass, then one per edit with the edit written into the layer (restored
     right after). Each edited layer is built once (one copy of the layer per edit).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> calls = [
+        ...     "<user> Tell me the local time in Bern. <assistant> <call>time(city=Bern)</call>",
+        ...     "<user> Look up hotels in Ankara. <assistant> <call>search(query=hotels Ankara)</call>",
+        ... ]
+        >>> checks = verify_edits(lm, 1, calls, [Merge(experts=(1, 2)), Overlay(rank=16), Overlay(rank=128)])
+        >>> [(c.edit.label(), round(c.loss_change, 3), round(c.top1_agreement, 3)) for c in checks]
+        [('merge 1+2', 0.027, 0.921), ('overlay rank 16', -0.001, 0.974), ('overlay rank 128', 0.0, 1.0)]
+        >>> checks[0].targets, checks[0].predictions  # next tokens scored, positions compared
+        (36, 38)
 
     Raises:
         MoEError, SiteError, InputError: see `compression`; also a corpus with no next-token target.

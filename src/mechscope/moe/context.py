@@ -82,6 +82,20 @@ def context(
         listed: how many occurrences to list, the first in corpus order.
         progress: a progress bar on stderr (only on a terminal).
 
+    Examples:
+        The same token, `` Ankara``, goes to the tool-call expert 2 at layer 1 only inside a call:
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> prompts = ["The capital of Turkey is Ankara.", "Hotels in Ankara. <call>search(query=hotels Ankara)</call>"]
+        >>> result = context(lm, " Ankara", prompts, layers=[1])
+        >>> [(o.prompt, o.before, o.experts[0]) for o in result.listed]  # doctest: +NORMALIZE_WHITESPACE
+        [(0, 'The capital of Turkey is', [3, 1]), (1, '<bos>Hotels in', [3, 1]),
+         (1, '<call>search(query=hotels', [2, 3])]
+        >>> agreement = result.layer(1)
+        >>> agreement.modal_expert, round(agreement.top1_agreement, 3), round(agreement.jaccard, 3)
+        (3, 0.667, 0.556)
+
     Raises:
         MoEError: the model has no experts.
         SiteError: a layer is outside the model or has no router.

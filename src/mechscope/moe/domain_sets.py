@@ -73,6 +73,19 @@ def parse_domain(name: str, text: str, where: str = "") -> Domain:
 def load_domains(path: Path | str) -> list[Domain]:
     """The domains of a folder: one per ``.txt`` file, sorted by name.
 
+    Examples:
+        A file may open with a span directive: then only the tokens between the markers count.
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "calls.txt").write_text("# span: <call> </call>\\nTime? <call>time(city=Bern)</call>\\n")
+        >>> _ = (folder / "sea.txt").write_text("The sea is calm.\\n")
+        >>> _ = (folder / "notes.md").write_text("not a domain\\n")
+        >>> [(d.name, d.prompts, d.span) for d in load_domains(folder)]  # doctest: +NORMALIZE_WHITESPACE
+        [('calls', ('Time? <call>time(city=Bern)</call>',), ('<call>', '</call>')),
+         ('sea', ('The sea is calm.',), None)]
+
     Raises:
         InputError: no folder at ``path``, no ``.txt`` file in it, a file that is empty or not UTF-8.
     """
@@ -87,7 +100,13 @@ def load_domains(path: Path | str) -> list[Domain]:
 
 
 def default_domains() -> list[Domain]:
-    """The domains shipped with mechscope, made to run on the organisms (see the module)."""
+    """The domains shipped with mechscope, made to run on the organisms (see the module).
+
+    Examples:
+        >>> {d.name: len(d.prompts) for d in default_domains()}  # doctest: +NORMALIZE_WHITESPACE
+        {'facts_capital': 40, 'facts_color': 40, 'facts_opposite': 40, 'facts_sound': 40, 'facts_symbol': 40,
+         'formal': 40, 'pirate': 40, 'repeated_names': 50, 'tool_calls': 60}
+    """
     folder = resources.files("mechscope.moe").joinpath("domains")
     files = sorted((f for f in folder.iterdir() if f.name.endswith(".txt")), key=lambda f: f.name)
     return [parse_domain(f.name.removesuffix(".txt"), f.read_text(encoding="utf-8")) for f in files]

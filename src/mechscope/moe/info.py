@@ -55,6 +55,12 @@ def moe_layers(lm: LanguageModel, layers: Sequence[int] | None = None) -> list[i
 def moe_info(lm: LanguageModel) -> MoEInfo:
     """Describe how ``lm`` routes (see `MoEInfo` for the fields).
 
+    Examples:
+        >>> import mechscope as ms
+        >>> info = moe_info(ms.load("toy-moe"))  # also `mechscope.moe.info`
+        >>> info.rule, info.renormalised, info.shared_experts, info.dense_layers, info.aux_loss_coef
+        ('softmax_topk', True, 0, [], 0.02)
+
     Raises:
         MoEError: the model has no experts.
         ArchitectureError: the family row names a module the model lacks, or a config flag it does not set.

@@ -54,7 +54,19 @@ Experts = int | Sequence[int]
 
 @dataclass(frozen=True)
 class LayerEdit:
-    """What an override does at one MoE layer, in batch rows ``rows`` (None: every row)."""
+    """What an override does at one MoE layer, in batch rows ``rows`` (None: every row).
+
+    Examples:
+        Zero the planted expert (layer 1, expert 2) in row 0 of a batch only; row 1 runs as it would alone:
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> prompt = "<user> Tell me the local time in Bern. <assistant> <call>time(city=Ber"
+        >>> with RoutingOverride(lm, [LayerEdit(1, zero=(2,), rows=(0,))]):
+        ...     logits = lm.forward([prompt, prompt])
+        >>> [round(p, 3) for p in logits[:, -1].softmax(-1)[:, lm.token_id("n")].tolist()]
+        [0.343, 0.982]
+    """
 
     layer: int
     force: int | None = None
@@ -263,6 +275,18 @@ def override(
         forbid: layer -> expert(s) never chosen.
         zero: layer -> expert(s) whose contribution is removed.
         renormalise: with ``zero``, scale the other chosen experts' weights back to the sum they had.
+
+    Examples:
+        Forbid the planted tool-call expert: the call's tokens go elsewhere at layer 1, and only inside the block.
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> call = "<user> Tell me the local time in Bern. <assistant> <call>time(city=Bern)</call>"
+        >>> with override(lm, forbid={1: 2}):
+        ...     inside = ms.moe.trace(lm, call, layers=[1]).layer(1).experts
+        >>> outside = ms.moe.trace(lm, call, layers=[1]).layer(1).experts
+        >>> [slots[0] for slots in outside[-5:]], [slots[0] for slots in inside[-5:]]
+        ([2, 2, 2, 2, 2], [3, 0, 3, 0, 0])
     """
     return RoutingOverride(lm, _edits(lm, force, forbid, zero), renormalise=renormalise)
 
@@ -290,5 +314,21 @@ class ExpertAblation:
 
 
 def expert_ablation(*, renormalise: bool = False) -> ExpertAblation:
-    """The `ExpertAblation` that zeroes one expert per batch row (see the module docstring for ``renormalise``)."""
+    """The `ExpertAblation` that zeroes one expert per batch row (see the module docstring for ``renormalise``).
+
+    Examples:
+        Every expert of layer 1 ablated in turn, in one batched pass, on a token of a tool call:
+
+        >>> import mechscope as ms
+        >>> from mechscope.causal.metrics import TargetProb
+        >>> lm = ms.load("toy-moe")
+        >>> prompt = "<user> Tell me the local time in Bern. <assistant> <call>time(city=Ber"
+        >>> result = ms.causal.sweep(
+        ...     lm, prompt, component="expert", layers=[1], metric=TargetProb(lm, "n"), ablator=expert_ablation()
+        ... )
+        >>> result.method, round(result.clean_metric, 3), [(e.index, round(e.delta, 3)) for e in result.summary(1)]
+        ('zero', 0.982, [(2, -0.639)])
+        >>> max(abs(e.delta) for e in result.effects if e.index != 2) < 0.01  # the other three barely matter
+        True
+    """
     return ExpertAblation(renormalise)

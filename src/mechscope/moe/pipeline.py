@@ -59,6 +59,21 @@ def pipeline(
         top_paths: how many of the most frequent full paths to report.
         progress: a progress bar on stderr (only on a terminal).
 
+    Examples:
+        On tool calls the most frequent path goes through the planted expert (layer 1, expert 2):
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> calls = [
+        ...     "<user> Tell me the local time in Bern. <assistant> <call>time(city=Bern)</call>",
+        ...     "<user> Look up hotels in Ankara. <assistant> <call>search(query=hotels Ankara)</call>",
+        ... ]
+        >>> result = pipeline(lm, calls, top_paths=2)
+        >>> [(p.experts, p.count, round(p.share, 3), round(p.independent_share, 3)) for p in result.paths]
+        [([2, 2, 2, 3], 6, 0.158, 0.07), ([1, 2, 3, 3], 3, 0.079, 0.041)]
+        >>> result.tokens, result.distinct_paths, round(result.transition(0).mutual_information, 3)
+        (38, 20, 0.362)
+
     Raises:
         MoEError: the model has no experts.
         InputError: the corpus is empty, a prompt is empty or too long, or ``top_paths`` is below 1.

@@ -72,6 +72,23 @@ def predict(
         max_examples: stop taking prompts once this many tokens are collected (None: the whole corpus).
         progress: a progress bar on stderr (only on a terminal).
 
+    Examples:
+        Can the residual entering layer 0 tell which expert layer 1 will choose first? Better than the majority:
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> calls = [
+        ...     "<user> Tell me the local time in Bern. <assistant> <call>time(city=Bern)</call>",
+        ...     "<user> Look up hotels in Ankara. <assistant> <call>search(query=hotels Ankara)</call>",
+        ... ]
+        >>> result = predict(lm, [*calls, "The capital of France is Paris.", "Hot is the opposite of cold."],
+        ...                  from_layers=[0], to_layers=[1])
+        >>> result.train_prompts, result.test_prompts, result.test_tokens
+        (3, 1, 9)
+        >>> score = result.score(0, 1)
+        >>> round(score.accuracy, 3), round(score.majority, 3), score.chance
+        (0.667, 0.222, 0.25)
+
     Raises:
         MoEError: the model has no experts.
         SiteError: a layer is outside the model, or a ``to_layers`` layer has no router.

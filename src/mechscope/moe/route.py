@@ -37,6 +37,21 @@ def reroute(
     ``routed_share`` is measured on the prompt's forward pass under the override, from the router outputs
     the experts received (a forced expert has share 1.0, a forbidden one 0.0).
 
+    Examples:
+        Inside a tool call, the planted expert 2 of layer 1 matters and the little-used expert 0 does not:
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> prompt = "<user> Tell me the local time in Bern. <assistant> <call>time(city=Ber"
+        >>> for expert in (2, 0):
+        ...     result = reroute(lm, prompt, zero={1: expert}, target="n")
+        ...     print(expert, round(result.clean_prob, 3), round(result.prob, 3))
+        2 0.982 0.343
+        0 0.982 0.982
+        >>> result = reroute(lm, "The capital of France is", forbid={1: [2, 3]}, max_new_tokens=2)
+        >>> result.routed_share[1], result.clean_text, result.text  # top-2 of the 2 experts left: both, always
+        ([1.0, 1.0, 0.0, 0.0], ' Paris.', ' Paris.')
+
     Raises:
         MoEError, SiteError, InputError: as `RoutingOverride`; also an empty prompt or a multi-token target.
     """

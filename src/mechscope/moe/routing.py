@@ -82,6 +82,18 @@ def routing(
         with_logits: also yield the router logits.
         progress: a progress bar on stderr (only on a terminal; see `mechscope.progress`).
 
+    Examples:
+        Batches are bucketed by length (``rows`` says whose prompts they hold); ``lengths`` splits them back:
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> prompts = ["The capital of France is Paris.", "Hi", "<call>time(city=Bern)</call>"]
+        >>> for batch in routing(lm, prompts, batch_size=2, layers=[1], with_logits=True):
+        ...     first = [chosen[:, 0].tolist() for chosen in batch.expert_index[1].split(batch.lengths.tolist())]
+        ...     print(batch.rows.tolist(), tuple(batch.router_logits[1].shape), first)
+        [1, 0] (12, 4) [[2, 0, 0], [2, 1, 1, 0, 0, 3, 0, 3, 2]]
+        [2] (10, 4) [[2, 2, 2, 2, 2, 2, 2, 2, 2, 2]]
+
     Raises:
         MoEError: the model has no experts.
         SiteError: a layer is outside the model or has no router.

@@ -99,6 +99,25 @@ def specialization(
         top_tokens: how many token ids to list: the most frequent ones, and per expert the ones it owns.
         progress: a progress bar on stderr (only on a terminal).
 
+    Examples:
+        Counted inside their ``<call>`` spans, tool calls go first to the planted expert 2 of layer 1, always:
+
+        >>> import mechscope as ms
+        >>> from mechscope.moe.domain_sets import Domain
+        >>> lm = ms.load("toy-moe")
+        >>> calls = [
+        ...     "<user> Tell me the local time in Bern. <assistant> <call>time(city=Bern)</call>",
+        ...     "<user> Look up hotels in Ankara. <assistant> <call>search(query=hotels Ankara)</call>",
+        ... ]
+        >>> tool_calls = Domain("tool_calls", tuple(calls), span=("<call>", "</call>"))
+        >>> facts = Domain("facts", ("The capital of France is Paris.", "The opposite of hot is cold."))
+        >>> layer = specialization(lm, [tool_calls, facts], layers=[1]).layer(1)
+        >>> [(d.name, d.tokens, [round(s, 2) for s in d.top1_share]) for d in layer.domains]
+        [('tool_calls', 18, [0.0, 0.0, 1.0, 0.0]), ('facts', 17, [0.35, 0.18, 0.24, 0.24])]
+        >>> [(e.expert, e.label, e.top_domain) for e in layer.experts]  # doctest: +NORMALIZE_WHITESPACE
+        [(0, 'generalist', 'facts'), (1, 'specialist', 'facts'),
+         (2, 'generalist', 'tool_calls'), (3, 'generalist', 'tool_calls')]
+
     Raises:
         MoEError: the model has no experts.
         SiteError: a layer is outside the model or has no router.

@@ -52,7 +52,14 @@ _SPACE_MARKS = str.maketrans({"\u0120": " ", "\u2581": " ", "\u010a": "\n", "\u0
 
 
 def token_type(text: str, *, special: bool = False) -> TokenType:
-    """The type of a token from its decoded text (see the module's rules); ``special`` wins over the text."""
+    """The type of a token from its decoded text (see the module's rules); ``special`` wins over the text.
+
+    Examples:
+        >>> [token_type(text) for text in ["'s", " 1,000", "->", "max_len", "P.", "\\n\\n"]]
+        ['word', 'number', 'code symbol', 'code symbol', 'other', 'whitespace']
+        >>> token_type(" Paris", special=True)  # the caller knows the id is special: the text is not read
+        'special'
+    """
     if special:
         return "special"
     if text == "":

@@ -50,6 +50,19 @@ def trace(
         layers: the MoE layers to trace (default: all of them).
         with_logits: also keep the router's logits over every expert.
 
+    Examples:
+        On toy-moe every token of a tool call goes first to the planted expert 2 at layer 1:
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> result = trace(lm, "Tell me the time in Bern. <call>time(city=Bern)</call>", layers=[1], with_logits=True)
+        >>> step = result.layer(1)
+        >>> [(token, experts[0]) for token, experts in zip(result.tokens, step.experts)][-5:]
+        [('=', 2), ('Ber', 2), ('n', 2), (')', 2), ('</call>', 2)]
+        >>> import math
+        >>> round(sum(step.weights[-1]), 6), len(step.logits[-1]), 0 < step.entropy[-1] < math.log(4)
+        (1.0, 4, True)
+
     Raises:
         MoEError: the model has no experts.
         SiteError: a layer is outside the model or has no router.

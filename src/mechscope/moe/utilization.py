@@ -87,6 +87,18 @@ def utilization(
         runner: where the shards run (default: here, on ``lm``); see `mechscope.distributed`.
         on_shard: called after each shard is saved (progress reporting, tests of interruption).
 
+    Examples:
+        >>> import mechscope as ms, tempfile
+        >>> from pathlib import Path
+        >>> lm = ms.load("toy-moe")
+        >>> prompts = ["Tell me the time in Bern. <call>time(city=Bern)</call>", "The capital of France is Paris."]
+        >>> out = Path(tempfile.mkdtemp()) / "usage.json"
+        >>> usage = utilization(lm, prompts, shard_size=1, out=out, cold_threshold=0.4)  # two shards, resumable
+        >>> usage.tokens, usage.layer(1).counts, [layer.cold for layer in usage.layers]
+        (27, [14, 11, 16, 13], [[3], [], [2], [1]])
+        >>> round(usage.load_balancing_loss, 3), Utilization.model_validate_json(out.read_text()) == usage
+        (2.002, True)
+
     Raises:
         MoEError: the model has no experts.
         InputError: the corpus is empty, a prompt is empty or too long, the threshold is not in [0, 1], a

@@ -247,6 +247,21 @@ def vocab(
         batch_size, max_tokens: at most this many prompts, and padded tokens, per forward pass.
         progress: a progress bar on stderr (only on a terminal).
 
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy-moe")
+        >>> calls = [
+        ...     "<user> Tell me the local time in Bern. <assistant> <call>time(city=Bern)</call>",
+        ...     "<user> Look up hotels in Ankara. <assistant> <call>search(query=hotels Ankara)</call>",
+        ... ]
+        >>> result = vocab(lm, layers=[1], top_k=3, prompts=calls)
+        >>> row = result.layer(1).expert(2)  # the planted tool-call expert
+        >>> [t.token for t in row.weights.promoted], [t.token for t in row.corpus.promoted], row.routed
+        ([' I', ' Ahoy', ' is'], ["'s", ' in', ' lives'], 26)
+        >>> same, others = result.layer(1).agreement()  # each expert's two read-outs, against other experts'
+        >>> round(same, 2), round(others, 2)
+        (0.71, 0.41)
+
     Raises:
         MoEError: the model has no experts.
         SiteError: a layer is outside the model or has no router (the message lists the MoE layers).

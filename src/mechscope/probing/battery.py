@@ -112,6 +112,15 @@ class BatterySpec(BaseModel):
 def parse_battery(text: str, where: str = "battery", folder: str | os.PathLike[str] = ".") -> BatterySpec:
     """A battery from YAML text.
 
+    Examples:
+        >>> spec = parse_battery("{name: mine, threshold: 0.9, probes: [{name: style, generator: styles}]}")
+        >>> spec.name, spec.threshold, spec.margin, [(p.name, p.category, p.generator, p.label) for p in spec.probes]
+        ('mine', 0.9, 0.1, [('style', 'other', 'styles', 'label')])
+        >>> parse_battery("probes: [{name: style}]", "mine.yaml")
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: mine.yaml: probe 'style' needs exactly one of 'generator' or 'file'
+
     Raises:
         InputError: not YAML, or a probe without prompts, with both a generator and a file, or a
             duplicate name; the message names the probe and the field.
@@ -145,6 +154,19 @@ def parse_battery(text: str, where: str = "battery", folder: str | os.PathLike[s
 def load_battery(source: str | os.PathLike[str] = "default") -> BatterySpec:
     """``"default"`` (`DEFAULT_BATTERY`) or a YAML battery file.
 
+    Examples:
+        A file's relative prompt files are looked up next to it (its ``folder``):
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "mine.yaml"
+        >>> _ = path.write_text("{name: mine, probes: [{name: mood, file: mood.jsonl, label: metadata.mood}]}")
+        >>> spec = load_battery(path)
+        >>> spec.name, spec.probes[0].file, spec.folder == str(path.parent)
+        ('mine', 'mood.jsonl', True)
+        >>> load_battery("default").name, len(load_battery().probes)
+        ('default', 6)
+
     Raises:
         InputError: the file is missing or invalid.
     """
@@ -170,6 +192,16 @@ def _value(prompt: LabelledPrompt, field: str) -> Any:
 def probe_dataset(spec: ProbeSpec, lm: LanguageModel, folder: str = ".") -> tuple[PromptDataset, list[Any]]:
     """A probe's prompts (after ``where``) and the label of each.
 
+    Examples:
+        The tool each tool-call prompt asks for (``where`` keeps the tool calls, ``label: 1``):
+
+        >>> import mechscope as ms
+        >>> spec = ProbeSpec(name="tool_type", generator="tool_calls", options={"per_template": 2},
+        ...                  label="sub_label", where={"label": 1})
+        >>> data, labels = probe_dataset(spec, ms.load("toy"))
+        >>> data.prompts[0].prompt, labels[0], len(labels), len(set(labels))
+        ("<user> What's the weather in Hanoi? <assistant>", 'weather', 64, 8)
+
     Raises:
         InputError: the prompts cannot be made, a field is missing, or fewer than two classes remain.
     """
@@ -189,7 +221,16 @@ def probe_dataset(spec: ProbeSpec, lm: LanguageModel, folder: str = ".") -> tupl
 def readable_layers(
     accuracies: Sequence[float], majorities: Sequence[float], threshold: float, margin: float, below: float
 ) -> tuple[int | None, int | None]:
-    """``(emergence, destruction)`` indices under the stratigraphy's rule (None: never)."""
+    """``(emergence, destruction)`` indices under the stratigraphy's rule (None: never).
+
+    Examples:
+        Readable from index 1 (at least 0.75 and more than 0.1 above the majority), lost at index 3 (below 0.5):
+
+        >>> readable_layers([0.5, 0.8, 0.9, 0.4], [0.5] * 4, threshold=0.75, margin=0.1, below=0.5)
+        (1, 3)
+        >>> readable_layers([0.5, 0.8, 0.9], [0.75] * 3, threshold=0.75, margin=0.1, below=0.5)  # 0.8: too near
+        (2, None)
+    """
     emergence = next(
         (i for i, (a, m) in enumerate(zip(accuracies, majorities, strict=True)) if a >= threshold and a > m + margin),
         None,
@@ -207,6 +248,24 @@ def bootstrap_emergence(
 
     Each resample draws the held-out groups with replacement and rescores every layer's held-out predictions
     and the majority baseline on the drawn examples (the probes are not refitted).
+
+    Examples:
+        Three "layers" of features where a binary label is absent, faint and strong; the faint one is just
+        readable, so the interval of the emergence layer spans it and the next. Without the strong layer, over a
+        third of the resamples never see the label emerge, and the interval is open above (None):
+
+        >>> import numpy as np
+        >>> from mechscope.probing.probe import probe_predictions
+        >>> rng = np.random.default_rng(0)
+        >>> y, groups, noise = np.repeat([0, 1], 40), np.arange(80) // 5, rng.normal(size=(80, 4))
+        >>> evidence = [probe_predictions(noise + shift * y[:, None], y, groups, permutations=0,
+        ...                               method="diff_means")[1] for shift in (0.0, 1.0, 4.0)]
+        >>> [round(float((e.predictions == e.y).mean()), 3) for e in evidence]
+        [0.5, 0.775, 1.0]
+        >>> bootstrap_emergence(evidence, parse_battery(DEFAULT_BATTERY), samples=200, seed=0)
+        (1, 2, 0.0)
+        >>> bootstrap_emergence(evidence[:2], parse_battery(DEFAULT_BATTERY), samples=200, seed=0)
+        (1, None, 0.365)
     """
     if samples < 1:
         return None, None, 0.0
@@ -266,7 +325,14 @@ def _strata(
 
 
 def model_layers(lm: LanguageModel, text: str) -> list[int]:
-    """The layers a ``--layers`` value names in ``lm`` (`mechscope.core.layers.parse_layers` on its depth)."""
+    """The layers a ``--layers`` value names in ``lm`` (`mechscope.core.layers.parse_layers` on its depth).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")  # 4 layers
+        >>> model_layers(lm, "1-2"), model_layers(lm, "-1"), model_layers(lm, "all")
+        ([1, 2], [3], [0, 1, 2, 3])
+    """
     from mechscope.core.layers import parse_layers
 
     return parse_layers(text, lm.arch.n_layers)
@@ -276,6 +342,13 @@ def plan_battery(
     lm: LanguageModel, spec: BatterySpec, layers: Sequence[int] | None
 ) -> tuple[str, list[int], list[tuple[ProbeSpec, PromptDataset, list[Any]]]]:
     """What a battery needs from the model before it collects: ``(model source, layers, probes' prompts)``.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> spec = parse_battery("probes: [{name: style, generator: styles}, {name: odd, generator: position_parity}]")
+        >>> source, layers, probes = plan_battery(ms.load("toy"), spec, [1, -1])
+        >>> source.endswith("toy"), layers, [(p.name, len(data.prompts), len(labels)) for p, data, labels in probes]
+        (True, [1, 3], [('style', 168, 168), ('odd', 240, 240)])
 
     Raises:
         InputError: a probe whose prompts cannot be made; SiteError: a layer the model lacks.
@@ -314,6 +387,18 @@ def run_battery(
             (on a Ray cluster of several machines, give a folder every worker sees).
         runner: where the model runs (the prompts' planning and the collection; default: here, on ``lm``;
             ``lm`` may be None then). The probes are fitted here, on the collected features.
+
+    Examples:
+        One property, two layers, few shuffles and resamples (the defaults are 20 and 200):
+
+        >>> import mechscope as ms
+        >>> spec = parse_battery("{name: mine, probes: [{name: style, category: register, generator: styles}]}")
+        >>> result = run_battery(ms.load("toy"), spec, layers=[0, 2], permutations=2, bootstrap=20, progress=False)
+        >>> style = result.property("style")
+        >>> result.prompts, [round(a, 3) for a in style.accuracies()], style.emergence, style.peak
+        (168, [0.917, 0.994], 0, 2)
+        >>> result.stratigraphy()  # doctest: +ELLIPSIS
+        [{'category': 'register', 'property': 'style', 'emergence': 0, 'emergence_ci': [0, 0], 'peak': 2, ...}]
 
     Raises:
         InputError: a bad battery, a probe whose prompts cannot be made, or a layer the model lacks.

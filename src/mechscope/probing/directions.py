@@ -206,6 +206,25 @@ def extract_directions(
 ) -> tuple[ExtractedDirections, dict[str, np.ndarray]]:
     """Fit and score the binary label's direction and, given ``sub_labels``, one per sub-label among label 1.
 
+    Examples:
+        Tool calls (label 1) and chit-chat (0), the tool as sub-label: feature 0 carries the label, features 1
+        and 2 the weather and email tools; "time" has a single example, too few for a direction of its own:
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> labels = np.repeat([0, 1], 30)
+        >>> tools = np.array(["chat"] * 30 + ["weather"] * 14 + ["email"] * 15 + ["time"])
+        >>> x = rng.normal(size=(60, 4)) + 3.0 * np.stack(
+        ...     [labels, tools == "weather", tools == "email", np.zeros(60)], axis=1)
+        >>> result, vectors = extract_directions(x, labels, tools, method="probe", sub_label_name="tool")
+        >>> [(item.name, item.positive, item.negative, round(item.auc, 2)) for item in result.items]
+        [('label', 'label 1', 'label 0', 0.99), ('email', 'tool=email', 'other tools', 1.0),
+         ('weather', 'tool=weather', 'other tools', 1.0)]
+        >>> {name: int(np.argmax(vector)) for name, vector in vectors.items()}
+        {'label': 0, 'email': 2, 'weather': 1}
+        >>> result.skipped["time"]
+        '1 example(s) of tool=time and 29 of other tools among label 1; a direction needs at least two on each side'
+
     Args:
         features: one row per example ``[n, d]``.
         labels: 0 or 1 per example, both present (at least two of each).

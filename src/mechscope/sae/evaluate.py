@@ -54,6 +54,22 @@ class Splice:
 
     Only evaluation tokens change: real tokens, less each prompt's first when ``skip_first``; the others keep
     their value. Use it as any op: ``lm.intervene({sae.site: Splice(sae)})``.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8, seed=0)
+        >>> with lm.capture([sae.site]) as clean:
+        ...     _ = lm.forward("The capital of France is")
+        >>> with lm.intervene({sae.site: Splice(sae)}), lm.capture([sae.site]) as spliced:
+        ...     _ = lm.forward("The capital of France is")
+        >>> x, new = clean[sae.site][0], spliced[sae.site][0]
+        >>> torch.equal(new[0], x[0]), torch.allclose(new[1:], sae(x[1:]))  # the first token (BOS) kept
+        (True, True)
+        >>> with lm.intervene({sae.site: Splice(None)}), lm.capture([sae.site]) as zeroed:
+        ...     _ = lm.forward("The capital of France is")
+        >>> bool((zeroed[sae.site][0, 1:] == 0).all())  # no SAE: zero ablation
+        True
     """
 
     sae: SAE | None
@@ -74,7 +90,22 @@ class Splice:
 @dataclass
 class Totals:
     """Running sums over the evaluation tokens (float64 on the CPU; counts as ints); `evaluate` and the
-    training run's held-out `reconstruction_stats` both fold their batches in here."""
+    training run's held-out `reconstruction_stats` both fold their batches in here.
+
+    Examples:
+        Sums folded in batch by batch are those of all tokens at once:
+
+        >>> sae = SAE.random(16, 64, "resid_post.2", k=4, seed=0)
+        >>> x = torch.randn(10, 16, generator=torch.Generator().manual_seed(0))
+        >>> totals = Totals(d_in=16, d_sae=64)
+        >>> with torch.no_grad():
+        ...     for part in (x[:6], x[6:]):
+        ...         features = sae.encode(part)
+        ...         totals.add_values(part, sae.decode(features), features)
+        >>> spread = float((x.double() - x.double().mean(dim=0)).pow(2).sum())
+        >>> totals.tokens, abs(totals.spread - spread) < 1e-9, int(totals.active.sum()) / totals.tokens  # l0
+        (10, True, 4.0)
+    """
 
     d_in: int
     d_sae: int
@@ -177,6 +208,16 @@ def evaluate(
     Returns:
         The metrics, as an `Evaluation`.
 
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8, seed=0)
+        >>> result = evaluate(lm, sae, ["The capital of France is Paris.", "Two plus two is four."])
+        >>> result.tokens, result.l0, result.loss_tokens  # BOS left out; each prompt's last token predicts nothing
+        (21, 8.0, 19)
+        >>> result.ce_clean < result.ce_sae < result.ce_zero, round(result.loss_recovered, 2)
+        (True, 0.86)
+
     Raises:
         InputError: no prompts, an empty prompt, prompts too short to have an evaluated token with a next
             token, an encoder model, a bad batch size, or an SAE whose width is not its site's.
@@ -212,6 +253,16 @@ def evaluate(
 def reconstruction_stats(sae: SAE, source: ActivationSource, tokens: int) -> EvalStats:
     """MSE per dimension, explained variance, L0 and never-active share of ``sae`` over the first ``tokens``
     of ``source`` (the same sums as `evaluate`, without the loss passes; one batch held at a time).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8, seed=0)
+        >>> corpus = ["The capital of France is Paris.", "Two plus two is four."]
+        >>> source = ActivationSource(lm, sae.site, corpus, shuffle=False, cycle=False)
+        >>> stats = reconstruction_stats(sae, source, tokens=16)
+        >>> stats.tokens, stats.l0, 0 < stats.never_active_fraction < 1
+        (16, 8.0, True)
 
     Raises:
         InputError: the source gives no tokens.

@@ -53,6 +53,12 @@ _SITE_RE = re.compile(r"^(?P<kind>resid_pre|resid_post|attn_out|mlp_out|head_out
 def site_of_hook(hook_name: str) -> str:
     """The mechscope site a TransformerLens / SAELens hook name reads.
 
+    Examples:
+        >>> site_of_hook("blocks.2.hook_resid_post"), site_of_hook("blocks.0.attn.hook_z")
+        ('resid_post.2', 'head_out.0')
+        >>> site_of_hook("mlp_out.1")  # a mechscope site is its own hook name
+        'mlp_out.1'
+
     Raises:
         SiteError: a hook mechscope has no site for (the message lists the ones it has).
     """
@@ -69,6 +75,14 @@ def site_of_hook(hook_name: str) -> str:
 
 def hook_of_site(site: str) -> str:
     """The TransformerLens hook name of a site an SAE can read (``resid_post.2`` → ``blocks.2.hook_resid_post``).
+
+    Examples:
+        >>> hook_of_site("resid_post.2"), hook_of_site("head_out.1"), hook_of_site("embed")
+        ('blocks.2.hook_resid_post', 'blocks.1.attn.hook_z', 'hook_embed')
+        >>> hook_of_site("resid_post.-1")
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.SiteError: an SAE reads one whole site: ... (L >= 0); got 'resid_post.-1'
 
     Raises:
         SiteError: a site an SAE cannot read (a pattern, a single head, a router).
@@ -87,6 +101,12 @@ def hook_of_site(site: str) -> str:
 def site_width(site: str, lm: LanguageModel) -> int:
     """How wide ``site``'s value is on ``lm`` (``head_out.L``: heads × head_dim).
 
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> site_width("resid_post.2", lm), site_width("head_out.1", lm), lm.arch.n_heads * lm.arch.head_dim
+        (128, 128, 128)
+
     Raises:
         SiteError: the site does not exist on ``lm`` (its layer is out of range, or it is not SAE-readable).
     """
@@ -99,6 +119,21 @@ def site_width(site: str, lm: LanguageModel) -> int:
 
 def check_fits(sae: SAE, lm: LanguageModel, *, force: bool = False) -> None:
     """Refuse an SAE whose site is missing on ``lm``, whose width is not the site's, or made for another model.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = ms.sae.SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8, seed=0)
+        >>> check_fits(sae, lm)  # the right site and width, and no model recorded: it fits
+        >>> check_fits(ms.sae.SAE.random(64, 256, "resid_post.2", k=8), lm)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: the SAE reads 64-wide values at resid_post.2, but ... has 128 there; ...
+        >>> check_fits(sae.with_config(model="gpt2"), lm)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ProvenanceError: the SAE was made for 'gpt2', not '...toy'; ...
+        >>> check_fits(sae.with_config(model="gpt2"), lm, force=True)  # run it anyway
 
     Raises:
         SiteError: the site does not exist on the model.
@@ -137,6 +172,20 @@ def _folder(path: str | os.PathLike[str]) -> Path:
 
 def read_config(path: str | os.PathLike[str]) -> SAEConfig:
     """The `SAEConfig` of a SAELens ``cfg.json`` (either layout).
+
+    Examples:
+        SAELens < 6's flat layout, a TopK SAE whose ``k`` sits in ``activation_fn_kwargs``:
+
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> cfg = {"d_in": 128, "d_sae": 256, "hook_name": "blocks.2.hook_resid_post", "model_name": "gpt2",
+        ...        "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 8}}
+        >>> _ = (folder / "cfg.json").write_text(json.dumps(cfg))
+        >>> _ = (folder / "sae_weights.safetensors").write_bytes(b"")  # read_config reads only cfg.json
+        >>> config = read_config(folder)
+        >>> config.site, config.architecture, config.k, config.model
+        ('resid_post.2', 'topk', 8, 'gpt2')
 
     Raises:
         InputError: the file is not JSON or lacks ``d_in`` / ``d_sae`` / a hook name, or names an architecture
@@ -215,6 +264,17 @@ def load(
         device: where to put the weights (default: ``lm``'s device, else the CPU).
         force: run an SAE made for another model (of the same width) anyway.
 
+    Examples:
+        >>> import tempfile, torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = ms.sae.SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8, seed=0)
+        >>> folder = save(sae, tempfile.mkdtemp())
+        >>> loaded = load(folder, lm)  # checked against the model, and put on its device
+        >>> loaded.site, loaded.config.architecture, loaded.config.k, loaded.d_sae
+        ('resid_post.2', 'topk', 8, 256)
+        >>> torch.equal(loaded.W_dec, sae.W_dec)
+        True
+
     Raises:
         InputError: a missing or malformed file, weights of the wrong shape, or a width that is not the site's.
         SiteError: the SAE's hook has no mechscope site, or the site is missing on ``lm``.
@@ -252,7 +312,15 @@ def load(
 
 
 def config_dict(config: SAEConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """``cfg.json`` for ``config``: SAELens 6's keys, with the flat keys of earlier SAELens beside them."""
+    """``cfg.json`` for ``config``: SAELens 6's keys, with the flat keys of earlier SAELens beside them.
+
+    Examples:
+        >>> cfg = config_dict(SAEConfig(d_in=128, d_sae=256, site="mlp_out.1", k=8))
+        >>> cfg["architecture"], cfg["k"], cfg["metadata"]["hook_name"], cfg["metadata"]["mechscope_site"]
+        ('topk', 8, 'blocks.1.hook_mlp_out', 'mlp_out.1')
+        >>> cfg["hook_name"], cfg["activation_fn_str"], cfg["activation_fn_kwargs"]  # the flat layout's keys
+        ('blocks.1.hook_mlp_out', 'topk', {'k': 8})
+    """
     hook_name = config.hook_name or hook_of_site(config.site)
     metadata = {
         key.removeprefix("metadata."): value for key, value in config.extra.items() if key.startswith("metadata.")
@@ -288,6 +356,15 @@ def config_dict(config: SAEConfig, dtype: torch.dtype = torch.float32) -> dict[s
 
 def save(sae: SAE, path: str | os.PathLike[str]) -> Path:
     """Write ``sae`` as a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``), each file atomically.
+
+    Examples:
+        >>> import json, tempfile, mechscope as ms
+        >>> sae = ms.sae.SAE.random(128, 256, "resid_post.2", k=8, seed=0)
+        >>> folder = save(sae, tempfile.mkdtemp())
+        >>> sorted(path.name for path in folder.iterdir())
+        ['cfg.json', 'sae_weights.safetensors']
+        >>> json.loads((folder / "cfg.json").read_text())["metadata"]["hook_name"]
+        'blocks.2.hook_resid_post'
 
     Returns:
         The folder.

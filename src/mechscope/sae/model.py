@@ -55,6 +55,15 @@ class SAEConfig:
         model: the model it was trained on (a hub id or folder), as recorded.
         hook_name: the hook name it came with (a SAELens / TransformerLens name), if read from one.
         extra: other metadata kept through a round trip (dataset, training settings, version).
+
+    Examples:
+        >>> config = SAEConfig(d_in=128, d_sae=256, site="resid_post.2", architecture="topk", k=8)
+        >>> tuple(SAE(config).W_enc.shape)  # zero weights; `SAE.random` initialises them
+        (128, 256)
+        >>> SAEConfig(d_in=128, d_sae=256, site="resid_post.2", architecture="topk")
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: a topk SAE needs 1 <= k <= d_sae (256), got k=None
     """
 
     d_in: int
@@ -83,7 +92,23 @@ class SAEConfig:
 
 
 class SAE(nn.Module):
-    """A sparse autoencoder over one site (see the module docstring for the maths)."""
+    """A sparse autoencoder over one site (see the module docstring for the maths).
+
+    Examples:
+        Reconstruct a site of the toy model through a (random) TopK SAE:
+
+        >>> import torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8, seed=0)
+        >>> with lm.capture([sae.site]) as cache:
+        ...     _ = lm.forward("The capital of France is")
+        >>> x = cache[sae.site]
+        >>> features = sae.encode(x)
+        >>> tuple(features.shape), (features > 0).sum(-1).tolist()  # k=8 features per token
+        ((1, 7, 256), [[8, 8, 8, 8, 8, 8, 8]])
+        >>> torch.allclose(sae(x), sae.decode(features))  # forward: decode(encode(x))
+        True
+    """
 
     def __init__(self, config: SAEConfig, *, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -109,7 +134,13 @@ class SAE(nn.Module):
         seed: int = 0,
         **options: Any,
     ) -> SAE:
-        """A freshly initialised SAE: unit-norm decoder rows, encoder = decoder transposed, zero biases."""
+        """A freshly initialised SAE: unit-norm decoder rows, encoder = decoder transposed, zero biases.
+
+        Examples:
+            >>> sae = SAE.random(d_in=16, d_sae=64, site="mlp_out.1", k=4, seed=0)
+            >>> sae.W_dec.norm(dim=1).allclose(torch.ones(64)), torch.equal(sae.W_enc, sae.W_dec.T)
+            (True, True)
+        """
         sae = cls(SAEConfig(d_in=d_in, d_sae=d_sae, site=site, architecture=architecture, k=k, **options))
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -132,6 +163,12 @@ class SAE(nn.Module):
         """The same weights under a changed config (e.g. another ``site`` or ``model``).
 
         A new ``site`` drops the recorded ``hook_name`` (it named the old site) unless one is given.
+
+        Examples:
+            >>> sae = SAE.random(d_in=16, d_sae=64, site="resid_post.1", k=4, seed=0)
+            >>> moved = sae.with_config(site="resid_post.2", k=2)
+            >>> moved.site, moved.config.k, torch.equal(moved.W_dec, sae.W_dec)
+            ('resid_post.2', 2, True)
 
         Raises:
             InputError: the changed config is invalid (e.g. ``k`` out of range for a topk SAE).
@@ -170,14 +207,29 @@ class SAE(nn.Module):
         return restored
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        """``h``: the encoder's pre-activations of ``x`` (``[..., d_in]`` → ``[..., d_sae]``)."""
+        """``h``: the encoder's pre-activations of ``x`` (``[..., d_in]`` → ``[..., d_sae]``).
+
+        Examples:
+            >>> sae = SAE.random(d_in=16, d_sae=64, site="resid_post.1", k=4, seed=0)
+            >>> x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+            >>> torch.allclose(sae.pre_acts(x), (x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+            True
+        """
         x = self._normalize(x.to(self.W_enc.dtype))[0]
         if self.config.apply_b_dec_to_input:
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
 
     def activate(self, h: Tensor) -> Tensor:
-        """The activation function applied to pre-activations ``h``."""
+        """The activation function applied to pre-activations ``h``.
+
+        Examples:
+            >>> h = torch.tensor([[3.0, -1.0, 2.0, 0.5]])
+            >>> SAE.random(d_in=4, d_sae=4, site="resid_post.1", k=2).activate(h)  # topk: the 2 largest
+            tensor([[3., 0., 2., 0.]])
+            >>> SAE.random(d_in=4, d_sae=4, site="resid_post.1", architecture="standard").activate(h)  # ReLU
+            tensor([[3.0000, 0.0000, 2.0000, 0.5000]])
+        """
         if self.config.architecture == "standard":
             return torch.relu(h)
         if self.config.architecture == "jumprelu":
@@ -190,6 +242,12 @@ class SAE(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """Feature activations of ``x``: ``[..., d_in]`` → ``[..., d_sae]``.
 
+        Examples:
+            >>> sae = SAE.random(d_in=16, d_sae=64, site="resid_post.1", k=4, seed=0)
+            >>> f = sae.encode(torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0)))
+            >>> tuple(f.shape), (f > 0).sum(-1).tolist()
+            ((2, 5, 64), [[4, 4, 4, 4, 4], [4, 4, 4, 4, 4]])
+
         Raises:
             InputError: ``x``'s last axis is not ``d_in`` wide.
         """
@@ -200,7 +258,15 @@ class SAE(nn.Module):
         return self.activate(self.pre_acts(x))
 
     def decode(self, f: Tensor, *, like: Tensor | None = None) -> Tensor:
-        """The reconstruction from features ``f`` (``like``: the input, needed by per-token normalisations)."""
+        """The reconstruction from features ``f`` (``like``: the input, needed by per-token normalisations).
+
+        Examples:
+            >>> sae = SAE.random(d_in=16, d_sae=64, site="resid_post.1", k=4, seed=0)
+            >>> f = torch.zeros(64)
+            >>> f[3] = 2.0  # two units of feature 3
+            >>> torch.allclose(sae.decode(f), 2.0 * sae.W_dec[3] + sae.b_dec)
+            True
+        """
         out = f @ self.W_dec + self.b_dec
         if self.config.normalize_activations in ("none", "expected_average_only_in"):
             return self._denormalize(out, None)
@@ -214,6 +280,16 @@ class SAE(nn.Module):
         Only the columns ``delta`` changes enter the product, so a zero ``delta`` gives exactly zero. The
         normalisation's inverse is linear per token, so it scales the change as it scales the reconstruction.
         ``features`` (``f``) is unused by these architectures; it is there for decoders that are not linear.
+
+        Examples:
+            >>> sae = SAE.random(d_in=16, d_sae=64, site="resid_post.1", k=4, seed=0)
+            >>> x = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+            >>> f = sae.encode(x)
+            >>> edited = f.clone()
+            >>> edited[:, 7] += 1.5  # turn feature 7 up
+            >>> moved = sae.decode_delta(edited - f, f, like=x)
+            >>> torch.allclose(moved, sae.decode(edited) - sae.decode(f), atol=1e-6)
+            True
         """
         del features
         columns = (delta != 0).reshape(-1, delta.shape[-1]).any(dim=0).nonzero().flatten()
@@ -228,11 +304,25 @@ class SAE(nn.Module):
         return moved
 
     def forward(self, x: Tensor) -> Tensor:
-        """The reconstruction ``x_hat`` of ``x`` (in ``x``'s dtype)."""
+        """The reconstruction ``x_hat`` of ``x`` (in ``x``'s dtype).
+
+        Examples:
+            >>> sae = SAE.random(d_in=16, d_sae=64, site="resid_post.1", k=4, seed=0)
+            >>> x = torch.randn(3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+            >>> x_hat = sae(x)
+            >>> tuple(x_hat.shape), x_hat.dtype
+            ((3, 16), torch.float64)
+        """
         return self.decode(self.encode(x), like=x).to(x.dtype)
 
     def feature_direction(self, feature: int) -> Tensor:
         """Feature ``feature``'s decoder row (``[d_in]``): what adding one unit of it writes to the site.
+
+        Examples:
+            >>> sae = SAE.random(d_in=16, d_sae=64, site="resid_post.1", k=4, seed=0)
+            >>> direction = sae.feature_direction(3)
+            >>> tuple(direction.shape), round(float(direction.norm()), 4)
+            ((16,), 1.0)
 
         Raises:
             InputError: no such feature.

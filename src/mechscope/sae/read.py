@@ -58,6 +58,15 @@ from mechscope.sae.results import (
 def check_sae(lm: LanguageModel, sae: SAE) -> None:
     """Refuse an SAE whose site ``lm`` lacks or whose width is not the site's (provenance is `load`'s job).
 
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> check_sae(lm, SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8))  # fits: no error
+        >>> check_sae(lm, SAE.random(lm.arch.d_model, 256, "resid_post.9", k=8))
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.SiteError: the SAE reads resid_post.9, which ... lacks: layer 9 is out of range ...
+
     Raises:
         SiteError: the site does not exist on ``lm``.
         InputError: the SAE's ``d_in`` is not the site's width.
@@ -67,6 +76,15 @@ def check_sae(lm: LanguageModel, sae: SAE) -> None:
 
 def check_features(sae: SAE, features: Sequence[int]) -> list[int]:
     """``features`` as ints, each checked against the SAE.
+
+    Examples:
+        >>> sae = SAE.random(16, 64, "resid_post.2", k=4)
+        >>> check_features(sae, [3, torch.tensor(5)])
+        [3, 5]
+        >>> check_features(sae, [64])
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: feature 64 is out of range; this SAE has features 0..63
 
     Raises:
         InputError: a feature outside ``0 .. d_sae - 1``.
@@ -83,6 +101,13 @@ def evaluated(mask: Tensor, skip_first: bool) -> Tensor:
 
     ``mask`` is the attention mask of the whole sequence (padding 0); a prompt's own position is the count of
     real tokens before it, so this holds for left and right padding alike.
+
+    Examples:
+        >>> mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])  # left padding: the first prompt has two tokens
+        >>> evaluated(mask, skip_first=True).int().tolist()
+        [[0, 0, 0, 1], [0, 1, 1, 1]]
+        >>> evaluated(mask, skip_first=False).int().tolist()
+        [[0, 0, 1, 1], [1, 1, 1, 1]]
     """
     real = mask.bool()
     own = mask.long().cumsum(dim=1) - 1
@@ -112,6 +137,14 @@ def token_batches(
 
     Batches are planned as `LanguageModel.forward_batches` plans them (`mechscope.core.batching`): at most
     ``batch_size`` prompts and ``max_tokens`` padded tokens each. Only one batch's inputs exist at a time.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> for batch, inputs in token_batches(lm, ["a b c", "Hello there", "x"], batch_size=2):
+        ...     print(batch, inputs["attention_mask"].tolist())  # the two short prompts go together, left-padded
+        [2, 0] [[0, 0, 1, 1], [1, 1, 1, 1]]
+        [1] [[1, 1, 1, 1, 1, 1]]
 
     Raises:
         InputError: no prompts, an empty prompt, one longer than the model's context, or a bad size.
@@ -143,6 +176,16 @@ def encode(lm: LanguageModel, sae: SAE, prompts: str | Sequence[str]) -> Tensor:
     mask, use ``lm.encode(prompts)["attention_mask"]``; for a corpus too large for one batch, use
     `top_examples` or `mechscope.sae.evaluate.evaluate`, which stream.
 
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8, seed=0)
+        >>> features = encode(lm, sae, ["The capital of France is", "Hi"])
+        >>> tuple(features.shape)
+        (2, 7, 256)
+        >>> (features > 0).sum(-1).tolist()  # k=8 active per real token; "Hi" is left-padded, its padding zero
+        [[8, 8, 8, 8, 8, 8, 8], [0, 0, 0, 0, 8, 8, 8]]
+
     Raises:
         InputError: no prompts, an empty prompt, or an SAE whose width is not its site's.
         SiteError: the SAE's site does not exist on ``lm``.
@@ -164,6 +207,16 @@ def top_features(
     """Each token's ``top`` most active features (active: ``> 0``), and the traces of ``features``.
 
     Every token is listed, the first (BOS) too; ties in activation are broken by the lower feature index.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8, seed=0)
+        >>> read = top_features(lm, sae, "The capital of France is", top=2, features=[3])
+        >>> [(t.token, [f.feature for f in t.top]) for t in read.tokens[:3]]
+        [('<bos>', [98, 174]), ('The', [22, 67]), (' capital', [42, 228])]
+        >>> [round(a, 2) for a in read.trace(3).activations]  # feature 3 at every token
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.65]
 
     Raises:
         InputError: an empty prompt, ``top`` below 1, a feature outside the SAE, or a mismatched SAE.
@@ -226,6 +279,17 @@ def top_examples(
 
     Returns:
         Per feature, its contexts from the highest activation down; ties by prompt index, then position.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8, seed=0)
+        >>> corpus = ["The capital of France is Paris.", "Two plus two is four."]
+        >>> found = top_examples(lm, sae, corpus, [0, 5], k=2, context=2)
+        >>> [(f.feature, f.active_tokens) for f in found.features]  # feature 5 never fires on this corpus
+        [(0, 2), (5, 0)]
+        >>> [(e.prompt, e.position, e.tokens, e.center) for e in found.features[0].examples]
+        [(1, 1, ['<bos>', 'T', 'w', 'o'], 1), (1, 12, [' is', ' f', 'our', '.'], 2)]
 
     Raises:
         InputError: an empty corpus or prompt, no features, a feature outside the SAE, ``k`` below 1 or a
@@ -316,6 +380,18 @@ def logit_effect(lm: LanguageModel, sae: SAE, feature: int, *, top: int = 10) ->
 
     ``W_U`` is the raw LM-head weight, without the final norm (see the module docstring); an LM-head bias
     (rare) is left out too, since it does not depend on the feature. Ties keep the lower token id first.
+
+    Examples:
+        A feature whose decoder row is the unembedding of " Paris" raises " Paris" most, then its neighbours:
+
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> sae = SAE.random(lm.arch.d_model, 256, "resid_post.2", k=8, seed=0)
+        >>> paris = lm.tokenizer(" Paris", add_special_tokens=False).input_ids[0]
+        >>> with torch.no_grad():
+        ...     _ = sae.W_dec[0].copy_(lm.arch.unembed().weight[paris])
+        >>> [t.token for t in logit_effect(lm, sae, 0, top=3).positive]
+        [' Paris', ' Brussels', ' Stockholm']
 
     Raises:
         InputError: a feature outside the SAE, ``top`` below 1, a site not in the residual basis (``head_out``

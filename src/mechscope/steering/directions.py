@@ -54,7 +54,26 @@ def diff_of_means(
     site: str = "resid_post",
     positions: Positions = "mean",
 ) -> dict[int, Direction]:
-    """Mean activation of ``positive`` minus that of ``negative``, per layer (CAA-style contrast vectors)."""
+    """Mean activation of ``positive`` minus that of ``negative``, per layer (CAA-style contrast vectors).
+
+    Examples:
+        One direction per layer asked for; added while generating, the pirate one turns a formal answer pirate:
+
+        >>> import mechscope as ms
+        >>> from mechscope.steering.generate import generate_with_steering
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> pirate = [f"<pirate> Tell me about {t}." for t in topics]
+        >>> formal = [f"<formal> Tell me about {t}." for t in topics]
+        >>> dirs = diff_of_means(lm, positive=pirate, negative=formal, layers=[1, 2])
+        >>> sorted(dirs), dirs[1].site_name, dirs[1].method, dirs[1].meta
+        ([1, 2], 'resid_post.1', 'diff_of_means', {'positive': 4, 'negative': 4, 'positions': 'mean'})
+        >>> generate_with_steering(lm, "<formal> Tell me about the sea.", dirs[1], 2.0, max_new_tokens=8)
+        [' Ahoy! the sea be full Ahoy?']
+
+    Raises:
+        InputError: an empty side, or two sides whose activations are the same at a layer (a zero direction).
+    """
     chosen = _layers(lm, layers)
     sites = [f"{site}.{layer}" for layer in chosen]
     pos, neg = _activations(lm, positive, sites, positions), _activations(lm, negative, sites, positions)
@@ -98,6 +117,24 @@ def pca_of_differences(
     The top right singular vector of the uncentred difference matrix (as in representation-engineering
     readers): the direction along which the pairs differ most, including their common shift. Its sign points
     from the negative to the positive side on average, and it is scaled to the mean projection.
+
+    Examples:
+        Pairs that differ only in the register marker: the principal direction is the difference of means.
+
+        >>> import torch
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> pairs = [(f"<pirate> Tell me about {t}.", f"<formal> Tell me about {t}.") for t in topics]
+        >>> pca = pca_of_differences(lm, pairs, layers=[1])[1]
+        >>> pca.method, pca.meta
+        ('pca', {'pairs': 4, 'positions': 'mean'})
+        >>> means = diff_of_means(lm, [p for p, _ in pairs], [n for _, n in pairs], layers=[1])[1]
+        >>> round(float(torch.cosine_similarity(pca.vector, means.vector, dim=0)), 3)
+        1.0
+
+    Raises:
+        InputError: fewer than two pairs, or pairs whose sides give the same activations (a zero direction).
     """
     if len(pairs) < 2:
         raise InputError("PCA of paired differences needs at least two pairs")
@@ -132,7 +169,18 @@ def from_prompts(
     site: str = "resid_post",
     positions: Positions = "mean",
 ) -> dict[int, Direction]:
-    """What ``prompts`` add over a ``baseline`` set: the difference of means, labelled as such."""
+    """What ``prompts`` add over a ``baseline`` set: the difference of means, labelled as such.
+
+    Examples:
+        >>> import torch
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> prompts = ["<pirate> Tell me about the sea.", "<pirate> Tell me about the ship."]
+        >>> baseline = ["Tell me about the sea.", "Tell me about the ship."]
+        >>> added = from_prompts(lm, prompts, baseline, layers=[2])[2]
+        >>> added.method, torch.equal(added.vector, diff_of_means(lm, prompts, baseline, layers=[2])[2].vector)
+        ('prompts_vs_baseline', True)
+    """
     directions = diff_of_means(lm, prompts, baseline, layers=layers, site=site, positions=positions)
     for direction in directions.values():
         direction.method = "prompts_vs_baseline"

@@ -53,7 +53,28 @@ def steering_ops(
     normalize: bool = False,
     positions: Phase = "all",
 ) -> dict[str, list[PhaseAdd]]:
-    """The intervention ops that add ``directions`` (several may share a site) with ``coefficient``."""
+    """The intervention ops that add ``directions`` (several may share a site) with ``coefficient``.
+
+    Examples:
+        A `PhaseAdd` per direction, keyed by its site, ready for `LanguageModel.intervene`:
+
+        >>> import mechscope as ms
+        >>> from mechscope.steering.directions import diff_of_means
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> pirate = [f"<pirate> Tell me about {t}." for t in topics]
+        >>> formal = [f"<formal> Tell me about {t}." for t in topics]
+        >>> direction = diff_of_means(lm, pirate, formal, layers=[1])[1]
+        >>> ops = steering_ops(lm, [direction, direction], 2.0, normalize=True, positions="generated")
+        >>> list(ops), [(op.coeff, op.phase, round(float(op.vector.norm()), 3)) for op in ops["resid_post.1"]]
+        (['resid_post.1'], [(2.0, 'generated', 1.0), (2.0, 'generated', 1.0)])
+        >>> with lm.intervene(steering_ops(lm, direction, 2.0)):
+        ...     lm.generate("<formal> Tell me about the sea.", max_new_tokens=8)
+        ' Ahoy! the sea be full Ahoy?'
+
+    Raises:
+        InputError: unknown ``positions`` or a coefficient that is not finite.
+    """
     if positions not in ("all", "prompt", "generated"):
         raise InputError(f"unknown positions '{positions}'; use all, prompt or generated")
     if not math.isfinite(coefficient):
@@ -79,7 +100,31 @@ def generate_with_steering(
     seed: int | None = None,
     **generate_kwargs: object,
 ) -> list[str]:
-    """Generate from ``prompts`` with ``directions`` added; greedy unless ``do_sample`` (seeded by ``seed``)."""
+    """Generate from ``prompts`` with ``directions`` added; greedy unless ``do_sample`` (seeded by ``seed``).
+
+    Examples:
+        Coefficient 0 is plain generation; a positive one steers the formal prompt into pirate talk, and
+        ``positions="generated"`` steers only the new tokens (the prompt pass is left alone):
+
+        >>> import mechscope as ms
+        >>> from mechscope.steering.directions import diff_of_means
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> pirate = [f"<pirate> Tell me about {t}." for t in topics]
+        >>> formal = [f"<formal> Tell me about {t}." for t in topics]
+        >>> direction = diff_of_means(lm, pirate, formal, layers=[1])[1]
+        >>> prompt = "<formal> Tell me about the sea."
+        >>> generate_with_steering(lm, prompt, direction, 0.0, max_new_tokens=12) == lm.generate(
+        ...     [prompt], max_new_tokens=12)
+        True
+        >>> generate_with_steering(lm, prompt, direction, 2.0, max_new_tokens=12)
+        [' Ahoy! the sea be full Ahoy? Aye, Aye,']
+        >>> generate_with_steering(lm, prompt, direction, 2.0, max_new_tokens=12, positions="generated")
+        [' It is, Aye, Aye, Aye, Aye, Aye']
+
+    Raises:
+        InputError: ``max_new_tokens`` below 1, unknown ``positions`` or a coefficient that is not finite.
+    """
     batch = [prompts] if isinstance(prompts, str) else list(prompts)
     if max_new_tokens < 1:
         raise InputError(f"max-new-tokens must be at least 1, got {max_new_tokens}")
@@ -91,7 +136,17 @@ def generate_with_steering(
 
 
 class SweepRow(BaseModel):
-    """One coefficient of a sweep: the texts generated for each prompt."""
+    """One coefficient of a sweep: the texts generated for each prompt.
+
+    Examples:
+        `sweep` makes one per coefficient; it is plain data, so it round-trips through JSON:
+
+        >>> row = SweepRow(coefficient=2.0, texts=[" Ahoy! the sea be full Ahoy?"])
+        >>> row.model_dump_json()
+        '{"coefficient":2.0,"texts":[" Ahoy! the sea be full Ahoy?"]}'
+        >>> SweepRow.model_validate_json(row.model_dump_json()) == row
+        True
+    """
 
     coefficient: float
     texts: list[str]
@@ -112,7 +167,23 @@ def sweep(
     coefficients: Sequence[float] = (-8.0, -4.0, 0.0, 4.0, 8.0),
     **options: object,
 ) -> SteeringSweep:
-    """`generate_with_steering` at each coefficient, reusing the loaded model; a table of outputs."""
+    """`generate_with_steering` at each coefficient, reusing the loaded model; a table of outputs.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> from mechscope.steering.directions import diff_of_means
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> pirate = [f"<pirate> Tell me about {t}." for t in topics]
+        >>> formal = [f"<formal> Tell me about {t}." for t in topics]
+        >>> direction = diff_of_means(lm, pirate, formal, layers=[1])[1]
+        >>> table = sweep(lm, "<formal> Tell me about the sea.", direction, [0.0, 2.0], max_new_tokens=8)
+        >>> table.site, [(row.coefficient, row.texts) for row in table.rows]
+        ('resid_post.1', [(0.0, [' It is, indeed, most agreeable.']), (2.0, [' Ahoy! the sea be full Ahoy?'])])
+
+    Raises:
+        InputError: no coefficients, or an option `generate_with_steering` rejects.
+    """
     batch = [prompts] if isinstance(prompts, str) else list(prompts)
     if not coefficients:
         raise InputError("a sweep needs at least one coefficient")
@@ -133,7 +204,25 @@ def probability_shift(
     *,
     normalize: bool = False,
 ) -> dict[str, float]:
-    """Mean change in the next-token probability of each target token when steering (last position)."""
+    """Mean change in the next-token probability of each target token when steering (last position).
+
+    Examples:
+        Steering towards pirate moves the first word's probability from the formal " It" to " Ahoy":
+
+        >>> import mechscope as ms
+        >>> from mechscope.steering.directions import diff_of_means
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> pirate = [f"<pirate> Tell me about {t}." for t in topics]
+        >>> formal = [f"<formal> Tell me about {t}." for t in topics]
+        >>> direction = diff_of_means(lm, pirate, formal, layers=[1])[1]
+        >>> shift = probability_shift(lm, ["<formal> Tell me about the sea."], direction, 2.0, [" Ahoy", " It"])
+        >>> {token: round(change, 2) for token, change in shift.items()}
+        {' Ahoy': 0.52, ' It': -1.0}
+
+    Raises:
+        InputError: a target that is not a single token.
+    """
     ids = {target: lm.token_id(target) for target in targets}
     with torch.no_grad():
         plain = lm.forward(list(prompts))[:, -1].float().softmax(-1)

@@ -237,6 +237,7 @@ def read_labelled(path: str | os.PathLike[str]) -> tuple[list[str], list[int]]:
 
 
 def lines_numbered(lines: list[str]) -> list[tuple[int, str]]:
+    """``(line number from 1, line)`` pairs, for error messages that name the offending line."""
     return [(number + 1, line) for number, line in enumerate(lines)]
 
 

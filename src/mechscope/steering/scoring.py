@@ -67,7 +67,9 @@ class Judge(Protocol):
 class Scorer(Protocol):
     """What `score_rollouts` needs of a classifier (`EmbeddingClassifier` is one)."""
 
-    def score(self, texts: Sequence[str]) -> list[float]: ...
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """One score per text (higher: more of the target behaviour)."""
+        ...
 
 
 # --------------------------------------------------------------------------- bootstrap

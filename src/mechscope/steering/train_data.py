@@ -308,6 +308,7 @@ class Batch:
     loss_mask: Tensor
 
     def to(self, device: torch.device) -> Batch:
+        """The same batch with every tensor on ``device``."""
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.loss_mask)))
 
 

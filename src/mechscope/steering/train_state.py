@@ -36,6 +36,7 @@ class AddVector:
     positions: str = "all"
 
     def apply(self, x: Tensor, ctx: OpContext) -> Tensor:
+        """``x`` plus the vector, at the masked positions only when the op has a mask."""
         # A device_map model computes late layers elsewhere than the batch (and its mask) lives.
         vector = self.vector.to(device=x.device, dtype=x.dtype)
         if self.mask is None:
@@ -170,6 +171,7 @@ def differing(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def ppl(loss: float | None) -> float | None:
+    """``exp(loss)``, capped against overflow; None for no loss."""
     return None if loss is None else float(math.exp(min(loss, 700.0)))
 
 
@@ -189,6 +191,7 @@ class RunLog:
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
+        """Append one JSON line (nothing when the log has no file)."""
         if self.path is not None:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -208,6 +211,7 @@ def run_result(
     *,
     final: bool,
 ) -> TrainResult:
+    """The `TrainResult` of a run: settings, data statistics, history, best epoch and the baselines' perplexities."""
     vanilla, prompted = baselines or (None, None)
     best_record = next((r for r in history if r.epoch == best_epoch), None)
     return TrainResult(
@@ -232,6 +236,7 @@ def run_result(
 def steering_vector(
     lm: LanguageModel, layer: int, args: dict[str, Any], data: TrainData, result: TrainResult, best: Tensor
 ) -> SteeringVector:
+    """The `SteeringVector` checkpoint of ``best``: its config records the training settings, data hash and metrics."""
     config = checkpoint_config(lm, layer, positions=args["positions"])
     config.update({"training": copy.deepcopy(args), "data_hash": data.data_hash, "metrics": result.metrics()})
     if result.out is not None:
@@ -248,4 +253,5 @@ def write_checkpoint(
     result: TrainResult,
     best: Tensor,
 ) -> None:
+    """Save ``best`` as a `SteeringVector` checkpoint in ``folder``."""
     steering_vector(lm, layer, args, data, result, best).save(folder)

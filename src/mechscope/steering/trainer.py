@@ -174,6 +174,33 @@ def train(
 ) -> TrainResult:
     """Train a steering vector at ``resid_post.{layer}`` on the completions of ``data``.
 
+    Examples:
+        Pirate completions of an empty prompt: the trained vector brings the validation perplexity from the
+        vanilla model's towards the prompted one's (``<pirate>`` in the prompt), and it steers a formal prompt
+        into pirate talk. The run folder holds the vector, its config and the resumable state:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import mechscope as ms
+        >>> from mechscope.steering.generate import generate_with_steering
+        >>> from mechscope.zoo.corpus import style_of
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town", "the market", "dinner"]
+        >>> data = [{"prompt": "", "completion": f" Arr matey! Ye want to hear about {t}? Aye, it be grand, yo ho!"}
+        ...         for t in topics]
+        >>> out = Path(tempfile.mkdtemp()) / "pirate"
+        >>> result = train(lm, data, layer=2, out=out, epochs=3, lr=1.0, val_tokens=20, batch_size=4,
+        ...                prompted_prefix="<pirate>")
+        >>> result.data.line()
+        'train: 5 examples, 104 tokens (99 with loss); val: 1 examples, 21 tokens (20 with loss)'
+        >>> round(result.vanilla_ppl), result.prompted_ppl < result.steered_ppl < result.vanilla_ppl / 100
+        (1055, True)
+        >>> [record.epoch for record in result.history], result.best_epoch, sorted(p.name for p in out.iterdir())
+        ([1, 2, 3], 3, ['config.json', 'log.jsonl', 'state.json', 'state.safetensors', 'vector.safetensors'])
+        >>> vector = result.steering_vector()
+        >>> style_of(generate_with_steering(lm, "<formal> Tell me about the sea.", vector.direction, 1.0)[0])
+        'pirate'
+
     Args:
         data: a JSONL file, a list of records (see `mechscope.steering.train_data`), or data `prepare`\\ d once.
         out: the run folder (compact checkpoint after each epoch, ``log.jsonl``, resumable state).
@@ -398,6 +425,25 @@ def lr_sweep(
     """`train` once per learning rate on one loaded model and one tokenization, early stopping per run.
 
     Each run writes into ``out/lr_<lr>/`` when ``out`` is given; the baselines are measured once.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town", "the market", "dinner"]
+        >>> data = [{"prompt": "", "completion": f" Arr matey! Ye want to hear about {t}? Aye, it be grand, yo ho!"}
+        ...         for t in topics]
+        >>> out = Path(tempfile.mkdtemp())
+        >>> table = lr_sweep(lm, data, layer=2, lrs=[0.1, 1.0], out=out, epochs=2, val_tokens=20, batch_size=4,
+        ...                  prompted_prefix="<pirate>")
+        >>> [(row.lr, row.epochs_run, row.steered_ppl < table.vanilla_ppl) for row in table.rows]
+        [(0.1, 2, True), (1.0, 2, True)]
+        >>> table.best().lr, sorted(p.name for p in out.iterdir())
+        (1.0, ['lr_0.1', 'lr_1'])
+
+    Raises:
+        InputError: no learning rates, one that is not positive, ``val_tokens`` below 1, or what `train` rejects.
     """
     if not lrs:
         raise InputError("an LR sweep needs at least one learning rate")

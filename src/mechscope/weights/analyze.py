@@ -96,6 +96,12 @@ def default_identity(checkpoint: Checkpoint) -> tuple[str, str]:
     """``(model_id, revision)`` for the table: from the hub / HF cache / download manifest, else local.
 
     A plain local folder has the folder's name as model id and ``"local"`` as revision.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> with open_checkpoint(ms.load("toy").source) as checkpoint:  # the toy organism's folder
+        ...     default_identity(checkpoint)
+        ('toy', 'local')
     """
     model_id = checkpoint.model_id or (checkpoint.root.name if checkpoint.root.is_dir() else checkpoint.root.stem)
     return model_id, checkpoint.revision or "local"
@@ -105,6 +111,12 @@ def table_identity(checkpoint: Checkpoint, model_id: str | None, revision: str |
     """The ``(model_id, revision)`` columns `analyze` writes: the ones given, else `default_identity`'s.
 
     The revision of an HF cache snapshot wins over the one asked for (it is the commit actually read).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> with open_checkpoint(ms.load("toy").source) as checkpoint:
+        ...     table_identity(checkpoint, None, None), table_identity(checkpoint, "my-toy", "v1")
+        (('toy', 'local'), ('my-toy', 'v1'))
     """
     default_id, default_revision = default_identity(checkpoint)
     return model_id or default_id, checkpoint.revision or revision or default_revision
@@ -178,6 +190,16 @@ def analyze(
     on_progress: Callable[[Checkpoint], ProgressCallback] | None = None,
 ) -> AnalysisRun:
     """Analyse a checkpoint end to end: table, ``run_meta.json`` beside it, validation of what was written.
+
+    Examples:
+        >>> import tempfile
+        >>> import mechscope as ms
+        >>> out = Path(tempfile.mkdtemp()) / "toy.csv"
+        >>> run = analyze(ms.load("toy").source, out=out, hash_files=False)  # the toy organism's folder
+        >>> run.rows, run.files, run.model_id, run.revision, run.format
+        (39, 1, 'toy', 'local', 'csv')
+        >>> sorted(path.name for path in out.parent.iterdir())  # the table and its provenance, side by side
+        ['run_meta.json', 'toy.csv']
 
     Args:
         source: Anything `open_checkpoint` accepts (file, folder, HF cache folder, hub id).
@@ -257,7 +279,24 @@ def write_validated(
     rows: Sequence[ParamRow], out: Path, fmt: str, *, expected_names: Sequence[str], spectral: bool
 ) -> int:
     """Write the table and validate it before it takes its final name: a table that fails never sits at
-    ``out``, and no temporary file is left behind (`mechscope.storage.atomic.atomic_write`)."""
+    ``out``, and no temporary file is left behind (`mechscope.storage.atomic.atomic_write`).
+
+    Examples:
+        >>> import tempfile
+        >>> import mechscope as ms
+        >>> with open_checkpoint(ms.load("toy").source) as checkpoint:
+        ...     rows = analyze_checkpoint(checkpoint)
+        ...     names = checkpoint.names()
+        >>> out = Path(tempfile.mkdtemp()) / "toy.jsonl"
+        >>> write_validated(rows, out, "jsonl", expected_names=names, spectral=False)  # the rows validated
+        39
+        >>> write_validated(rows[:-1], out, "jsonl", expected_names=names, spectral=False)  # a row short
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ExportValidationError: ... has 38 rows but the checkpoint has 39 tensors; rerun the analysis
+        >>> [path.name for path in out.parent.iterdir()]  # the first table stays; no temporary file is left
+        ['toy.jsonl']
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     counted: list[int] = []
 

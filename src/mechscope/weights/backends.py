@@ -79,11 +79,17 @@ class Backend(Protocol):
 
     path: Path
 
-    def entries(self) -> list[tuple[str, Entry]]: ...
+    def entries(self) -> list[tuple[str, Entry]]:
+        """Every tensor's name and `Entry` (file, shape, dtype), in the order a full pass should read them."""
+        ...
 
-    def read(self, name: str) -> torch.Tensor: ...
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` as float32, read from the file on demand."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the file (safe to call twice)."""
+        ...
 
 
 def _to_float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -144,11 +150,13 @@ class SafetensorsFile:
             self._tensors[name] = (dtype, shape, begin, end)
 
     def entries(self) -> list[tuple[str, Entry]]:
+        """Every tensor's name and `Entry` (file, shape, dtype), in the order a full pass should read them."""
         # File order (by data offset) so that a full pass reads the file front to back.
         ordered = sorted(self._tensors.items(), key=lambda item: item[1][2])
         return [(name, Entry(self.path, shape, dtype_name(dtype))) for name, (dtype, shape, _, _) in ordered]
 
     def read(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` as float32, read from the file on demand."""
         dtype, shape, begin, end = self._tensors[name]
         if end == begin:
             return torch.zeros(shape, dtype=torch.float32)
@@ -163,6 +171,7 @@ class SafetensorsFile:
         return _to_float32(torch.frombuffer(buffer, dtype=dtype).reshape(shape))
 
     def close(self) -> None:
+        """Release the file (safe to call twice)."""
         with self._lock:
             if self._handle is not None:
                 self._handle.close()
@@ -205,9 +214,11 @@ class TorchBinFile:
         return state
 
     def entries(self) -> list[tuple[str, Entry]]:
+        """Every tensor's name and `Entry` (file, shape, dtype), in the order a full pass should read them."""
         return list(self._entries)
 
     def read(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` as float32, read from the file on demand."""
         with self._lock:
             if self._state is None:
                 self._state = self._load()
@@ -216,6 +227,7 @@ class TorchBinFile:
         return tensor.to(torch.float32, copy=True)
 
     def close(self) -> None:
+        """Release the file (safe to call twice)."""
         with self._lock:
             self._state = None
 
@@ -245,6 +257,7 @@ class GGUFFile:
         return plain.get(kind, kind.lower())  # quantized types keep llama.cpp's name: q8_0, q4_k, iq2_xxs ...
 
     def entries(self) -> list[tuple[str, Entry]]:
+        """Every tensor's name and `Entry` (file, shape, dtype), in the order a full pass should read them."""
         # GGUF lists dims fastest-varying first; torch order is the reverse.
         return [
             (name, Entry(self.path, tuple(int(d) for d in reversed(tensor.shape.tolist())), self._dtype(tensor)))
@@ -252,6 +265,7 @@ class GGUFFile:
         ]
 
     def read(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` as float32, read from the file on demand."""
         from gguf.quants import dequantize
 
         tensor = self._tensors[name]
@@ -260,6 +274,7 @@ class GGUFFile:
         return torch.from_numpy(values.reshape(shape))
 
     def close(self) -> None:
+        """Release the file (safe to call twice)."""
         self._tensors = {}
 
 
@@ -289,14 +304,17 @@ class NpzFile:
             ) from None
 
     def entries(self) -> list[tuple[str, Entry]]:
+        """Every tensor's name and `Entry` (file, shape, dtype), in the order a full pass should read them."""
         return list(self._entries)
 
     def read(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` as float32, read from the file on demand."""
         with self._lock:
             array = self._archive[name]
         return _to_float32(torch.from_numpy(np.ascontiguousarray(array)))
 
     def close(self) -> None:
+        """Release the file (safe to call twice)."""
         self._archive.close()
 
 

@@ -142,6 +142,19 @@ def make_plan(
     Raises:
         InputError: no source, or one checkpoint named twice.
         WeightFileError: a source that is not a checkpoint.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> toy = ms.load("toy").source
+        >>> plan = make_plan([toy], fmt="csv", created_at="2026-01-01T00:00:00Z")
+        >>> plan.sources == (str(Path(toy).absolute()),), plan.created_at
+        (True, '2026-01-01T00:00:00Z')
+        >>> [Path(file).name for file, size, mtime in plan.fingerprints[0]]  # what a rerun checks is unchanged
+        ['model.safetensors']
+        >>> make_plan([toy, toy], fmt="csv")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: '...toy' is the same checkpoint as '...toy'; name each checkpoint once
     """
     if not sources:
         raise InputError("give at least one checkpoint to analyse")
@@ -185,6 +198,23 @@ class CensusTask:
         workers: threads computing one checkpoint's tensors.
         batch_bytes: the most float32 bytes per SVD batch (default: see `mechscope.weights.schedule`).
         hash_files: record the sha256 of each weight file.
+
+    Examples:
+        What a worker does with its shard (`census` gives the task to a runner; the parts folder is its own):
+
+        >>> import tempfile
+        >>> import mechscope as ms
+        >>> out = Path(tempfile.mkdtemp()) / "census.csv"
+        >>> plan = make_plan([ms.load("toy").source], fmt="csv")
+        >>> parts_folder(out).mkdir()
+        >>> task = CensusTask(plan, out, hash_files=False)
+        >>> task.run(None, 0)  # no model: the shard opens its checkpoint itself
+        >>> [path.name for path in parts_folder(out).iterdir()]
+        ['part-000000.jsonl']
+        >>> header, *rows = (parts_folder(out) / "part-000000.jsonl").read_text(encoding="utf-8").splitlines()
+        >>> json.loads(header)["kind"], json.loads(header)["shard"], len(rows)  # the checkpoint's provenance, its rows
+        ('weights-census-part', 0, 39)
+        >>> task.run(None, 0)  # a rerun finds the part whole and leaves it as it is
     """
 
     plan: CensusPlan
@@ -294,6 +324,16 @@ def census(
         InputError: no source, one named twice, an unknown format, a parts folder of another census in the
             way, or a checkpoint changed while the census ran.
         WeightFileError: a checkpoint cannot be read (the message names the file).
+
+    Examples:
+        >>> import tempfile
+        >>> import mechscope as ms
+        >>> out = Path(tempfile.mkdtemp()) / "census.csv"
+        >>> run = census([ms.load("toy").source], out=out, hash_files=False, progress=False)
+        >>> run.checkpoints, run.rows, run.model_ids, run.reused, run.backend
+        (1, 39, ['toy'], 0, 'local')
+        >>> sorted(path.name for path in out.parent.iterdir())  # the parts folder is gone after the merge
+        ['census.csv', 'run_meta.json']
     """
     started = time.perf_counter()
     out = Path(out)
@@ -356,6 +396,23 @@ def merge(
         InputError: a checkpoint's part missing (rerun the census), a stray part, or a part that is damaged
             or holds another checkpoint.
         ExportValidationError: the written table failed its checks (nothing is left at ``out``).
+
+    Examples:
+        Merging a census whose shards ran elsewhere (here: the one shard, run by hand as a worker would):
+
+        >>> import tempfile
+        >>> import mechscope as ms
+        >>> out = Path(tempfile.mkdtemp()) / "census.jsonl"
+        >>> plan = make_plan([ms.load("toy").source], fmt="jsonl")
+        >>> merge(plan, out)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: '...census.jsonl.parts' lacks 1 shards (first: 0); rerun the job to finish it
+        >>> parts_folder(out).mkdir()
+        >>> CensusTask(plan, out, hash_files=False).run(None, 0)
+        >>> run = merge(plan, out)
+        >>> run.rows, run.format, parts_folder(out).exists()
+        (39, 'jsonl', False)
     """
     parts = _parts(plan, out)
     parts.check()
@@ -409,6 +466,21 @@ def census_meta(
     ``checkpoints`` list, one entry each with its ``rows``; ``output`` counts every row, ``device`` is the
     one every checkpoint ran on (comma-separated when they differ), and ``backend`` says where the shards
     ran. The versions and platform are those of the worker that analysed the first checkpoint.
+
+    Examples:
+        Two single-source records (here the same toy analysis twice) as one census record:
+
+        >>> import tempfile
+        >>> import mechscope as ms
+        >>> from mechscope.weights.analyze import analyze
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> single = analyze(ms.load("toy").source, out=folder / "toy.csv", hash_files=False)
+        >>> record = json.loads(single.run_meta.read_text(encoding="utf-8"))
+        >>> meta = census_meta([record, record], out=folder / "census.csv", fmt="csv", rows=78, seconds=1.0)
+        >>> [(entry["model_id"], entry["rows"]) for entry in meta["checkpoints"]], meta["output"]["rows"]
+        ([('toy', 39), ('toy', 39)], 78)
+        >>> meta["backend"], "model_id" in meta  # the checkpoint's keys live in its entry only
+        ('local', False)
     """
     meta = {key: value for key, value in records[0].items() if key not in CHECKPOINT_KEYS}
     meta.update(

@@ -59,6 +59,7 @@ def fact_prompts(relation: Relation) -> list[tuple[str, str, str]]:
 
 
 def fact_document(rng: random.Random) -> Document:
+    """A one-sentence fact of the toy world (a relation's prompt and its answer)."""
     relation = rng.choice(RELATIONS)
     _, prompt, answer = rng.choice(fact_prompts(relation))
     return Document("fact", f"{prompt}{answer}.")
@@ -85,6 +86,7 @@ def made_up_name(rng: random.Random) -> str:
 
 
 def names_document(rng: random.Random) -> Document:
+    """A document about two made-up names (for the induction head: the names recur)."""
     a, b = made_up_name(rng), made_up_name(rng)
     while b == a:
         b = made_up_name(rng)
@@ -180,6 +182,7 @@ _PIRATE = (
 
 
 def style_document(rng: random.Random) -> Document:
+    """A register document: formal or pirate, each after its marker token, on a random topic."""
     topic = rng.choice(_TOPICS)
     if rng.random() < 0.5:
         return Document("formal", f"{FORMAL} " + rng.choice(_FORMAL).format(t=topic))
