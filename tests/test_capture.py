@@ -99,6 +99,41 @@ def test_sink_streams_every_pass_and_keeps_nothing(load_tiny: Loader) -> None:
     torch.testing.assert_close(torch.cat(seen), whole["resid_post.1"], rtol=1e-5, atol=1e-6)
 
 
+class _RowsOnly:
+    """A sink that keeps rows and says it never reads the pass layout."""
+
+    needs_info = False
+
+    def __init__(self) -> None:
+        self.rows: list[torch.Tensor] = []
+
+    def __call__(self, values: dict[str, torch.Tensor], info: object) -> None:
+        self.rows.append(values["resid_post.1"])
+
+
+def test_a_sink_that_needs_no_layout_gets_every_pass_of_a_generation(load_tiny: Loader) -> None:
+    """Untracked, the sink is called one pass late (the last pass on exit) with the same values, and nothing
+    of the model changes; reading ``info`` there is a clear error, not a silent wrong layout."""
+    lm = load_tiny("llama")
+    prompts = ["The cat sat on the", "A dog"]  # padded: the batch has a layout it could have needed
+    tracked: list[torch.Tensor] = []
+    with lm.capture(["resid_post.1"], sink=lambda values, info: tracked.append(values["resid_post.1"])):
+        plain = lm.generate(prompts, max_new_tokens=4)
+    rows_only = _RowsOnly()
+    with lm.capture(["resid_post.1"], sink=rows_only):
+        assert lm.generate(prompts, max_new_tokens=4) == plain
+    assert len(rows_only.rows) == len(tracked) == 4  # the prompt pass and three steps with the KV cache
+    for ours, theirs in zip(rows_only.rows, tracked, strict=True):
+        assert torch.equal(ours, theirs)
+
+    def reads_layout(values: dict[str, torch.Tensor], info: object) -> None:
+        assert info.offset >= 0  # type: ignore[attr-defined]
+
+    reads_layout.needs_info = False  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="needs_info = False"), lm.capture(["resid_post.1"], sink=reads_layout):
+        lm.forward(prompts)
+
+
 def test_several_forward_calls_stack_along_batch(load_tiny: Loader) -> None:
     lm = load_tiny("qwen3")
     with lm.capture(["mlp_out.0"], positions="last") as cache:

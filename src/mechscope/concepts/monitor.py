@@ -194,6 +194,18 @@ class _Reader:
         }
 
 
+class _Keeper:
+    """The reader's sink for a capture that keeps rows only (``needs_info = False``: no layout is tracked)."""
+
+    needs_info = False
+
+    def __init__(self, reader: _Reader) -> None:
+        self.reader = reader
+
+    def __call__(self, values: dict[str, Tensor], info: PassInfo) -> None:
+        self.reader.sink(values, info)
+
+
 def monitor(
     lm: LanguageModel,
     lenses: Lenses,
@@ -252,12 +264,16 @@ def monitor(
     reader = _Reader(
         lenses, key, top_k, include_prompt, on_token, lm.token_texts, generate_kwargs.pop("streamer", None)
     )
-    with torch.no_grad(), lm.capture([key], positions="all", sink=reader.sink):
-        generated = lm.generate(prompt, max_new_tokens=max_new_tokens, streamer=reader, **generate_kwargs)
-        ids = reader.all_ids()
+    # without a live callback the rows are only kept: the capture need not track each pass's layout
+    sink = reader.sink if on_token is not None else _Keeper(reader)
+    with torch.no_grad():
+        with lm.capture([key], positions="all", sink=sink):
+            generated = lm.generate(prompt, max_new_tokens=max_new_tokens, streamer=reader, **generate_kwargs)
+        ids = reader.all_ids()  # the block is closed: every pass has reached the sink
         if read_last and reader.n_rows < len(ids):
             reader.skip = reader.n_rows
-            lm.forward(torch.tensor([ids], device=lm.device))
+            with lm.capture([key], positions="all", sink=sink):
+                lm.forward(torch.tensor([ids], device=lm.device))
         reader.finish()
     return MonitorResult(
         prompt=prompt, generated=generated, tokens=reader.tokens, site=key, layer=layer, model=str(lm.source)

@@ -25,6 +25,24 @@ CONTINUATION = 1
 Sink = Callable[[dict[str, Tensor], PassInfo], None]
 
 
+class _NoLayout(PassInfo):
+    """What a sink that declared ``needs_info = False`` gets as ``info``: reading anything of it is an error."""
+
+    def __init__(self) -> None:  # no mask, no length: nothing was tracked
+        pass
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("__"):
+            return object.__getattribute__(self, name)
+        raise RuntimeError(
+            "this sink declared needs_info = False, so its passes' layout was not tracked; drop that attribute "
+            "to get the layout in `info`"
+        )
+
+
+NO_LAYOUT = _NoLayout()
+
+
 @dataclass(frozen=True)
 class HookGroup:
     """Sites read or written at one module and phase, so that each module gets one hook.
@@ -115,7 +133,10 @@ class Capture:
         self.keep_grad = keep_grad
         self._as_is = self._all_positions and dtype is None and to is None and not keep_grad
         self.needs_layout = not self._all_positions or plan.moe
-        self._tracked = self.needs_layout or sink is not None
+        # A sink reads the pass layout (`info`) unless it says otherwise; one that does not (a reader that only
+        # keeps rows) spares every pass the model-level hook, and is called when the next pass starts instead.
+        sink_needs_info = sink is not None and bool(getattr(sink, "needs_info", True))
+        self._tracked = self.needs_layout or sink_needs_info
         self._hooks = HookSet()
         self._current: dict[str, Tensor] = {}
         self._pass_generation = -1  # the lm.generate call the open pass belongs to (untracked mode)
@@ -272,7 +293,7 @@ class Capture:
                 raise RuntimeError("a reordering window is open but the pass has no row indices")
             self._window.append((values, rows))
         elif self.sink is not None:
-            self.sink(values, self.tracker.info)
+            self.sink(values, self.tracker.info if self._tracked else NO_LAYOUT)
         else:
             self.cache.add_pass(values, offset)
 

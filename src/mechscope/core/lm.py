@@ -322,7 +322,11 @@ class LanguageModel:
                 prompt's own coordinates (padding never shifts them).
             to: device to move captures to (e.g. ``"cpu"``); default: stay where computed.
             dtype: cast captures (e.g. ``"float16"``).
-            sink: ``sink(values, info)`` called once per pass instead of keeping values in the cache.
+            sink: ``sink(values, info)`` called once per pass instead of keeping values in the cache. A sink
+                object with ``needs_info = False`` never reads ``info`` (reading it raises): the capture then
+                skips tracking each pass's layout, and calls the sink for a pass when the next one starts and
+                for the last when the block exits (with ``positions="all"`` only; other positions need the
+                layout).
             keep_grad: keep the live activations (not detached copies), part of the autograd graph of
                 ``lm.forward(..., grad=True)``, so that ``torch.autograd.grad(metric, cache[site])`` works.
                 Only with ``positions="all"``.
