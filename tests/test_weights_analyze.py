@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from mechscope.cli.main import app
 from mechscope.errors import ExportValidationError
-from mechscope.weights.analyze import RUN_META_NAME, analyze, analyze_checkpoint
+from mechscope.weights.analyze import RUN_META_NAME, analyze, analyze_checkpoint, write_validated
 from mechscope.weights.blocks import classify
 from mechscope.weights.export import COLUMNS, read_table, validate_table
 from mechscope.weights.reader import open_checkpoint
@@ -190,6 +190,18 @@ def test_validation_fails_loudly(tiny_dir: Callable[[str], Path], tmp_path: Path
         with pytest.raises(ExportValidationError, match=message) as error:
             validate_table(out, None, expected_names=names, spectral=False)
         assert "\n" not in str(error.value) and str(out) in str(error.value)
+
+
+def test_a_refused_table_is_named_by_its_target_not_its_temporary(
+    tiny_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    with open_checkpoint(tiny_dir("llama")) as checkpoint:
+        rows, names = analyze_checkpoint(checkpoint), checkpoint.names()
+    out = tmp_path / "params.jsonl"
+    with pytest.raises(ExportValidationError, match="rows but the checkpoint has") as error:
+        write_validated(rows[:-1], out, "jsonl", expected_names=names, spectral=False)
+    assert str(error.value).startswith(f"{out} has ")  # the file the user asked for, not a deleted temporary
+    assert not list(tmp_path.iterdir())  # and nothing was left behind
 
 
 def _blank(line: str, column: int) -> str:

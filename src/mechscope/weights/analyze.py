@@ -293,7 +293,7 @@ def write_validated(
         >>> write_validated(rows[:-1], out, "jsonl", expected_names=names, spectral=False)  # a row short
         Traceback (most recent call last):
         ...
-        mechscope.errors.ExportValidationError: ... has 38 rows but the checkpoint has 39 tensors; rerun the analysis
+        mechscope.errors.ExportValidationError: .../toy.jsonl has 38 rows but the checkpoint has 39 tensors; rerun ...
         >>> [path.name for path in out.parent.iterdir()]  # the first table stays; no temporary file is left
         ['toy.jsonl']
     """
@@ -302,7 +302,7 @@ def write_validated(
 
     def write(temporary: Path) -> None:
         write_table(rows, temporary, fmt, spectral=spectral)
-        counted.append(validate_table(temporary, fmt, expected_names=expected_names, spectral=spectral))
+        counted.append(validate_table(temporary, fmt, expected_names=expected_names, spectral=spectral, shown_as=out))
 
     atomic_write(out, write)
     return counted[0]

@@ -160,7 +160,9 @@ def _parse_csv(name: str | None, value: str | None) -> Any:
     return value
 
 
-def validate_table(path: Path, fmt: str | None, *, expected_names: Sequence[str], spectral: bool) -> int:
+def validate_table(
+    path: Path, fmt: str | None, *, expected_names: Sequence[str], spectral: bool, shown_as: Path | None = None
+) -> int:
     """Check a written table: exact columns, one row per checkpoint tensor, no missing required values.
 
     Args:
@@ -168,6 +170,7 @@ def validate_table(path: Path, fmt: str | None, *, expected_names: Sequence[str]
         fmt: Its format (None: from the suffix).
         expected_names: The checkpoint's tensor names (each must appear exactly once, nothing else).
         spectral: Whether the spectral columns are expected.
+        shown_as: The name errors give the table (a table validated aside, before it takes its final name).
 
     Returns:
         The number of rows.
@@ -175,34 +178,36 @@ def validate_table(path: Path, fmt: str | None, *, expected_names: Sequence[str]
     Raises:
         ExportValidationError: the first problem found, in one line naming the file.
     """
+    label = path if shown_as is None else shown_as
     try:
         header, rows = read_table(path, fmt)
     except (OSError, ValueError, KeyError) as error:
-        raise ExportValidationError(f"{path} cannot be read back ({type(error).__name__}: {error})") from None
+        raise ExportValidationError(f"{label} cannot be read back ({type(error).__name__}: {error})") from None
     expected_columns = list(columns(spectral))
     if header != expected_columns:
         missing = [c for c in expected_columns if c not in header]
         extra = [c for c in header if c not in expected_columns]
         raise ExportValidationError(
-            f"{path} has the wrong columns (missing {missing}, unexpected {extra}, or out of order); rerun the analysis"
+            f"{label} has the wrong columns (missing {missing}, unexpected {extra}, or out of order); "
+            "rerun the analysis"
         )
     if len(rows) != len(expected_names):
         raise ExportValidationError(
-            f"{path} has {len(rows)} rows but the checkpoint has {len(expected_names)} tensors; rerun the analysis"
+            f"{label} has {len(rows)} rows but the checkpoint has {len(expected_names)} tensors; rerun the analysis"
         )
     seen = [row["param_name"] for row in rows]
     if sorted(seen) != sorted(expected_names):
         wrong = sorted(set(seen) ^ set(expected_names))[:3] or ["a duplicated name"]
-        raise ExportValidationError(f"{path} does not list each checkpoint tensor once (e.g. {wrong}); rerun")
+        raise ExportValidationError(f"{label} does not list each checkpoint tensor once (e.g. {wrong}); rerun")
     for number, row in enumerate(rows, start=1):
         for name in expected_columns:
             if row.get(name) is not None or name in _OPTIONAL:
                 continue
             if name in _NON_FINITE_OPTIONAL and row.get("rank") == -1:
                 continue
-            raise ExportValidationError(f"{path} row {number} ({row.get('param_name')}) has no '{name}'; rerun")
+            raise ExportValidationError(f"{label} row {number} ({row.get('param_name')}) has no '{name}'; rerun")
     layers = [row["layer_index"] for row in rows]
     ordered = [layer for layer in layers if layer is not None]
     if ordered != sorted(ordered) or None in layers[: len(ordered)]:
-        raise ExportValidationError(f"{path} is not sorted by layer_index with non-layer rows last; rerun")
+        raise ExportValidationError(f"{label} is not sorted by layer_index with non-layer rows last; rerun")
     return len(rows)
