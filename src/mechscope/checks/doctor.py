@@ -249,7 +249,8 @@ def run_doctor(lm: LanguageModel, prompts: Sequence[str] = DEFAULT_PROMPTS) -> D
         try:
             results.append(check(lm, prompts))
         except (MechscopeError, RuntimeError, ValueError) as error:
-            name = check.__name__.removeprefix("check_").replace("_", " ")  # the check's own name is never reached
+            # it raised before naming its result: name it after its function
+            name = check.__name__.removeprefix("check_").replace("_", " ")
             results.append(CheckResult(name=name, passed=False, detail=f"{type(error).__name__}: {error}"))
     after = _plain(lm, prompts[:1])
     left = hook_count(lm.model) - hooks_before

@@ -67,7 +67,7 @@ _TOKENS: TypeAdapter[list[MonitorToken]] = TypeAdapter(list[MonitorToken])
 
 
 class _Reader:
-    """Collects the rows of each pass and the ids of the streamer, and emits a `MonitorToken` per token.
+    """A capture sink (called with each pass's rows) and a streamer (``put``: the ids), emitting tokens.
 
     Live (``on_token``), each pass is read as it arrives and each token is handed on at once. Otherwise the
     passes' rows and the streamer's ids are only kept (no work per token while generating) and `finish` reads
@@ -89,6 +89,9 @@ class _Reader:
         self.top_k = min(top_k, lenses.n_concepts)
         self.include_prompt = include_prompt
         self.on_token = on_token
+        # As a capture sink: without a live callback the rows are only kept, so the capture need not track each
+        # pass's layout (and may hand a pass over when the next one starts); live, each pass is read at its end.
+        self.needs_info = on_token is not None
         self.token_texts = token_texts
         self.texts: dict[int, str] = {}
         self.streamer = streamer  # the caller's own streamer, told everything this one is
@@ -129,7 +132,7 @@ class _Reader:
         """Positions captured so far (read or waiting to be read)."""
         return len(self.top) + sum(len(h) for h in self.pending)
 
-    def sink(self, values: dict[str, Tensor], info: PassInfo) -> None:
+    def __call__(self, values: dict[str, Tensor], info: PassInfo) -> None:
         # the capture hands over its own copy of the values: keeping a view of it is safe, no second copy
         h = values[self.key][0, self.skip :]  # [length, d]: one batch row, the positions this pass adds
         if self.on_token is None:
@@ -144,15 +147,8 @@ class _Reader:
             rows, self.pending = torch.cat(self.pending), []
             for start in range(0, len(rows), 512):  # bounds the [rows, K] score block
                 self._read(rows[start : start + 512])
-        if self.on_token is not None:
-            self._emit()
-            return
-        ids = self.all_ids()
-        ready = min(len(ids), len(self.top))
-        first = self.read if self.include_prompt else max(self.read, self.n_prompt)
-        self._texts(ids[first:ready])
-        self.tokens.extend(_TOKENS.validate_python([self._fields(index) for index in range(first, ready)]))
-        self.read = ready
+        self.all_ids()
+        self._emit()
 
     def _read(self, h: Tensor) -> None:
         top = self.lenses.scores(h).topk(self.top_k, dim=-1)
@@ -166,16 +162,17 @@ class _Reader:
             self.texts.update(zip(new, self.token_texts(new), strict=True))
 
     def _emit(self) -> None:
+        """Turn every token with both an id and scores into a `MonitorToken` (one validation for all of them)."""
         ready = min(len(self.ids), len(self.top))
-        while self.read < ready:
-            index = self.read
-            self.read += 1
-            if index < self.n_prompt and not self.include_prompt:
-                continue
-            self._texts([self.ids[index]])
-            token = MonitorToken.model_validate(self._fields(index))
-            self.tokens.append(token)
-            if self.on_token is not None:
+        first = self.read if self.include_prompt else max(self.read, self.n_prompt)
+        self.read = max(self.read, ready)
+        if first >= ready:
+            return
+        self._texts(self.ids[first:ready])
+        tokens = _TOKENS.validate_python([self._fields(index) for index in range(first, ready)])
+        self.tokens.extend(tokens)
+        if self.on_token is not None:
+            for token in tokens:
                 self.on_token(token)
 
     def _fields(self, index: int) -> dict[str, Any]:
@@ -192,18 +189,6 @@ class _Reader:
                 for s, m, c in zip(scores, margins, concepts, strict=True)
             ],
         }
-
-
-class _Keeper:
-    """The reader's sink for a capture that keeps rows only (``needs_info = False``: no layout is tracked)."""
-
-    needs_info = False
-
-    def __init__(self, reader: _Reader) -> None:
-        self.reader = reader
-
-    def __call__(self, values: dict[str, Tensor], info: PassInfo) -> None:
-        self.reader.sink(values, info)
 
 
 def monitor(
@@ -264,15 +249,13 @@ def monitor(
     reader = _Reader(
         lenses, key, top_k, include_prompt, on_token, lm.token_texts, generate_kwargs.pop("streamer", None)
     )
-    # without a live callback the rows are only kept: the capture need not track each pass's layout
-    sink = reader.sink if on_token is not None else _Keeper(reader)
     with torch.no_grad():
-        with lm.capture([key], positions="all", sink=sink):
+        with lm.capture([key], positions="all", sink=reader):
             generated = lm.generate(prompt, max_new_tokens=max_new_tokens, streamer=reader, **generate_kwargs)
         ids = reader.all_ids()  # the block is closed: every pass has reached the sink
         if read_last and reader.n_rows < len(ids):
             reader.skip = reader.n_rows
-            with lm.capture([key], positions="all", sink=sink):
+            with lm.capture([key], positions="all", sink=reader):
                 lm.forward(torch.tensor([ids], device=lm.device))
         reader.finish()
     return MonitorResult(
