@@ -8,6 +8,10 @@ on any JavaScript dialog (an escaping bug running ``alert``), console error or u
 
 Screenshots are kept as test artifacts (``<test>--<step>.png`` in ``$MECHSCOPE_TEST_ARTIFACTS`` or
 ``build/test-artifacts/``). Skipped when Playwright or chromium is missing (scripts/setup.sh installs chromium).
+
+Every ``wait_for_function`` predicate is written as a function (``"() => ..."``): Playwright ``eval``s a bare
+expression again on each poll, which the app's ``script-src 'self'`` policy refuses once the first check is false,
+while a function is evaluated once and then called.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ class Tab:
         """Open the app and switch to ``view`` once the model's name is drawn."""
         self.page.goto(url)
         self.page.wait_for_function(
-            "document.querySelector('#model-name')?.textContent.trim().length > 0", timeout=WAIT_MS
+            "() => document.querySelector('#model-name')?.textContent.trim().length > 0", timeout=WAIT_MS
         )
         self.page.click(f"button.tab[data-view={view}]")
         assert self.page.locator(f"section#view-{view}").is_visible()
@@ -175,7 +179,7 @@ def test_ablation_view_and_a_click_on_a_component(tab: Tab, toy_server: Server) 
     cells = page.locator("#ablate-heatmap rect.cell")
     assert cells.count() == 16
     cells.first.click()
-    page.wait_for_function("document.querySelector('#ablate-detail').textContent.includes('Paris')")
+    page.wait_for_function("() => document.querySelector('#ablate-detail').textContent.includes('Paris')")
     tab.shot("ablation")
 
 
@@ -206,7 +210,7 @@ def test_moving_the_steering_slider_changes_the_output(tab: Tab, toy_server: Ser
     page = tab.open(toy_server.url, "steering")
     with page.expect_response(lambda r: r.url.endswith("/api/directions/contrast")):
         page.click("#steer-make")
-    page.wait_for_function("document.querySelector('#steer-direction').options.length > 0")
+    page.wait_for_function("() => document.querySelector('#steer-direction').options.length > 0")
 
     def steer_to(value: str) -> tuple[str, str]:
         with page.expect_response(lambda r: r.url.endswith("/api/steer")):
@@ -214,7 +218,7 @@ def test_moving_the_steering_slider_changes_the_output(tab: Tab, toy_server: Ser
         page.wait_for_function(
             "v => document.querySelector('#steer-coefficient-value').textContent.includes(v)", arg=value
         )
-        page.wait_for_function("document.querySelector('#steer-steered').textContent.trim().length > 0")
+        page.wait_for_function("() => document.querySelector('#steer-steered').textContent.trim().length > 0")
         page.wait_for_load_state("networkidle")
         return page.inner_text("#steer-plain"), page.inner_text("#steer-steered")
 
