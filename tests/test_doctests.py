@@ -6,6 +6,7 @@ built into temporary folders, or on files written to ``tempfile.mkdtemp()``. A `
 allowed where `ALLOWED_SKIPS` says why, and the public API's modules must each have an example that runs; in
 them every public function and class has one of its own (issue 24), except exceptions, protocols, enums, result
 types (the ``*results`` modules) and the classes a function of the module returns (its example shows them).
+Every other module is internal and says why in `INTERNAL` (or implements a package whose ``__all__`` is public).
 """
 
 from __future__ import annotations
@@ -170,8 +171,8 @@ def _returned_classes(module: object) -> set[str]:
 
 
 def _needs_own_example(value: object, returned: set[str]) -> bool:
-    if inspect.isfunction(value):
-        return True
+    if inspect.isfunction(inspect.unwrap(value)) if callable(value) else False:
+        return True  # a function, also one wrapped by a decorator such as functools.lru_cache
     if not inspect.isclass(value):
         return False
     if issubclass(value, BaseException | enum.Enum) or getattr(value, "_is_protocol", False):
@@ -190,6 +191,80 @@ def _api_reference_modules() -> list[str]:
 
 #: Modules whose public functions and classes each need an example: the public API and the API reference's pages.
 EXAMPLED = sorted(set(PUBLIC_API) | set(_api_reference_modules()))
+
+#: The package's internal modules, which the API reference leaves out and which need no examples: name or prefix
+#: (ending in ".") -> why. docs/guides/python-api.md ("What is public") says the same to users.
+INTERNAL: dict[str, str] = {
+    "mechscope.cli.": "the command line: documented by `mechscope <command> --help` and docs/guides/cli.md",
+    "mechscope.web.": "the web app: its HTTP API is documented by the app's OpenAPI schema and docs/guides/web-app.md",
+    "mechscope.viz.": "HTML renderers, reached through each result's `save_html` and the CLI's `--html`",
+    "mechscope.zoo.": "training and measuring the bundled organisms (docs/guides/organisms.md)",
+    "mechscope.toyworld.": "the organisms' made-up world, read through `concepts.sources` and `probing.dataset`",
+    "mechscope.testing.": "tiny random models for the test suite",
+    "mechscope.checks.": "`mechscope doctor`, reached through `ms.doctor` and the CLI",
+    "mechscope.api.": "the tasks behind the Analyzer's methods, reached through `Analyzer` / `ModelAnalyzer`",
+    "mechscope.attention.summary": "the attention overview behind `Analyzer.attention`",
+    **dict.fromkeys(
+        [f"mechscope.concepts.{name}" for name in ("fit", "interpreter_train", "neutral", "pooling", "templates")],
+        "the encyclopedia's plumbing (pooling, templates, neutral texts, fitting, the training loop)",
+    ),
+    **dict.fromkeys(
+        [
+            f"mechscope.core.{name}"
+            for name in ("batching", "bulk", "capture", "hooks", "intervene", "points", "repeats")
+        ],
+        "the hook machinery behind `LM.capture`, `LM.intervene` and `LM.forward_batches`",
+    ),
+    **dict.fromkeys(
+        [f"mechscope.models.{name}" for name in ("archmap", "block_weights", "discovery", "param_names")],
+        "architecture discovery behind `ms.load` / `ms.wrap` and `LM.arch`",
+    ),
+    **dict.fromkeys(
+        [f"mechscope.probing.{name}" for name in ("analyze", "collect", "generators", "store")],
+        "the probe pipeline's shards, stores and generated datasets, behind `probing.battery`",
+    ),
+    **dict.fromkeys(
+        [
+            f"mechscope.weights.{name}"
+            for name in (
+                *("backends", "blocks", "diff_export", "direction_sets", "download", "layer_weights"),
+                *("matrix_view", "readout", "run_meta", "schedule", "sources"),
+            )
+        ],
+        "checkpoint backends, scheduling and table plumbing behind `weights.census` / `weights.analyze`",
+    ),
+    "mechscope.progress": "progress bars of long jobs",
+    "mechscope.text": "token text with visible whitespace, for the reports and the CLI",
+    "mechscope.errors": "the exceptions, exported by `mechscope` and shown on its page",
+}
+
+
+def _internal_reason(name: str) -> str | None:
+    """Why ``name`` is internal, or None when it must be public (in `EXAMPLED`)."""
+    if name in NOT_IMPORTED:
+        return NOT_IMPORTED[name]
+    parent = name.rsplit(".", 1)[0]
+    if parent != "mechscope" and parent in EXAMPLED and hasattr(importlib.import_module(parent), "__all__"):
+        return f"implements {parent}, whose `__all__` is its public face"
+    if name.endswith("results"):
+        return "result types, shown by the functions that return them"
+    module = importlib.import_module(name)
+    if hasattr(module, "__path__") and not any(
+        getattr(value, "__module__", None) == name for key, value in vars(module).items() if not key.startswith("_")
+    ):
+        return "a package that defines nothing of its own"
+    for key, why in INTERNAL.items():
+        if name == key or (key.endswith(".") and name.startswith(key)):
+            return why
+    return None
+
+
+def test_every_module_is_public_or_said_to_be_internal() -> None:
+    """A new module either joins the API reference (with examples) or says here why it is internal."""
+    unplaced = [name for name in MODULES if name not in EXAMPLED and _internal_reason(name) is None]
+    assert not unplaced, f"modules neither in docs/api/ nor in INTERNAL: {unplaced}"
+    both = [name for name in EXAMPLED if any(name == key for key in INTERNAL)]
+    assert not both, f"modules both public and said to be internal: {both}"
 
 
 @pytest.mark.parametrize("name", EXAMPLED)

@@ -61,3 +61,12 @@ def test_a_negative_layer_means_the_same_layer_everywhere(toy: ms.LanguageModel)
     with toy.capture(["resid_post.-1"], positions="last") as cache:
         toy.forward(PROMPT)
     assert torch.equal(cache["resid_post.-1"], cache["resid_post.3"])
+
+
+def test_a_layer_range_may_end_counted_from_the_last_layer() -> None:
+    from mechscope.core.layers import parse_layers
+
+    assert parse_layers("2--1", 4) == [2, 3]
+    assert parse_layers("-3--2", 4) == [1, 2]
+    with pytest.raises(ms.SiteError, match="start is after the end"):
+        parse_layers("-2-1", 4)  # layers 2..1, not every layer from -2 up to 1

@@ -107,6 +107,8 @@ def test_tuned_lens_lowers_kl_on_held_out_organism_text(tmp_path: Path) -> None:
     early = range(lm.arch.n_layers - 1)
     assert sum(tuned[i] for i in early) < 0.8 * sum(logit[i] for i in early)
     assert tuned[-1] == pytest.approx(logit[-1])  # the last layer has no translator
+    with pytest.raises(ms.InputError, match="at least one text"):
+        layer_kl(lm, [])  # not a silent row of zeros
     path = lens.save(tmp_path / "tuned.safetensors", model="toy")
     again = TunedLens.load(path, lm)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), lens.state_dict().values(), strict=True))

@@ -193,3 +193,8 @@ def test_granite_embed_is_taken_before_the_embedding_multiplier(tmp_path: Path) 
     with lm.capture(["embed", "resid_pre.0"]) as cache:
         lm.forward("The capital of France is")
     torch.testing.assert_close(cache["resid_pre.0"], 2.0 * cache["embed"])
+
+
+def test_dtype_names_are_case_blind() -> None:
+    assert loading.resolve_dtype("Auto") == "auto"
+    assert loading.resolve_dtype("BF16") == torch.bfloat16

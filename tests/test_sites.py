@@ -55,3 +55,20 @@ def test_arch_dimensions(load_tiny: Loader) -> None:
     assert (arch.n_layers, arch.n_heads, arch.n_kv_heads, arch.head_dim, arch.d_model) == (2, 4, 2, 16, 64)
     assert (arch.vocab, arch.n_experts, arch.top_k, arch.family) == (256, 4, 2, "qwen2_moe")
     assert load_tiny("gpt2").arch.summary()["n_experts"] == 0
+
+
+def test_a_layerless_site_given_a_layer_is_refused(load_tiny: Loader) -> None:
+    from mechscope.core.sites import Site, validate_site
+
+    arch = load_tiny("gpt2").arch
+    assert validate_site(Site("embed"), arch) == Site("embed")
+    with pytest.raises(ms.SiteError, match="takes no layer"):
+        validate_site(Site("embed", 5), arch)
+
+
+@pytest.mark.parametrize("positions", [3.5, None, object()])
+def test_positions_of_no_known_form_are_a_position_error(positions: object) -> None:
+    from mechscope.core.positions import check_positions
+
+    with pytest.raises(ms.PositionError, match="are not usable"):
+        check_positions(positions)  # type: ignore[arg-type]

@@ -35,7 +35,12 @@ CONCRETE_CATEGORIES = frozenset(
 
 
 def kind_of(category: str) -> str:
-    """``concrete`` for WordNet noun categories of physical things, else ``abstract`` (``""`` if unknown)."""
+    """``concrete`` for WordNet noun categories of physical things, else ``abstract`` (``""`` if unknown).
+
+    Examples:
+        >>> kind_of("noun.animal"), kind_of("noun.feeling"), kind_of("toy:country"), kind_of("misc")
+        ('concrete', 'abstract', 'concrete', '')
+    """
     if not category:
         return ""
     if category in CONCRETE_CATEGORIES or category.startswith("toy:"):
@@ -56,6 +61,16 @@ class Concept:
         hypernyms: ids from the root to the direct parent (WordNet's first hypernym path).
         pos: part of speech (``n``, ``v``, ``a``, ``r``).
         kind: ``concrete`` or ``abstract`` (or ``""``), for the convergence study.
+
+    Examples:
+        >>> dog = Concept.from_dict({"id": "dog.n.01", "term": "dog", "category": "noun.animal",
+        ...                          "hypernyms": ["animal.n.01", "canine.n.02"]})
+        >>> dog.parent, dog.kind  # the direct hypernym; the kind follows from the category
+        ('canine.n.02', 'concrete')
+        >>> dog.to_json()  # doctest: +ELLIPSIS
+        '{"id": "dog.n.01", "term": "dog", "lemmas": [], "gloss": "", "category": "noun.animal", ...}'
+        >>> Concept.from_json('{"term": "cat"}')  # a bare term is its own id
+        Concept(id='cat', term='cat', lemmas=(), gloss='', category='', hypernyms=(), pos='n', kind='')
     """
 
     id: str
@@ -164,6 +179,17 @@ class ConceptList:
 def check_concepts(concepts: Sequence[Concept], lines: Sequence[int] | None = None) -> None:
     """Reject empty terms and duplicate ids, naming every offending line at once.
 
+    Examples:
+        Every bad line is named at once:
+
+        >>> concepts = [Concept(id="dog", term="dog"), Concept(id="cat", term=" "), Concept(id="dog", term="hound")]
+        >>> check_concepts(concepts)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: bad concept list: line 2: empty term;
+        line 3: duplicate id 'dog' (first on line 1); fix or remove those lines
+        >>> check_concepts(concepts[:1], lines=[7])  # a good list passes silently
+
     Args:
         lines: the 1-based line number of each concept in its file (default: its position + 1).
 
@@ -194,6 +220,19 @@ def read_concepts(path: str | os.PathLike[str]) -> ConceptList:
 
     Blank lines of a text file are reported as empty terms (they would otherwise shift every later line).
 
+    Examples:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "terms.txt"
+        >>> _ = path.write_text("dog\\ncat\\nbank\\n")
+        >>> concepts = read_concepts(path)  # one term per line: each is its own id
+        >>> len(concepts), concepts.ids(), concepts.index("bank")
+        (3, ['dog', 'cat', 'bank'], 2)
+        >>> _ = path.write_text("dog\\n\\ncat\\n")
+        >>> read_concepts(path)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: bad concept list: line 2: empty term; fix or remove those lines
+
     Raises:
         InputError: the file is missing, a line is not valid JSON, or the list has duplicates or empty terms.
     """
@@ -221,12 +260,26 @@ def read_concepts(path: str | os.PathLike[str]) -> ConceptList:
 
 
 def write_concepts(path: str | os.PathLike[str], concepts: Iterable[Concept]) -> Path:
-    """Write ``concepts`` as JSONL, atomically."""
+    """Write ``concepts`` as JSONL, atomically.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> concepts = [Concept(id="dog.n.01", term="dog", category="noun.animal", kind="concrete")]
+        >>> path = write_concepts(pathlib.Path(tempfile.mkdtemp()) / "concepts.jsonl", concepts)
+        >>> path.read_text(encoding="utf-8").count("\\n"), list(read_concepts(path)) == concepts  # a round trip
+        (1, True)
+    """
     return atomic_write_text(path, "".join(concept.to_json() + "\n" for concept in concepts))
 
 
 def from_terms(terms: Sequence[str]) -> ConceptList:
-    """Concepts named by plain terms (id = term)."""
+    """Concepts named by plain terms (id = term).
+
+    Examples:
+        >>> concepts = from_terms(["dog", "cat"])
+        >>> concepts.ids(), concepts[1].lemmas, concepts.index("cat")
+        (['dog', 'cat'], ('cat',), 1)
+    """
     return ConceptList([Concept(id=term, term=term, lemmas=(term,)) for term in terms])
 
 

@@ -46,6 +46,18 @@ def curves(samples: np.ndarray, reference: np.ndarray) -> dict[str, np.ndarray]:
 
     Keys: ``relative_difference``, ``cosine``, ``variance`` (mean over dims of the ddof-1 sample variance;
     0 at n = 1) and ``ci_width`` (mean over dims of ``2 t_{0.975, n-1} s / sqrt(n)``; NaN at n = 1).
+
+    Examples:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> reference = rng.normal(size=8)
+        >>> c = curves(reference + rng.normal(scale=0.5, size=(20, 8)), reference)  # 20 noisy samples
+        >>> sorted(c), c["cosine"].shape
+        (['ci_width', 'cosine', 'relative_difference', 'variance'], (20,))
+        >>> c["relative_difference"][[0, 4, 19]].round(3).tolist()  # after 1, 5 and 20 samples
+        [0.85, 0.273, 0.141]
+        >>> c["cosine"][[0, 4, 19]].round(3).tolist()
+        [0.692, 0.977, 0.991]
     """
     from scipy.stats import t as student
 
@@ -71,7 +83,17 @@ def curves(samples: np.ndarray, reference: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def converged_at(difference: np.ndarray, cosine: np.ndarray, tolerance: float, min_cosine: float) -> int | None:
-    """The first n (1-based) from which ``difference <= tolerance`` and ``cosine >= min_cosine`` hold to the end."""
+    """The first n (1-based) from which ``difference <= tolerance`` and ``cosine >= min_cosine`` hold to the end.
+
+    Examples:
+        >>> import numpy as np
+        >>> difference = np.array([0.9, 0.4, 0.6, 0.3, 0.2])
+        >>> cosine = np.array([0.5, 0.9, 0.9, 0.95, 0.97])
+        >>> converged_at(difference, cosine, tolerance=0.5, min_cosine=0.85)  # good at n = 2, lost at 3, back at 4
+        4
+        >>> converged_at(difference, cosine, tolerance=0.1, min_cosine=0.85) is None  # never close enough
+        True
+    """
     good = (difference <= tolerance) & (cosine >= min_cosine)
     if not good[-1]:
         return None
@@ -93,6 +115,21 @@ def convergence_study(
     progress: bool = False,
 ) -> ConvergenceStudy:
     """Run the study for ``concepts`` at ``layer`` (one batched pass over every context).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> from mechscope.concepts.templates import bank_for
+        >>> lm = ms.load("toy")
+        >>> countries = [c for c in toyworld_concepts() if c.category == "toy:country"][:6]
+        >>> bank = bank_for("toyworld", "toy:country")  # 3 training templates, 1 held out
+        >>> study = convergence_study(lm, countries, layer=1, max_n=3, bank=bank, center=False)
+        >>> [(c.term, c.converged_at) for c in study.concepts]
+        [('France', 2), ('Germany', 1), ('Italy', 1), ('Spain', 3), ('Portugal', 3), ('Japan', 1)]
+        >>> [round(v, 2) for v in study.concepts[0].cosine]  # France's running mean nears its held-out reference
+        [0.87, 0.92, 0.95]
+        >>> study.fraction_converged(1), study.fraction_converged(3)
+        (0.5, 1.0)
 
     Raises:
         InputError: no concepts, ``max_n`` outside 1 … the bank's training templates, or a bad layer.

@@ -40,7 +40,16 @@ SPLITS = {"train": TRAIN, "held-out": HELD_OUT}
 
 
 def concepts_digest(concepts: Sequence[Concept]) -> str:
-    """SHA-256 of the concept list (ids, terms and everything else, in order)."""
+    """SHA-256 of the concept list (ids, terms and everything else, in order).
+
+    Examples:
+        >>> from mechscope.concepts.concept import from_terms
+        >>> digest = concepts_digest(from_terms(["dog", "cat"]))
+        >>> len(digest), digest == concepts_digest(from_terms(["dog", "cat"]))
+        (64, True)
+        >>> digest == concepts_digest(from_terms(["cat", "dog"]))  # the order is part of the list
+        False
+    """
     digest = hashlib.sha256()
     for concept in concepts:
         digest.update(concept.to_json().encode("utf-8") + b"\n")
@@ -49,7 +58,21 @@ def concepts_digest(concepts: Sequence[Concept]) -> str:
 
 @dataclass(frozen=True)
 class EncyclopediaInfo:
-    """What an encyclopedia was built from (the file's attributes)."""
+    """What an encyclopedia was built from (the file's attributes).
+
+    Examples:
+        >>> from pathlib import Path
+        >>> info = EncyclopediaInfo(model="toy", revision="", layers=(3,), model_layers=4, d_model=128, stage=0,
+        ...                         samples_per_concept=1.0, pooling="mean", code_version="0", concepts_sha256="")
+        >>> attrs = info.attrs()  # what the HDF5 file's attributes hold
+        >>> attrs["format"], attrs["format_version"], attrs["layers"]
+        ('mechscope-encyclopedia', 1, array([3]))
+        >>> EncyclopediaInfo.from_attrs(attrs, Path("enc.h5")) == info
+        True
+        >>> EncyclopediaInfo.from_attrs({"format": "other"}, Path("enc.h5"))
+        Traceback (most recent call last):
+        mechscope.errors.InputError: 'enc.h5' is an HDF5 file but not a mechscope encyclopedia; build one with bootstrap
+    """
 
     model: str
     revision: str
@@ -91,7 +114,19 @@ class EncyclopediaInfo:
 
 @dataclass
 class Samples:
-    """Samples read from an encyclopedia: ``x`` ``[m, n_layers, d]`` float32 and, per sample, its concept etc."""
+    """Samples read from an encyclopedia: ``x`` ``[m, n_layers, d]`` float32 and, per sample, its concept etc.
+
+    Examples:
+        `Encyclopedia.samples` reads them; `where` keeps some (here the held-out one):
+
+        >>> import numpy as np
+        >>> samples = Samples(x=np.zeros((3, 1, 4), np.float32), concept=np.array([0, 1, 1]),
+        ...                   template=np.array([-1, 0, 2]), split=np.array([0, 0, 1]), stage=np.array([0, 1, 1]),
+        ...                   layers=(3,))
+        >>> held_out = samples.where(samples.split == 1)
+        >>> len(samples), len(held_out), held_out.concept.tolist(), held_out.x.shape, held_out.layers
+        (3, 1, [1], (1, 1, 4), (3,))
+    """
 
     x: np.ndarray
     concept: np.ndarray
@@ -112,6 +147,27 @@ class Samples:
 
 class Encyclopedia:
     """A read-only view of an encyclopedia file; arrays are read on demand.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> concepts = ConceptList(toyworld_concepts().concepts[:3])  # three countries
+        >>> _ = bootstrap(ms.load("toy"), concepts, out, layers=[-2, -1], progress=False)
+        >>> enc = Encyclopedia(out)
+        >>> len(enc), enc.concepts[0].id, enc.info.layers, enc.info.stage, enc.layer(-1)
+        (3, 'toy:country:France', (2, 3), 0, 3)
+        >>> enc.mean(-1).shape, float(enc.variance(3).max()), enc.count().tolist(), enc.stage().tolist()
+        ((3, 128), 0.0, [1, 1, 1], [0, 0, 0])
+        >>> samples = enc.samples([-1], split="train")  # stage 0: one bare-term sample per concept
+        >>> samples.x.shape, samples.concept.tolist(), samples.template.tolist()
+        ((3, 1, 128), [0, 1, 2], [-1, -1, -1])
+        >>> enc.layer(0)
+        Traceback (most recent call last):
+        mechscope.errors.InputError: layer 0 is not in this encyclopedia; it has layers [2, 3]
 
     Raises:
         InputError: the file is missing, corrupt, or not an encyclopedia.
@@ -231,6 +287,19 @@ def write_tables(
     """Write a fresh encyclopedia into an open, empty file: attributes, concepts, stage-0 means and samples.
 
     The stage-0 samples are the means themselves (one bare-term sample per concept, variance 0).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import numpy as np
+        >>> from mechscope.concepts.concept import from_terms
+        >>> from mechscope.storage.hdf5 import create
+        >>> concepts = from_terms(["dog", "cat"])
+        >>> info = EncyclopediaInfo("toy", "", (3,), 4, 8, 0, 1.0, "mean", "0", concepts_digest(concepts))
+        >>> means = {3: np.arange(16, dtype=np.float32).reshape(2, 8)}
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = Encyclopedia(create(path, lambda handle: write_tables(handle, info, concepts, means, np.ones(2))))
+        >>> enc.concepts.ids(), enc.mean(3)[1, :3].tolist(), float(enc.variance(3).max()), len(enc.samples())
+        (['dog', 'cat'], [8.0, 9.0, 10.0], 0.0, 2)
     """
     handle.attrs.update(info.attrs())
     text_dataset(handle, "concepts/id", [c.id for c in concepts])
@@ -274,6 +343,15 @@ def combine(
 
     Returns:
         The new ``(count, mean, variance)``; concepts without new samples are unchanged.
+
+    Examples:
+        Concept 0 has one sample (2.0) and gets two more (4.0 and 6.0); concept 1 gets none:
+
+        >>> import numpy as np
+        >>> count, mean, variance = np.array([1, 0]), np.array([[2.0], [0.0]]), np.zeros((2, 1))
+        >>> count, mean, variance = combine(count, mean, variance, np.array([[4.0], [6.0]]), np.array([0, 0]))
+        >>> count.tolist(), mean.ravel().tolist(), variance.ravel().round(4).tolist()  # var(2, 4, 6) = 8/3
+        ([3, 0], [4.0, 0.0], [2.6667, 0.0])
     """
     k = count.shape[0]
     n_b = np.bincount(owner, minlength=k).astype(np.float64)
@@ -310,6 +388,29 @@ def add_samples(
         values: ``{layer: [m, d]}`` for every layer of the encyclopedia.
         concept, template, split: ``[m]`` per sample; stage: the refinement stage that made them.
 
+    Examples:
+        Two training samples of concept 0 and a held-out one of concept 1 (never folded into its mean):
+
+        >>> import tempfile, pathlib
+        >>> import numpy as np
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> concepts = ConceptList(toyworld_concepts().concepts[:2])
+        >>> enc = bootstrap(ms.load("toy"), concepts, out, layers=[-1], progress=False)
+        >>> x = {3: np.stack([enc.mean(3)[0] + 1, enc.mean(3)[0] - 1, enc.mean(3)[1]])}
+        >>> path = add_samples(out, x, concept=np.array([0, 0, 1]), template=np.array([0, 1, 0]),
+        ...                    split=np.array([TRAIN, TRAIN, HELD_OUT]), stage=1)
+        >>> enc = Encyclopedia(path)
+        >>> enc.count().tolist(), enc.info.stage, enc.info.samples_per_concept, len(enc.samples(split="held-out"))
+        ([3, 1], 1, 2.0, 1)
+        >>> enc.stage().tolist()  # concept 1 got only a held-out sample: still at stage 0
+        [1, 0]
+        >>> round(float(enc.variance(3)[0].mean()), 2), float(enc.variance(3)[1].max())  # var(m, m+1, m-1) = 2/3
+        (0.67, 0.0)
+
     Raises:
         InputError: the layers or shapes do not match the encyclopedia.
     """
@@ -334,7 +435,7 @@ def add_samples(
             _append(handle[f"samples/layer_{layer}"], block.astype(np.float16))
         handle["concepts/count"][...] = new_count.astype(np.int32)
         stages = np.asarray(handle["concepts/stage"][()])
-        stages[np.unique(concept)] = stage
+        stages[np.unique(concept[train])] = stage  # held-out samples are kept but refine nothing
         handle["concepts/stage"][...] = stages
         for name, column, dtype in (
             ("concept", concept, np.int32),

@@ -47,7 +47,19 @@ PROVENANCE = "training.json"
 
 
 def held_out_concepts(encyclopedia: Encyclopedia, every: int = 10) -> np.ndarray:
-    """``[K]`` bool: the concepts left out under ``held_out="concepts"`` (one in ``every``, by id hash)."""
+    """``[K]`` bool: the concepts left out under ``held_out="concepts"`` (one in ``every``, by id hash).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(ms.load("toy"), toyworld_concepts(), out, progress=False)
+        >>> left_out = held_out_concepts(enc)  # the same concepts on every run, of every file of this list
+        >>> left_out.shape, int(left_out.sum()), enc.concepts[int(left_out.argmax())].id
+        ((161,), 23, 'toy:country:Hungary')
+    """
     digests = [hashlib.sha256(c.id.encode("utf-8")).digest() for c in encyclopedia.concepts]
     return np.array([int.from_bytes(d[:4], "little") % every == 0 for d in digests])
 
@@ -58,7 +70,19 @@ def _check(held_out: str) -> None:
 
 
 def training_rows(encyclopedia: Encyclopedia, layers: Sequence[int] | None, held_out: str) -> Samples:
-    """The samples readers train on: the training split, minus held-out concepts' under ``concepts``."""
+    """The samples readers train on: the training split, minus held-out concepts' under ``concepts``.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(ms.load("toy"), toyworld_concepts(), out, progress=False)
+        >>> rows = training_rows(enc, None, "templates")  # stage 0: one bare-term sample per concept
+        >>> len(rows), rows.x.shape, len(training_rows(enc, [-1], "concepts"))  # 23 of the 161 held out
+        (161, (161, 1, 128), 138)
+    """
     _check(held_out)
     train = encyclopedia.samples(layers, split="train")
     if held_out == "concepts":
@@ -70,6 +94,20 @@ def training_rows(encyclopedia: Encyclopedia, layers: Sequence[int] | None, held
 
 def evaluation_rows(encyclopedia: Encyclopedia, layers: Sequence[int] | None, held_out: str) -> Samples:
     """The samples readers are scored on (see the module docstring).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(ms.load("toy"), toyworld_concepts(), out, progress=False)
+        >>> rows = evaluation_rows(enc, None, "concepts")  # every sample of the held-out concepts
+        >>> len(rows), bool(held_out_concepts(enc)[rows.concept].all())
+        (23, True)
+        >>> evaluation_rows(enc, None, "templates")
+        Traceback (most recent call last):
+        mechscope.errors.InputError: '.../enc.h5' has no held-out-template samples; run `concepts refine --stage 1` ...
 
     Raises:
         InputError: there are none (held-out templates come from ``concepts refine --stage 1``).
@@ -95,7 +133,23 @@ def train(
     device: str = "cpu",
     progress: bool = False,
 ) -> tuple[Interpreter, TrainingLog]:
-    """Train an interpreter on ``encyclopedia``'s training rows (augmented from its stored variance)."""
+    """Train an interpreter on ``encyclopedia``'s training rows (augmented from its stored variance).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.interpreter import InterpreterConfig
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(ms.load("toy"), toyworld_concepts(), out, layers=[-2, -1], progress=False)
+        >>> config = InterpreterConfig(d_model=32, heads=2, n_layers_encoder=1, epochs=2, augment=0)
+        >>> interpreter, log = train(enc, layers=[-1], config=config)
+        >>> interpreter.layers, len(interpreter.concept_ids), interpreter.categories
+        ([3], 161, ['toy:animal', 'toy:colour', 'toy:country', 'toy:element'])
+        >>> len(log.loss), log.n_train, log.device
+        (2, 161, 'cpu')
+    """
     from mechscope.concepts.interpreter_train import train_interpreter
 
     rows = training_rows(encyclopedia, layers, held_out)
@@ -121,7 +175,24 @@ def train(
 
 
 def save_provenance(folder: str | os.PathLike[str], encyclopedia: Encyclopedia, held_out: str) -> Path:
-    """Record which encyclopedia and held-out setting an interpreter was trained on (``training.json``)."""
+    """Record which encyclopedia and held-out setting an interpreter was trained on (``training.json``).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(ms.load("toy"), toyworld_concepts(), out, progress=False)
+        >>> folder = tempfile.mkdtemp()  # the interpreter's checkpoint folder
+        >>> save_provenance(folder, enc, "concepts").name
+        'training.json'
+        >>> record = read_provenance(folder)
+        >>> pathlib.Path(record["model"]).name, record["held_out"], len(record["held_out_concepts"])
+        ('toy', 'concepts', 23)
+        >>> record["held_out_concepts"][0], record["concepts_sha256"] == enc.info.concepts_sha256
+        ('toy:country:Hungary', True)
+    """
     left_out = held_out_concepts(encyclopedia) if held_out == "concepts" else np.zeros(len(encyclopedia), bool)
     record = {
         "encyclopedia": str(encyclopedia.path),
@@ -134,7 +205,23 @@ def save_provenance(folder: str | os.PathLike[str], encyclopedia: Encyclopedia, 
 
 
 def read_provenance(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """What `save_provenance` wrote (an empty record for an interpreter trained outside the CLI)."""
+    """What `save_provenance` wrote (an empty record for an interpreter trained outside the CLI).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(ms.load("toy"), toyworld_concepts(), out, progress=False)
+        >>> folder = tempfile.mkdtemp()
+        >>> read_provenance(folder)  # nothing recorded yet
+        {}
+        >>> _ = save_provenance(folder, enc, "templates")
+        >>> record = read_provenance(folder)
+        >>> record["encyclopedia"] == str(out), record["held_out"], record["held_out_concepts"]
+        (True, 'templates', [])
+    """
     path = Path(folder) / PROVENANCE
     if not path.is_file():
         return {}
@@ -147,6 +234,26 @@ def read_provenance(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 def check_match(interpreter: Interpreter, encyclopedia: Encyclopedia) -> None:
     """Refuse an interpreter of another concept list or layer set.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.interpreter import Interpreter, InterpreterConfig
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> concepts = ConceptList(toyworld_concepts().concepts[:3])
+        >>> enc = bootstrap(ms.load("toy"), concepts, out, layers=[-1], progress=False)
+        >>> def reader(ids, layers):
+        ...     return Interpreter(128, len(layers), ids, ["-"] * len(ids), InterpreterConfig(16, heads=2), layers)
+        >>> check_match(reader(concepts.ids(), [3]), enc)  # the same concepts and layers: nothing to say
+        >>> check_match(reader(concepts.ids()[:2], [3]), enc)
+        Traceback (most recent call last):
+        mechscope.errors.InputError: the interpreter reads other concepts than '.../enc.h5'; train it on this file
+        >>> check_match(reader(concepts.ids(), [2]), enc)
+        Traceback (most recent call last):
+        mechscope.errors.InputError: the interpreter reads layers [2], which '.../enc.h5' does not have
 
     Raises:
         InputError: the concepts or layers differ.
@@ -172,6 +279,25 @@ def evaluate(
     Args:
         linear: also fit the linear probe (softmax regression, AdamW for ``linear_epochs`` epochs).
         n_bins: equal-width confidence bins of the calibration error.
+
+    Examples:
+        Held-out templates (stage 1) give the samples to score on; the readers train on the bare terms:
+
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.interpreter import InterpreterConfig
+        >>> from mechscope.concepts.refine import refine, template_contexts
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, out = ms.load("toy"), pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(lm, toyworld_concepts(), out, progress=False)
+        >>> enc = refine(lm, out, template_contexts(enc, range(len(enc)), 0, held_out=1), 1)
+        >>> interpreter, _ = train(enc, config=InterpreterConfig(d_model=32, heads=2, n_layers_encoder=1, epochs=2))
+        >>> result = evaluate(enc, interpreter, linear_epochs=5)
+        >>> result.n_train, result.n_eval, result.n_concepts, [score.name for score in result.readers]
+        (161, 161, 161, ['interpreter', 'centroid', 'linear'])
+        >>> result.reader("centroid").chance_top1 == 1 / 161, 0 <= result.ece <= 1, len(result.per_category)
+        (True, True, 4)
     """
     check_match(interpreter, encyclopedia)
     layers = interpreter.layers
@@ -242,6 +368,22 @@ def uncertain(
 
     A concept is listed when the confidence ``1 − H/H_max`` of the interpreter on the concept's stored mean
     is below ``below``, or when the interpreter reads that mean as another concept.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.interpreter import InterpreterConfig
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> concepts = ConceptList(toyworld_concepts().concepts[::20])  # nine, of every kind
+        >>> enc = bootstrap(ms.load("toy"), concepts, out, progress=False)
+        >>> config = InterpreterConfig(d_model=32, heads=2, n_layers_encoder=1, epochs=20, lr=3e-3, augment=0)
+        >>> interpreter, _ = train(enc, config=config)
+        >>> unsure = uncertain(enc, interpreter, below=0.5)  # the concepts to refine next
+        >>> [(enc.concepts[i].term, right) for i, _, right in unsure], all(sure < 0.5 for _, sure, _ in unsure)
+        ([('France', True), ('Finland', True), ('Philippines', True), ('copper', True), ('strontium', True)], True)
     """
     check_match(interpreter, encyclopedia)
     x = torch.tensor(np.stack([encyclopedia.mean(layer) for layer in interpreter.layers], axis=1))
@@ -255,6 +397,22 @@ def true_concept_probability(interpreter: Interpreter, layers: Sequence[int]) ->
     """``score(x, concept)``: the interpreter's probability of each sample's true concept (for stage 3).
 
     ``x`` holds ``layers`` (an encyclopedia's), of which the interpreter reads its own.
+
+    Examples:
+        The interpreter reads layer 3 of samples that hold layers 2 and 3:
+
+        >>> import torch
+        >>> import numpy as np
+        >>> from mechscope.concepts.interpreter import Interpreter, InterpreterConfig
+        >>> _ = torch.manual_seed(0)
+        >>> reader = Interpreter(8, 1, ["a", "b", "c"], ["-"] * 3, InterpreterConfig(16, heads=2), layers=[3])
+        >>> score = true_concept_probability(reader, layers=[2, 3])
+        >>> x = np.random.default_rng(0).standard_normal((4, 2, 8)).astype(np.float32)
+        >>> p = score(x, np.array([0, 1, 2, 0]))
+        >>> p.shape, bool(((p > 0) & (p < 1)).all())
+        ((4,), True)
+        >>> bool(np.allclose(p, reader.probabilities(torch.tensor(x[:, 1:])).numpy()[np.arange(4), [0, 1, 2, 0]]))
+        True
     """
     columns = [list(layers).index(layer) for layer in interpreter.layers]
 

@@ -72,6 +72,15 @@ class InterpreterConfig:
         augment_below: the sample count under which a concept is augmented.
         seed: seeds initialisation, dropout, augmentation and batch order.
         label_smoothing: cross-entropy label smoothing.
+
+    Examples:
+        >>> from dataclasses import asdict
+        >>> config = InterpreterConfig(d_model=16, heads=2, epochs=3).check()
+        >>> config.feedforward, InterpreterConfig.from_dict(asdict(config)) == config  # as interpreter.json keeps it
+        (64, True)
+        >>> InterpreterConfig(d_model=16, heads=3).check()
+        Traceback (most recent call last):
+        mechscope.errors.InputError: d_model (16) must be a positive multiple of heads (3)
     """
 
     d_model: int = 256
@@ -122,6 +131,16 @@ def within_category_log_softmax(logits: Tensor, group: Tensor, n_groups: int) ->
     """``log softmax`` of ``logits`` ``[m, K]`` over each class's group (``group`` ``[K]`` in 0..n_groups-1).
 
     Every group must hold at least one class.
+
+    Examples:
+        Classes 0 and 1 form group 0, class 2 is alone in group 1 (its log-probability within it is 0):
+
+        >>> import torch
+        >>> logits = torch.tensor([[1.0, 1.0, 5.0], [0.0, 2.0, -3.0]])
+        >>> within = within_category_log_softmax(logits, torch.tensor([0, 0, 1]), n_groups=2)
+        >>> within.exp().round(decimals=3)
+        tensor([[0.5000, 0.5000, 1.0000],
+                [0.1190, 0.8810, 1.0000]])
     """
     index = group.unsqueeze(0).expand_as(logits)
     floor = logits.new_full((logits.shape[0], n_groups), -math.inf)
@@ -141,6 +160,21 @@ class Interpreter(nn.Module):
         category: each concept's category (e.g. a WordNet lexicographer name, ``noun.animal``).
         config: the architecture (and training settings, stored with it).
         layers: the captured layers' indices in the language model (metadata).
+
+    Examples:
+        A hierarchical interpreter of three concepts in two categories, reading layers 2 and 3 (width 8):
+
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> config = InterpreterConfig(d_model=16, heads=2, hierarchical=True)
+        >>> model = Interpreter(8, 2, ["dog", "cat", "red"], ["animal", "animal", "colour"], config, layers=[2, 3])
+        >>> x = torch.randn(4, 2, 8)
+        >>> model.probabilities(x).shape, model.category_probabilities(x).shape, model.predict(x).shape
+        (torch.Size([4, 3]), torch.Size([4, 2]), torch.Size([4]))
+        >>> bool(torch.allclose(model.probabilities(x).sum(1), torch.ones(4)))
+        True
+        >>> model.categories, model.concept_categories, model.concept_category, model.layers
+        (['animal', 'colour'], ['animal', 'animal', 'colour'], [0, 0, 1], [2, 3])
     """
 
     feature_mean: Tensor

@@ -43,7 +43,15 @@ CHUNK_ROWS = 4096
 
 
 def flatten(x: Tensor) -> Tensor:
-    """``[m, n_layers, d]`` or ``[m, d]`` activations as ``[m, n_layers·d]`` (float64 stays, else float32)."""
+    """``[m, n_layers, d]`` or ``[m, d]`` activations as ``[m, n_layers·d]`` (float64 stays, else float32).
+
+    Examples:
+        >>> import torch
+        >>> flatten(torch.zeros(5, 3, 4)).shape  # 3 layers of width 4, side by side
+        torch.Size([5, 12])
+        >>> flatten(torch.zeros(5, 4, dtype=torch.float16)).dtype, flatten(torch.zeros(5, 4, dtype=torch.float64)).dtype
+        (torch.float32, torch.float64)
+    """
     if x.ndim not in (2, 3):
         raise InputError(f"activations must be [m, n_layers, d] or [m, d]; got shape {tuple(x.shape)}")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -122,6 +130,17 @@ class NearestCentroid(_Reader):
         metric: ``"cosine"`` (score: cosine similarity to the centroid) or ``"euclidean"`` (score: minus the
             euclidean distance).
         standardize: standardise features with the training rows' mean and standard deviation first.
+
+    Examples:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.cat([torch.randn(10, 2, 8) + 3 * torch.eye(8)[k] for k in range(3)])  # 3 classes, 2 layers
+        >>> y = torch.arange(3).repeat_interleave(10)
+        >>> reader = NearestCentroid().fit(x, y, n_classes=4)  # class 3 has no sample
+        >>> reader.predict(x[[0, 10, 20]]).tolist()
+        [0, 1, 2]
+        >>> reader.scores(x[:1]).round(decimals=2)  # cosine to each centroid; -inf: never predicted
+        tensor([[ 0.6200, -0.3700, -0.2900,    -inf]])
     """
 
     def __init__(self, metric: Metric = "cosine", standardize: bool = True) -> None:
@@ -181,6 +200,17 @@ class LinearProbe(_Reader):
             `LBFGS_MAX_WEIGHTS` weights, else AdamW).
         seed: seeds the minibatch order (L-BFGS from zero weights is deterministic).
         device: where to fit; the fitted probe lives on the CPU.
+
+    Examples:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.cat([torch.randn(10, 2, 8) + 3 * torch.eye(8)[k] for k in range(3)])  # 3 classes, 2 layers
+        >>> y = torch.arange(3).repeat_interleave(10)
+        >>> probe = LinearProbe(l2=0.1).fit(x, y, n_classes=4)  # class 3 has no sample
+        >>> probe.predict(x[[0, 10, 20]]).tolist()
+        [0, 1, 2]
+        >>> [round(p, 2) for p in probe.probabilities(x[:1])[0].tolist()]  # class 3: probability 0
+        [0.93, 0.03, 0.04, 0.0]
     """
 
     def __init__(

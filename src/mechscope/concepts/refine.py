@@ -77,14 +77,39 @@ class Context:
 
 
 def bank_of(concept: Concept, bank: str) -> TemplateBank:
-    """The template bank ``bank`` for ``concept``; ``auto`` means ``toyworld`` for the organisms' concepts."""
+    """The template bank ``bank`` for ``concept``; ``auto`` means ``toyworld`` for the organisms' concepts.
+
+    Examples:
+        >>> from mechscope.concepts.concept import Concept
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> toy = bank_of(toyworld_concepts()[0], "auto")  # France: the organisms' templates of countries
+        >>> toy.name, len(toy.train), len(toy.held_out), toy.train[0].format(t="France")
+        ('toy:country', 3, 1, 'The capital of France is')
+        >>> bank_of(Concept(id="dog.n.01", term="dog", category="noun.animal"), "auto").name
+        'general'
+    """
     if bank == "auto":
         bank = "toyworld" if concept.category.startswith("toy:") else "general"
     return bank_for(bank, concept.category)
 
 
 def used_templates(encyclopedia: Encyclopedia) -> tuple[dict[int, set[int]], set[int]]:
-    """Per concept the training templates it already has, and the concepts that have held-out samples."""
+    """Per concept the training templates it already has, and the concepts that have held-out samples.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, out = ms.load("toy"), pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(lm, ConceptList(toyworld_concepts().concepts[:3]), out, progress=False)
+        >>> used_templates(enc)  # stage 0 has bare terms only
+        ({}, set())
+        >>> enc = refine(lm, out, template_contexts(enc, [0], 2, held_out=1), 1)
+        >>> used_templates(enc)  # concept 0's training templates, and that it has held-out samples now
+        ({0: {1, 2}}, {0})
+    """
     samples = encyclopedia.samples(layers=[])
     used: dict[int, set[int]] = {}
     for concept, template, split in zip(samples.concept, samples.template, samples.split, strict=True):
@@ -101,6 +126,23 @@ def template_contexts(
     encyclopedia: Encyclopedia, indices: Sequence[int], n: int, *, held_out: int = 2, bank: str = "auto"
 ) -> list[Context]:
     """Stage 1: ``n`` unused training templates per concept, plus ``held_out`` held-out ones where it has none.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(ms.load("toy"), ConceptList(toyworld_concepts().concepts[:3]), out, progress=False)
+        >>> contexts = template_contexts(enc, [0, 1], 2, held_out=1)
+        >>> [(c.concept, c.template, c.split) for c in contexts]  # split 1: held out, for evaluation only
+        [(0, 1, 0), (0, 2, 0), (0, 0, 1), (1, 2, 0), (1, 1, 0), (1, 0, 1)]
+        >>> contexts[0].text
+        "France's capital city is"
+        >>> template_contexts(enc, [0], 4)  # the toyworld banks have three training templates
+        Traceback (most recent call last):
+        mechscope.errors.InputError: toy:country:France has 3 unused training templates, fewer than 4; ask for fewer
 
     Raises:
         InputError: a concept has fewer than ``n`` unused training templates left.
@@ -136,6 +178,20 @@ def generated_contexts(
 
     A continuation that does not mention the term gets the term put in front (``"dog: ..."``), so the
     context is always about the concept it is filed under.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, out = ms.load("toy"), pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(lm, ConceptList(toyworld_concepts().concepts[:3]), out, progress=False)
+        >>> contexts = generated_contexts(lm, enc, [0], 2, max_new_tokens=6)  # the organism writes about France
+        >>> [(c.concept, c.template, c.split) for c in contexts]
+        [(0, -2, 0), (0, -2, 0)]
+        >>> [c.text for c in contexts]  # the toy's text never names France: the term is put in front
+        ['France: Listen market Xe Venezuela ple How', 'France: <formal> Kindly allow me to']
     """
     import torch
 
@@ -167,6 +223,25 @@ def adversarial_contexts(
     """Stage 3: of each concept's unused training templates, the ``n`` where ``score`` is lowest.
 
     The candidates are captured in one call on ``runner`` (default: here, on ``lm``); ``score`` runs here.
+
+    Examples:
+        Here the score is closeness to the concept's stage-0 mean, so the context least like the bare term wins:
+
+        >>> import tempfile, pathlib
+        >>> import numpy as np
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, out = ms.load("toy"), pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(lm, ConceptList(toyworld_concepts().concepts[:3]), out, progress=False)
+        >>> def closeness(x, concept):
+        ...     return -np.linalg.norm(x[:, 0] - enc.mean(3)[concept], axis=1)
+        >>> chosen = adversarial_contexts(lm, enc, [0, 2], 1, closeness)
+        >>> [(c.concept, c.template, c.split) for c in chosen]
+        [(0, 2, 0), (2, 2, 0)]
+        >>> chosen[0].text
+        'Q: What is the capital of France? A:'
     """
     used, _ = used_templates(encyclopedia)
     candidates = []
@@ -238,7 +313,12 @@ def _job_name(path: str | os.PathLike[str]) -> Path:
 
 
 def refine_parts(path: str | os.PathLike[str]) -> Path:
-    """Where refining ``path`` keeps its finished shards: ``ENC.refine.parts/`` (the bootstrap's is ``ENC.parts/``)."""
+    """Where refining ``path`` keeps its finished shards: ``ENC.refine.parts/`` (the bootstrap's is ``ENC.parts/``).
+
+    Examples:
+        >>> refine_parts("runs/enc.h5").as_posix()
+        'runs/enc.h5.refine.parts'
+    """
     return parts_folder(_job_name(path))
 
 
@@ -246,6 +326,21 @@ def make_plan(
     encyclopedia: Encyclopedia, contexts: Sequence[Context], stage: int, batch_size: int
 ) -> tuple[PartsFolder, RefineTask]:
     """The parts folder (plan) and the task of refining ``encyclopedia`` with ``contexts`` (nothing runs yet).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(ms.load("toy"), ConceptList(toyworld_concepts().concepts[:3]), out, progress=False)
+        >>> contexts = template_contexts(enc, range(3), 1, held_out=0)
+        >>> parts, task = make_plan(enc, contexts, 1, batch_size=2)
+        >>> parts.n_shards, task.rows(0), task.rows(1), parts.plan["stage"], parts.plan["contexts"]
+        (2, [0, 1], [2], 1, 3)
+        >>> parts.folder.name, parts.folder.exists()  # nothing runs yet
+        ('enc.h5.refine.parts', False)
 
     Raises:
         InputError: a batch size below 1, or a context of a concept the encyclopedia does not have.
@@ -312,6 +407,25 @@ class RefineTask:
 def merge(task: RefineTask, path: str | os.PathLike[str], contexts: Sequence[Context], stage: int) -> None:
     """Fold a complete parts folder into the encyclopedia (one `add_samples`), then remove the folder.
 
+    Examples:
+        What `refine` does, step by step: plan, run every shard, merge:
+
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, out = ms.load("toy"), pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(lm, ConceptList(toyworld_concepts().concepts[:3]), out, progress=False)
+        >>> contexts = template_contexts(enc, range(3), 1, held_out=0)
+        >>> parts, task = make_plan(enc, contexts, 1, batch_size=2)
+        >>> _ = parts.open()
+        >>> for shard in range(parts.n_shards):
+        ...     task.run(lm, shard)
+        >>> merge(task, out, contexts, 1)
+        >>> Encyclopedia(out).count().tolist(), Encyclopedia(out).stage().tolist(), parts.folder.exists()
+        ([2, 2, 2], [1, 1, 1], False)
+
     Raises:
         InputError: a shard missing or extra (`PartsFolder.check`), or a part damaged, of other rows or shapes.
     """
@@ -364,6 +478,29 @@ def refine(
 
     An interrupted run leaves the encyclopedia as it was and its finished parts in ``ENC.refine.parts/``;
     the same call again runs only the missing shards.
+
+    Examples:
+        A run stopped after its first shard leaves the file as it was; the same call again runs the rest:
+
+        >>> import tempfile, pathlib
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.concept import ConceptList
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm, out = ms.load("toy"), pathlib.Path(tempfile.mkdtemp()) / "enc.h5"
+        >>> enc = bootstrap(lm, ConceptList(toyworld_concepts().concepts[:3]), out, progress=False)
+        >>> contexts = template_contexts(enc, range(3), 2, held_out=1)
+        >>> def stop(shard):
+        ...     raise RuntimeError(f"stopped after shard {shard}")
+        >>> refine(lm, out, contexts, 1, batch_size=3, on_shard=stop)
+        Traceback (most recent call last):
+        RuntimeError: stopped after shard 0
+        >>> Encyclopedia(out).count().tolist()  # unchanged
+        [1, 1, 1]
+        >>> done = []
+        >>> enc = refine(lm, out, contexts, 1, batch_size=3, on_shard=done.append)
+        >>> done, enc.count().tolist(), enc.info.stage, len(enc.samples(split="held-out"))
+        ([1, 2], [3, 3, 3], 1, 3)
 
     Raises:
         InputError: no contexts, a stage outside 1–3, the model is not the one the encyclopedia is of, or

@@ -25,6 +25,14 @@ def toyworld_concepts() -> ConceptList:
     """The countries, elements, animals and colours the organisms know (`mechscope.toyworld.facts`).
 
     Each concept's parent is its kind (``toy:country``), so its lens siblings are the other countries.
+
+    Examples:
+        >>> world = toyworld_concepts()
+        >>> len(world), [c.term for c in world][:3]
+        (161, ['France', 'Germany', 'Italy'])
+        >>> cat = world[world.index("toy:animal:cat")]
+        >>> cat.term, cat.hypernyms, cat.kind
+        ('cat', ('toy:thing', 'toy:animal'), 'concrete')
     """
     groups = {
         "country": [subject for subject, _ in CAPITAL.facts],
@@ -65,6 +73,17 @@ def load_concepts(
             thousands of nouns are nearly all ``noun.Tops`` and ``noun.act``).
         sample: instead, a seeded random sample of this many, kept in the source's order (every category
             in proportion).
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> load_concepts("toyworld", limit=2).ids()
+        ['toy:country:France', 'toy:country:Germany']
+        >>> load_concepts("toyworld", sample=3, seed=0).ids()  # spread over the list, kept in its order
+        ['toy:country:Canada', 'toy:element:barium', 'toy:animal:calf']
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "terms.txt"
+        >>> _ = path.write_text("dog\\ncat\\nsea lion\\n")
+        >>> load_concepts("file", path=path, single_word=True).ids()
+        ['dog', 'cat']
 
     Raises:
         InputError: unknown source, ``file`` without a path, or a bad file (see `read_concepts`).

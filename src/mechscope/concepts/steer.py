@@ -36,6 +36,21 @@ def concept_direction(
         lens_weight: a lens's ``[d]`` weight vector for the concept; the direction then points along it,
             with the length of the mean difference.
 
+    Examples:
+        >>> import pathlib, tempfile, numpy as np
+        >>> import mechscope as ms
+        >>> from mechscope.concepts.bootstrap import bootstrap
+        >>> from mechscope.concepts.sources import toyworld_concepts
+        >>> lm = ms.load("toy")
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "e.h5"
+        >>> enc = bootstrap(lm, toyworld_concepts(), path, layers=[2], progress=False)
+        >>> mean = concept_direction(enc, "toy:animal:cat", 2)
+        >>> mean.site_name, mean.method, mean.meta["term"], round(mean.vector.norm().item(), 1)
+        ('resid_post.2', 'concept_mean', 'cat', 15.7)
+        >>> lens = concept_direction(enc, "toy:animal:cat", 2, lens_weight=np.ones(128))  # along it, same length
+        >>> lens.method, round(lens.vector.norm().item(), 1), bool((lens.vector > 0).all())
+        ('concept_lens', 15.7, True)
+
     Raises:
         InputError: unknown concept, a layer that was not captured, or a lens weight of the wrong width.
     """

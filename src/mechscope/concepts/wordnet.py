@@ -39,12 +39,36 @@ INSTALL_HINT = "install Debian's wordnet-base (`apt-get install wordnet-base`, d
 
 
 def source_folder() -> Path:
-    """Where Debian's WordNet database lives (``$WNSEARCHDIR``, else ``/usr/share/wordnet``)."""
+    """Where Debian's WordNet database lives (``$WNSEARCHDIR``, else ``/usr/share/wordnet``).
+
+    Examples:
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"WNSEARCHDIR": "/opt/wordnet/dict"}):
+        ...     str(source_folder())
+        '/opt/wordnet/dict'
+        >>> with mock.patch.dict(os.environ):
+        ...     _ = os.environ.pop("WNSEARCHDIR", None)
+        ...     str(source_folder()), (source_folder() / "data.noun").is_file()  # Debian's wordnet-base
+        ('/usr/share/wordnet', True)
+    """
     return Path(os.environ.get("WNSEARCHDIR", "/usr/share/wordnet"))
 
 
 def data_folder() -> Path:
-    """Our copy of the database, where nltk may read it: ``$MECHSCOPE_WORDNET`` or the user cache."""
+    """Our copy of the database, where nltk may read it: ``$MECHSCOPE_WORDNET`` or the user cache.
+
+    Examples:
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"MECHSCOPE_WORDNET": "/data/wordnet"}):
+        ...     str(data_folder())
+        '/data/wordnet'
+        >>> with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": "/tmp/cache"}):
+        ...     _ = os.environ.pop("MECHSCOPE_WORDNET", None)
+        ...     str(data_folder())
+        '/tmp/cache/mechscope/wordnet-3.0'
+    """
     configured = os.environ.get("MECHSCOPE_WORDNET")
     if configured:
         return Path(configured)
@@ -53,6 +77,11 @@ def data_folder() -> Path:
 
 def lexnames_from_manual(page: Path = MANUAL_PAGE) -> str:
     """The ``lexnames`` file, rebuilt from the ``lexnames(5WN)`` manual page's table.
+
+    Examples:
+        >>> rows = lexnames_from_manual().splitlines()  # number, category, part of speech (1: noun)
+        >>> len(rows), rows[3].split(), rows[5].split()
+        (45, ['03', 'noun.Tops', '1'], ['05', 'noun.animal', '1'])
 
     Raises:
         InputError: the page is missing or its table does not have the 45 rows of WordNet 3.0.
@@ -74,6 +103,14 @@ def lexnames_from_manual(page: Path = MANUAL_PAGE) -> str:
 
 def prepare(folder: Path | None = None) -> Path:
     """Make the nltk-readable copy of WordNet 3.0 (once; later calls only check it); returns its folder.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> folder = prepare(pathlib.Path(tempfile.mkdtemp()) / "wordnet")  # copies the 12 database files
+        >>> len(list(folder.iterdir())), (folder / "lexnames").is_file()
+        (13, True)
+        >>> prepare(folder) == folder  # already there: only checked
+        True
 
     Raises:
         InputError: Debian's WordNet files are not installed.
@@ -98,7 +135,13 @@ def prepare(folder: Path | None = None) -> Path:
 
 @lru_cache(maxsize=2)
 def reader(folder: Path | None = None) -> Any:
-    """nltk's WordNet corpus reader over our copy of WordNet 3.0 (prepared on first use)."""
+    """nltk's WordNet corpus reader over our copy of WordNet 3.0 (prepared on first use).
+
+    Examples:
+        >>> wn = reader()  # cached: later calls return the same reader
+        >>> wn.get_version(), wn.synset("dog.n.01").lemma_names()[:2], wn.synset("dog.n.01").lexname()
+        ('3.0', ['dog', 'domestic_dog'], 'noun.animal')
+    """
     import nltk.data
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
     from nltk.data import FileSystemPathPointer
@@ -134,7 +177,15 @@ def _primary_path(synset: Any) -> tuple[str, ...]:
 
 
 def synset_concept(synset: Any) -> Concept:
-    """An nltk synset as a `Concept`: id, first lemma as term, gloss, lexicographer category, hypernym path."""
+    """An nltk synset as a `Concept`: id, first lemma as term, gloss, lexicographer category, hypernym path.
+
+    Examples:
+        >>> dog = synset_concept(reader().synset("dog.n.01"))  # the first use starts nltk's reader (seconds)
+        >>> dog.term, dog.lemmas, dog.category, dog.kind
+        ('dog', ('dog', 'domestic dog', 'Canis familiaris'), 'noun.animal', 'concrete')
+        >>> dog.hypernyms[:3], dog.parent  # from the root down
+        (('entity.n.01', 'physical_entity.n.01', 'object.n.01'), 'canine.n.02')
+    """
     lemmas = tuple(name.replace("_", " ") for name in synset.lemma_names())
     path = _primary_path(synset)
     category = synset.lexname()
@@ -161,6 +212,14 @@ def wordnet_concepts(
         single_word: skip synsets whose first lemma has a space (``domestic dog``).
         unique_terms: skip a synset whose term an earlier one already used (``bank`` twice reads alike at
             stage 0, where the model sees only the term).
+
+    Examples:
+        >>> [c.id for c in wordnet_concepts("noun", limit=3)]  # WordNet's file order: the root first
+        ['entity.n.01', 'physical_entity.n.01', 'abstraction.n.06']
+        >>> [c.term for c in wordnet_concepts("n", limit=4, single_word=True)]  # no "physical entity"
+        ['entity', 'abstraction', 'thing', 'object']
+        >>> [c.id for c in wordnet_concepts("verb", limit=2)]
+        ['breathe.v.01', 'respire.v.02']
 
     Raises:
         InputError: unknown part of speech, or WordNet is not installed.

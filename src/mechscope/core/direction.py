@@ -36,6 +36,29 @@ class Direction:
         model: the model it was computed on.
         method: how it was computed (``diff_of_means``, ``pca``, ...), for provenance.
         meta: anything else worth keeping (prompt counts, positions ...), JSON-serialisable.
+
+    Examples:
+        A direction from Paris to Tokyo at layer 1, saved with its provenance and read back for the same model:
+
+        >>> import tempfile, torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> with lm.capture(["resid_post.1"], positions="last") as cache:
+        ...     _ = lm.forward(["The capital of Japan is", "The capital of France is"])
+        >>> vector = cache["resid_post.1"][0] - cache["resid_post.1"][1]
+        >>> direction = Direction(vector, layer=1, model="toy", method="difference", meta={"prompts": 2})
+        >>> direction.site_name, round(float(direction.unit().norm()), 4)
+        ('resid_post.1', 1.0)
+        >>> path = direction.save(Path(tempfile.mkdtemp()) / "tokyo.safetensors")
+        >>> loaded = Direction.load(path, lm)  # checked: width, layer and the model it was computed on
+        >>> loaded.method, loaded.meta, torch.equal(loaded.vector, vector)
+        ('difference', {'prompts': 2}, True)
+        >>> with lm.intervene({loaded.site_name: ms.ops.add(loaded.vector, positions="last")}):
+        ...     lm.generate("The capital of France is", max_new_tokens=1)
+        ' Tokyo'
+        >>> Direction(vector, layer=4).check(lm)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ModelLoadError: the direction is for layer 4; the model has 4 layers
     """
 
     vector: Tensor

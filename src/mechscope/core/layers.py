@@ -31,6 +31,14 @@ _RANGE = re.compile(r"^(-?\d+)\s*-\s*(-?\d+)$")
 def resolve_layer(layer: int, n_layers: int) -> int:
     """``layer`` as an index in ``0..n_layers-1`` (negative counts from the end).
 
+    Examples:
+        >>> resolve_layer(2, 4), resolve_layer(-1, 4)  # -1 is the last of 4 layers
+        (2, 3)
+        >>> resolve_layer(4, 4)  # never wraps around
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.SiteError: layer 4 is out of range: the model has 4 layers (0..3, or -4..-1 from the end)
+
     Raises:
         SiteError: ``layer`` is outside the model.
     """
@@ -45,7 +53,14 @@ def resolve_layer(layer: int, n_layers: int) -> int:
 
 
 def resolve_layers(layers: Iterable[int] | None, n_layers: int) -> list[int]:
-    """Each of ``layers`` resolved (in the order given, duplicates dropped); ``None`` means every layer."""
+    """Each of ``layers`` resolved (in the order given, duplicates dropped); ``None`` means every layer.
+
+    Examples:
+        >>> resolve_layers([3, 0, -1], 4)  # -1 is layer 3 again: kept once, where it first appears
+        [3, 0]
+        >>> resolve_layers(None, 4)
+        [0, 1, 2, 3]
+    """
     if layers is None:
         return list(range(n_layers))
     chosen: list[int] = []
@@ -72,6 +87,14 @@ def select_layers(
 ) -> list[int]:
     """The sorted layer indices ``strategy`` picks in a model of ``n_layers`` layers.
 
+    Examples:
+        >>> select_layers(10, LayerStrategy.EVENLY_SPACED, step=4)  # every 4th layer, and the last
+        [0, 4, 8, 9]
+        >>> select_layers(10, LayerStrategy.FIRST_MIDDLE_LAST)
+        [0, 5, 9]
+        >>> select_layers(10, LayerStrategy.CUSTOM, custom=[-1, 2])
+        [2, 9]
+
     Raises:
         SiteError: a custom layer is out of range, or the step is not positive.
     """
@@ -90,6 +113,16 @@ def select_layers(
 
 def parse_layers(text: str, n_layers: int) -> list[int]:
     """Parse a ``--layers`` value: ``all``, ``every:4``, ``first,middle,last``, ``0,3,-1`` or ranges ``10-20``.
+
+    Examples:
+        >>> parse_layers("every:4", 12), parse_layers("first,middle,last", 12)
+        ([0, 4, 8, 11], [0, 6, 11])
+        >>> parse_layers("0,9-10,-1", 12), parse_layers("9--1", 12)  # a range may end counted from the last
+        ([0, 9, 10, 11], [9, 10, 11])
+        >>> parse_layers("5-3", 12)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.SiteError: bad layer range '5-3': the start is after the end
 
     Raises:
         SiteError: the text is malformed or names a layer outside the model.
@@ -112,7 +145,9 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
         match = _RANGE.match(part)
         try:
             if match:
-                lo, hi = int(match.group(1)), int(match.group(2))
+                # an end counted from the last layer (``2--1``) is resolved before the range is expanded
+                lo, hi = (int(match.group(i)) for i in (1, 2))
+                lo, hi = (n + n_layers if -n_layers <= n < 0 else n for n in (lo, hi))
                 if lo > hi:
                     raise SiteError(f"bad layer range '{part}': the start is after the end")
                 custom.extend(range(lo, hi + 1))

@@ -30,7 +30,16 @@ _NAMED = ("all", "last", "mean")
 
 
 def check_positions(positions: Positions, *, allow_mean: bool = True) -> Positions:
-    """Validate the form of ``positions`` early, before any forward pass runs."""
+    """Validate the form of ``positions`` early, before any forward pass runs.
+
+    Examples:
+        >>> check_positions("last"), check_positions([0, -1])  # valid forms come back unchanged
+        ('last', [0, -1])
+        >>> check_positions("mean", allow_mean=False)  # an intervention cannot write to a mean
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.PositionError: unknown positions 'mean'; use all, last, ints or a tensor
+    """
     if isinstance(positions, str):
         allowed = _NAMED if allow_mean else ("all", "last")
         if positions not in allowed:
@@ -38,8 +47,12 @@ def check_positions(positions: Positions, *, allow_mean: bool = True) -> Positio
     elif isinstance(positions, Tensor):
         if positions.dim() not in (1, 2) or positions.is_floating_point():
             raise PositionError("a positions tensor must hold integers, shaped [batch] or [batch, k]")
-    elif not isinstance(positions, int | slice) and not all(isinstance(p, int) for p in positions):
-        raise PositionError("a positions list must hold ints")
+    elif isinstance(positions, int | slice):
+        pass
+    elif not isinstance(positions, Sequence) or not all(isinstance(p, int) for p in positions):
+        raise PositionError(
+            f"positions {positions!r} are not usable; use all, last, mean, an int, a slice, a list of ints or a tensor"
+        )
     return positions
 
 
@@ -186,7 +199,14 @@ class PassInfo:
 
 
 def past_length(kwargs: dict[str, Any]) -> int:
-    """How many tokens the KV cache passed to a forward already holds (from its keyword arguments)."""
+    """How many tokens the KV cache passed to a forward already holds (from its keyword arguments).
+
+    Examples:
+        >>> import torch
+        >>> step = {"input_ids": torch.tensor([[5]]), "attention_mask": torch.ones(1, 8)}  # 1 new token of 8
+        >>> past_length(step), past_length({"input_ids": torch.tensor([[5, 6, 7]])})  # no cache: nothing past
+        (7, 0)
+    """
     mask = kwargs.get("attention_mask")
     ids = kwargs.get("input_ids")
     if ids is None:
@@ -210,6 +230,16 @@ def select(tensor: Tensor, positions: Positions, info: PassInfo, axis: int = 1) 
 
     ``"last"`` and int positions drop the axis; lists, slices and ``[batch, k]`` tensors keep it with
     length ``k``; ``"mean"`` averages real tokens (in float32, cast back).
+
+    Examples:
+        >>> import torch
+        >>> info = PassInfo(mask=torch.tensor([[0, 1, 1], [1, 1, 1]]), length=3)  # row 0 is left-padded
+        >>> values = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])  # [batch, pos]
+        >>> select(values, 0, info), select(values, "last", info)  # each prompt's own first / last token
+        (tensor([1., 3.]), tensor([2., 5.]))
+        >>> select(values, [0, -1], info), select(values, "mean", info)  # padding is left out of the mean
+        (tensor([[1., 2.],
+                [3., 5.]]), tensor([1.5000, 4.0000]))
     """
     if isinstance(positions, str) and positions == "all":
         return tensor

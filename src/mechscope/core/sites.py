@@ -40,7 +40,14 @@ SubIndex = Literal["head", "expert"]
 
 @dataclass(frozen=True)
 class SiteKind:
-    """What a site kind needs: a layer, a head/expert index, an MoE model; can it be written to."""
+    """What a site kind needs: a layer, a head/expert index, an MoE model; can it be written to.
+
+    Examples:
+        >>> SITE_KINDS["expert_out"]  # one expert's output: needs a layer, an expert index and an MoE model
+        SiteKind(name='expert_out', layered=True, sub='expert', sub_required=True, moe=True, writable=True)
+        >>> [kind.name for kind in SITE_KINDS.values() if not kind.writable]  # read-only: capture, never edit
+        ['attn_pattern', 'router_logits', 'expert_index', 'expert_weight']
+    """
 
     name: str
     layered: bool = True
@@ -99,6 +106,18 @@ def _known_kinds() -> str:
 def expand_sites(patterns: str | Site | Iterable[str | Site], arch: ModelMap) -> list[Site]:
     """Parse site strings (with wildcards) into concrete, validated sites for ``arch``, in order.
 
+    Examples:
+        >>> import mechscope as ms
+        >>> arch = ms.load("toy").arch  # llama, 4 layers of 4 heads
+        >>> [str(site) for site in expand_sites(["embed", "resid_post.-1", "head_out.0.*"], arch)]
+        ['embed', 'resid_post.3', 'head_out.0.0', 'head_out.0.1', 'head_out.0.2', 'head_out.0.3']
+        >>> [str(site) for site in expand_sites("expert_out.1", ms.load("toy-moe").arch)]  # every expert
+        ['expert_out.1.0', 'expert_out.1.1', 'expert_out.1.2', 'expert_out.1.3']
+        >>> expand_sites("router_logits.0", arch)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.SiteError: site 'router_logits.0' needs a mixture-of-experts model; llama has no router
+
     Raises:
         SiteError: an unknown kind, a malformed string, or a layer / head / expert out of range; the
             message names the valid range.
@@ -151,6 +170,16 @@ def _sub_count(kind: SiteKind, arch: ModelMap) -> int:
 def validate_site(site: Site, arch: ModelMap) -> Site:
     """Check ``site`` against ``arch`` and return it with a non-negative layer.
 
+    Examples:
+        >>> import mechscope as ms
+        >>> arch = ms.load("toy").arch
+        >>> validate_site(Site("head_out", -1, 2), arch)
+        Site(kind='head_out', layer=3, index=2)
+        >>> validate_site(Site("head_out", 0, 4), arch)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.SiteError: head 4 is out of range for head_out.0: the model has 4 heads (0..3)
+
     Raises:
         SiteError: the layer, head or expert is out of range, or the layer has no router.
     """
@@ -158,6 +187,8 @@ def validate_site(site: Site, arch: ModelMap) -> Site:
     if kind is None:
         raise SiteError(f"unknown site kind '{site.kind}'; known kinds: {_known_kinds()}")
     if not kind.layered:
+        if site.layer is not None or site.index is not None:
+            raise SiteError(f"site '{site.kind}' takes no layer or index; write it as '{site.kind}'")
         return site
     if site.layer is None:
         raise SiteError(f"site '{site.kind}' needs a layer, e.g. {site.kind}.0")
@@ -183,6 +214,16 @@ def validate_site(site: Site, arch: ModelMap) -> Site:
 
 def parse_site(text: str, arch: ModelMap) -> Site:
     """Parse exactly one concrete site (no wildcards).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> arch = ms.load("toy").arch
+        >>> parse_site("attn_out.-2", arch)
+        Site(kind='attn_out', layer=2, index=None)
+        >>> parse_site("resid_post.*", arch)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.SiteError: 'resid_post.*' names 4 sites; name exactly one here
 
     Raises:
         SiteError: the string is malformed, names several sites, or is out of range.

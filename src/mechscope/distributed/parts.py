@@ -32,7 +32,12 @@ PLAN = "plan.json"
 
 
 def parts_folder(out: str | os.PathLike[str]) -> Path:
-    """Where a job writing ``out`` keeps its finished shards until it merges them: ``OUT.parts/``."""
+    """Where a job writing ``out`` keeps its finished shards until it merges them: ``OUT.parts/``.
+
+    Examples:
+        >>> parts_folder("runs/table.parquet").as_posix()
+        'runs/table.parquet.parts'
+    """
     target = Path(out)
     return target.with_name(target.name + ".parts")
 
@@ -50,6 +55,33 @@ class PartsFolder:
         plan: what makes two runs the same job (JSON-serialisable: model, inputs' digest, options, shards).
         n_shards: how many shards the plan has (shard ids are ``0 .. n_shards - 1``).
         suffix: the part files' suffix (``.safetensors``, ``.parquet``, ``.json`` ...).
+
+    Examples:
+        A job of three shards: a rerun skips the finished part, the merge refuses an unfinished folder, and
+        a folder of another job is never mixed in:
+
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "scores.json"
+        >>> parts = PartsFolder(out, {"job": "scores", "model": "toy"}, 3, suffix=".json").open()
+        >>> sorted(p.name for p in parts.folder.iterdir())
+        ['plan.json']
+        >>> _ = parts.path(0).write_text("[0.5]")
+        >>> parts.done(0), parts.todo()
+        (True, [1, 2])
+        >>> parts.check()
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: '...scores.json.parts' lacks 2 shards (first: 1); rerun the job to finish it
+        >>> for shard in parts.todo():
+        ...     _ = parts.path(shard).write_text(f"[{shard}]")
+        >>> parts.check()  # complete: the merge may read the parts
+        >>> PartsFolder(out, {"job": "scores", "model": "other"}, 3, suffix=".json").open()
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: '...' holds the parts of another job (another model, input or option); ...
+        >>> parts.remove()
+        >>> parts.folder.exists()
+        False
     """
 
     def __init__(

@@ -52,7 +52,26 @@ class Runner(Protocol):
 
 
 class LocalRunner:
-    """Run shards one after another on a model loaded in this process (the default backend)."""
+    """Run shards one after another on a model loaded in this process (the default backend).
+
+    Examples:
+        A `ShardTask` is any object with ``run(lm, shard)``; ``on_done`` hears of each shard as it ends:
+
+        >>> import mechscope as ms
+        >>> prompts = ["The capital of France is", "Rain", "Two plus two is"]
+        >>> class Lengths:  # shard i: how many tokens prompt i has
+        ...     def __init__(self):
+        ...         self.found = {}
+        ...     def run(self, lm, shard):
+        ...         self.found[shard] = len(lm.tokenizer(prompts[shard])["input_ids"])
+        >>> task, done = Lengths(), []
+        >>> with LocalRunner(ms.load("toy")) as runner:
+        ...     runner.run(task, [0, 2], on_done=done.append)
+        ...     runner.call(lambda lm, k: lm.arch.n_layers * k, 10)
+        40
+        >>> task.found, done
+        ({0: 7, 2: 11}, [0, 2])
+    """
 
     def __init__(self, lm: LanguageModel | None) -> None:
         self.lm = lm  # None for jobs that need no model
@@ -94,6 +113,23 @@ def make_runner(
         address: ray: an existing cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None starts a
             local Ray instance with this machine's resources.
         workers: ray: how many actors (default: one per GPU, else one per CPU).
+
+    Examples:
+        The local backend runs on the model given (or loads ``spec``); a model-free job gets ``lm=None``;
+        options are checked before anything starts:
+
+        >>> import mechscope as ms
+        >>> from mechscope.distributed import ModelSpec
+        >>> lm = ms.load("toy")
+        >>> runner = make_runner("local", ModelSpec("toy"), lm=lm)
+        >>> type(runner).__name__, runner.call(lambda model: model is lm)
+        ('LocalRunner', True)
+        >>> make_runner("local", None).call(lambda model: model is None)
+        True
+        >>> make_runner("local", None, workers=0)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: --workers must be at least 1, got 0
 
     Raises:
         InputError: an unknown backend, or options the local backend does not take.

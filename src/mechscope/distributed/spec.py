@@ -11,7 +11,22 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model to load and how (the arguments of `mechscope.load`)."""
+    """Which model to load and how (the arguments of `mechscope.load`).
+
+    Examples:
+        A spec is a small frozen value: it pickles to a worker, which loads the model from it there, and
+        `on` pins it to the worker's device unless a device map already spreads the model:
+
+        >>> import pickle
+        >>> spec = ModelSpec("toy")
+        >>> pickle.loads(pickle.dumps(spec)) == spec, spec.on("cuda:1").device
+        (True, 'cuda:1')
+        >>> ModelSpec("toy", device_map="auto").on("cuda:1").device is None
+        True
+        >>> lm = spec.load()
+        >>> lm.arch.n_layers, lm.arch.d_model
+        (4, 128)
+    """
 
     model: str = "toy"
     dtype: str = "float32"

@@ -16,7 +16,25 @@ from mechscope.lens.results import Comparison, LayerComparison
 
 
 def token_level_reason(a: LanguageModel, b: LanguageModel, prompt: str) -> str | None:
-    """Why two models cannot be compared token by token on ``prompt`` (None when they can)."""
+    """Why two models cannot be compared token by token on ``prompt`` (None when they can).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> from transformers import AutoModelForCausalLM, AutoTokenizer
+        >>> toy = ms.load("toy")
+        >>> print(token_level_reason(toy, ms.load("toy-moe"), "The capital of France is"))  # one tokenizer
+        None
+        >>> tokenizer = AutoTokenizer.from_pretrained(toy.source)
+        >>> tokenizer.add_tokens([" Lutetia"])  # a fine-tune that grew its vocabulary by one word
+        1
+        >>> model = AutoModelForCausalLM.from_pretrained(toy.source)
+        >>> _ = model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        >>> grown = ms.wrap(model, tokenizer)
+        >>> token_level_reason(toy, grown, "The capital of France is")
+        'the two tokenizers have different vocabularies'
+        >>> token_level_reason(toy, grown, "The capital of France is Lutetia")
+        'the two tokenizers split the prompt differently'
+    """
     ids_a = a.tokenize([prompt])["input_ids"][0].tolist()
     ids_b = b.tokenize([prompt])["input_ids"][0].tolist()
     if ids_a != ids_b:
@@ -29,7 +47,18 @@ def token_level_reason(a: LanguageModel, b: LanguageModel, prompt: str) -> str |
 
 
 def compare(a: LanguageModel, b: LanguageModel, prompt: str, *, position: int = -1) -> Comparison:
-    """Both models' logit lens on ``prompt`` at ``position``, aligned by relative depth."""
+    """Both models' logit lens on ``prompt`` at ``position``, aligned by relative depth.
+
+    Examples:
+        >>> import mechscope as ms
+        >>> result = compare(ms.load("toy"), ms.load("toy-moe"), "The capital of France is")
+        >>> result.token_level, result.predicted_a, result.predicted_b
+        (True, ' Paris', ' Paris')
+        >>> [(row.layer_a, row.layer_b, row.top_a.token, row.top_b.token) for row in result.layers]
+        [(0, 0, ' blue', ' Algiers'), (1, 1, ' a', ' Santiago'), (2, 2, ' late', ' Paris'), (3, 3, ' Paris', ' Paris')]
+        >>> result.first_divergence, round(result.layers[-1].kl_a_to_b, 2)  # they agree only at the last layer
+        (0, 0.04)
+    """
     lens_a, lens_b = LogitLens(a), LogitLens(b)
     logits_a, final_a = lens_a.layer_logits([prompt], position=position)
     logits_b, final_b = lens_b.layer_logits([prompt], position=position)

@@ -41,7 +41,28 @@ KIND = "tuned_lens"
 
 
 class TunedLens(nn.Module):
-    """Per-layer affine translators for a model with ``n_layers`` layers of width ``d_model``."""
+    """Per-layer affine translators for a model with ``n_layers`` layers of width ``d_model``.
+
+    Examples:
+        >>> import tempfile, torch, mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> texts = ["The capital of France is Paris.", "Two plus two is four."]
+        >>> untrained = TunedLens(lm.arch.n_layers, lm.arch.d_model)  # zero translators: the logit lens
+        >>> len(untrained.translators), layer_kl(lm, texts, untrained) == layer_kl(lm, texts)
+        (3, True)
+        >>> lens = TunedLens.fit(lm, texts, steps=10)
+        >>> with lm.capture(["resid_post.1"]) as cache:
+        ...     _ = lm.forward(texts[0])
+        >>> lens.readout(lm, 1, cache["resid_post.1"]).shape  # [batch, pos, vocab]: layer 1 read out
+        torch.Size([1, 9, 2054])
+        >>> path = lens.save(Path(tempfile.mkdtemp()) / "toy.tuned.safetensors", model="toy")
+        >>> TunedLens.load(path, ms.load("toy-moe"))  # the same shape, but trained on another model
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ProvenanceError: the tuned lens in '...' was made for 'toy', not '.../toy-moe'; ...
+        >>> TunedLens.load(path, lm).translate(1, cache["resid_post.1"]).shape
+        torch.Size([1, 9, 128])
+    """
 
     def __init__(self, n_layers: int, d_model: int) -> None:
         super().__init__()
@@ -149,7 +170,20 @@ def _kl(target_log: Tensor, predicted_log: Tensor) -> Tensor:
 
 
 def layer_kl(lm: LanguageModel, texts: Sequence[str], lens: TunedLens | None = None) -> list[float]:
-    """Mean KL to the final distribution per layer over every token of ``texts`` (logit lens if no ``lens``)."""
+    """Mean KL to the final distribution per layer over every token of ``texts`` (logit lens if no ``lens``).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> texts = ["The capital of France is Paris.", "Two plus two is four."]
+        >>> [round(kl, 2) for kl in layer_kl(lm, texts)]  # the logit lens nears the output layer by layer
+        [2.92, 2.44, 1.97, 0.0]
+        >>> tuned = layer_kl(lm, texts, TunedLens.fit(lm, texts, steps=10))
+        >>> [round(kl, 1) for kl in tuned][-1], all(kl < 1.5 for kl in tuned)
+        (0.0, True)
+    """
+    if not texts:
+        raise InputError("layer_kl needs at least one text to average over")
     sites = [f"resid_post.{i}" for i in range(lm.arch.n_layers)]
     totals = torch.zeros(lm.arch.n_layers)
     count = 0

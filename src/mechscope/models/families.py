@@ -57,6 +57,17 @@ class RoutingSpec:
         shared_expert_gate: path of the linear gate whose sigmoid scales the shared expert (None: ungated).
         packed_experts: the experts module keeps every expert in 3-D tensors ``[expert, ...]`` (transformers
             5), rather than one submodule per expert.
+
+    Examples:
+        >>> FAMILIES["mixtral"].routing  # softmax over all experts, top-k, then weights renormalised to sum 1
+        RoutingSpec(rule='softmax_topk', renormalise=True, shared_expert=None, shared_expert_gate=None,
+        packed_experts=True)
+        >>> qwen = FAMILIES["qwen2_moe"].routing  # the config decides; a gated shared expert besides the routed ones
+        >>> qwen.renormalise, qwen.shared_expert, qwen.shared_expert_gate
+        ('norm_topk_prob', 'mlp.shared_expert', 'mlp.shared_expert_gate')
+        >>> RoutingSpec("topk_softmax")  # a new family's row: top-k logits, then a softmax over just those
+        RoutingSpec(rule='topk_softmax', renormalise=False, shared_expert=None, shared_expert_gate=None,
+        packed_experts=True)
     """
 
     rule: RouterRule
@@ -176,5 +187,13 @@ FAMILIES: dict[str, FamilySpec] = {
 
 
 def supported_families() -> dict[str, FamilySpec]:
-    """The families with an explicit row, keyed by ``model_type``."""
+    """The families with an explicit row, keyed by ``model_type``.
+
+    Examples:
+        >>> families = supported_families()
+        >>> len(families), sorted(name for name, spec in families.items() if spec.routing is not None)
+        (18, ['gpt_oss', 'granitemoe', 'mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe'])
+        >>> families["gpt2"].layers, families["gpt2"].o_proj, families["bert"].kind
+        ('transformer.h', 'attn.c_proj', 'encoder')
+    """
     return dict(FAMILIES)

@@ -49,9 +49,20 @@ class LoadedModel:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
-    """Turn ``"bfloat16"``-style names into torch dtypes; ``"auto"`` and None pass through."""
-    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+    """Turn ``"bfloat16"``-style names into torch dtypes; ``"auto"`` and None pass through.
+
+    Examples:
+        >>> resolve_dtype("bf16"), resolve_dtype("float32"), resolve_dtype("auto")
+        (torch.bfloat16, torch.float32, 'auto')
+        >>> resolve_dtype("int4")
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ModelLoadError: unknown dtype 'int4'; use one of float32, fp32, float16, ... or auto
+    """
+    if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
+    if dtype.lower() == "auto":
+        return "auto"
     try:
         return DTYPES[dtype.lower()]
     except KeyError:
@@ -60,6 +71,14 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:
     """Check a device name (``"cpu"``, ``"cuda:1"``, ``"mps"``) before anything is loaded; None passes through.
+
+    Examples:
+        >>> resolve_device("cpu"), resolve_device(None)
+        (device(type='cpu'), None)
+        >>> resolve_device("gpu")  # not a torch device name: fails before any weight is read
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ModelLoadError: unknown device 'gpu'; use cpu, cuda, cuda:1, mps ...
 
     Raises:
         ModelLoadError: the name is not a device, or that device is not available on this machine.
@@ -82,7 +101,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
 
 
 def resolve_source(name_or_path: str | os.PathLike[str]) -> tuple[str, bool]:
-    """Return ``(where to load from, is_local)`` for an organism name, a folder or a hub id."""
+    """Return ``(where to load from, is_local)`` for an organism name, a folder or a hub id.
+
+    Examples:
+        >>> import tempfile
+        >>> resolve_source("toy")  # a bundled organism: its folder inside the package
+        ('.../mechscope/zoo/toy', True)
+        >>> resolve_source("Qwen/Qwen3-0.6B")  # neither an organism nor a folder: a hub id
+        ('Qwen/Qwen3-0.6B', False)
+        >>> resolve_source(tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ModelLoadError: folder '...' has no config.json; pass a save_pretrained folder
+    """
     text = str(name_or_path).strip()
     if not text:
         raise ModelLoadError("empty model name; pass a hub id, a local folder or a bundled organism name")
@@ -198,6 +229,13 @@ def load_model(
         trust_remote_code: run a hub repo's own modelling code; off unless you trust the repo.
         attn_implementation: ``"eager"``, ``"sdpa"`` ... (default: transformers' choice).
 
+    Examples:
+        >>> loaded = load_model("toy", dtype="bfloat16")
+        >>> type(loaded.model).__name__, loaded.arch.family, next(loaded.model.parameters()).dtype
+        ('LlamaForCausalLM', 'llama', torch.bfloat16)
+        >>> loaded.source, loaded.tokenizer.padding_side  # decoders batch with left padding
+        ('.../mechscope/zoo/toy', 'left')
+
     Raises:
         ModelLoadError: the model cannot be found or read (weights missing, truncated or corrupt; an unknown
             dtype or device); the message says how to fix it.
@@ -259,6 +297,20 @@ def wrap_model(model: nn.Module, tokenizer: Any = None) -> LoadedModel:
         ModelLoadError: ``model`` is not a transformers model (or a wrapper of one), or ``tokenizer`` is not a
             tokenizer.
         ArchitectureError: the architecture map cannot be built for the model.
+
+    Examples:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                      num_attention_heads=4, num_key_value_heads=4)
+        >>> model = LlamaForCausalLM(config)  # built in memory: no folder, no tokenizer
+        >>> loaded = wrap_model(model)
+        >>> loaded.source, loaded.tokenizer, loaded.arch.n_layers, loaded.arch.d_model, model.training
+        ('LlamaForCausalLM', None, 2, 32, False)
+        >>> wrap_model(torch.nn.Linear(2, 2))
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ModelLoadError: Linear has no Hugging Face config; wrap() takes a transformers model ...
     """
     if not isinstance(model, nn.Module):
         raise ModelLoadError(

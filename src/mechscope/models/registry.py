@@ -79,12 +79,29 @@ def list_organisms() -> list[Organism]:
 
 
 def find_organism(name: str) -> Organism | None:
-    """The organism called ``name``, or None."""
+    """The organism called ``name``, or None.
+
+    Examples:
+        >>> toy = find_organism("toy")
+        >>> toy.name, toy.path.name, toy.summary.split(";")[0]  # the summary comes from its CARD.md
+        ('toy', 'toy', 'llama, 4 layers, d=128, 4 heads')
+        >>> print(find_organism("no-such-organism"))
+        None
+    """
     return _bundled().get(name) or _REGISTERED.get(name)
 
 
 def organism_path(name: str) -> Path:
     """The folder of organism ``name``.
+
+    Examples:
+        >>> folder = organism_path("toy-moe")  # a save_pretrained folder inside the package, with its card
+        >>> folder.name, (folder / "config.json").is_file(), (folder / "CARD.md").is_file()
+        ('toy-moe', True, True)
+        >>> organism_path("toy-large")
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ModelLoadError: no bundled organism named 'toy-large' (known: toy, toy-moe...)
 
     Raises:
         ModelLoadError: no organism has that name.
@@ -97,7 +114,14 @@ def organism_path(name: str) -> Path:
 
 
 def canonical_source(source: str) -> str:
-    """One spelling of where a model comes from: an organism's name or a folder as its resolved path, a hub id as is."""
+    """One spelling of where a model comes from: an organism's name or a folder as its resolved path, a hub id as is.
+
+    Examples:
+        >>> canonical_source("toy") == canonical_source(str(organism_path("toy")))  # one model, two spellings
+        True
+        >>> canonical_source("Qwen/Qwen3-0.6B")
+        'Qwen/Qwen3-0.6B'
+    """
     organism = find_organism(source)
     if organism is not None:
         return str(Path(organism.path).resolve())
@@ -110,6 +134,15 @@ def check_provenance(made_for: str, model: str, what: str, *, force: bool = Fals
 
     An object that names no model (older files, hand-made vectors) is accepted; ``"toy"`` and the toy's
     folder name the same model.
+
+    Examples:
+        >>> check_provenance("toy", str(organism_path("toy")), "direction")  # the same model: accepted
+        >>> check_provenance("", "toy-moe", "direction")  # made for no model in particular: accepted
+        >>> check_provenance("toy", "toy-moe", "direction")
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ProvenanceError: the direction was made for 'toy', not 'toy-moe'; ...
+        >>> check_provenance("toy", "toy-moe", "direction", force=True)  # the caller insists
 
     Raises:
         ProvenanceError: the two differ and ``force`` is off.

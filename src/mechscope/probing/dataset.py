@@ -51,6 +51,21 @@ class LabelledPrompt(BaseModel):
         template: the id of the template the prompt was made from; prompts of one template are kept on one
             side of `split_by_template`.
         metadata: anything else (the built-in set: the expected ``call`` and the ``reply``).
+
+    Examples:
+        >>> from mechscope.probing.dataset import LabelledPrompt, PromptDataset
+        >>> ask = LabelledPrompt(prompt="<user> Is it raining in Oslo? <assistant>", label=1, sub_label="weather")
+        >>> ask.template, ask.metadata
+        ('', {})
+        >>> data = PromptDataset(prompts=[ask, LabelledPrompt(prompt="<user> Hi! <assistant>", label=0)])
+        >>> data.labels(), data.tools()
+        ([1, 0], ['weather'])
+        >>> LabelledPrompt(prompt="", label=0)  # a prompt needs text
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for LabelledPrompt
+        prompt
+          String should have at least 1 character ...
     """
 
     prompt: str = Field(min_length=1)
@@ -146,6 +161,17 @@ def tool_prompt_dataset(per_tool: int = 25, seed: int = 0, chat: int | None = No
         per_tool: prompts per tool.
         seed: the seed of the slot values and the order.
         chat: how many chit-chat prompts (default: as many as tool prompts, ``8 * per_tool``).
+
+    Examples:
+        >>> from mechscope.probing.dataset import tool_prompt_dataset
+        >>> data = tool_prompt_dataset(per_tool=1, chat=3, seed=1)
+        >>> len(data), sum(data.labels()), data.label_names
+        (11, 8, {0: 'chit-chat', 1: 'tool call'})
+        >>> first = data.prompts[0]
+        >>> first.prompt, first.label, first.sub_label, first.template
+        ('<user> What is your favourite colour? <assistant>', 0, 'chat', 'chat/2')
+        >>> first.metadata["answer"]
+        'I like blue, like the sky over the sea.'
     """
     if per_tool < 1:
         raise InputError(f"per_tool must be at least 1, not {per_tool}")
@@ -271,6 +297,21 @@ def load_prompts(path: str | os.PathLike[str]) -> PromptDataset:
     A JSON file is a saved `PromptDataset` or a list of examples; JSONL has one example object a line. A
     missing template makes each prompt its own template (a plain random split). Extra columns go to metadata.
 
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mechscope.probing.dataset import load_prompts
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "mine.csv"
+        >>> _ = path.write_text("prompt,label,template,source\\nIs it raining?,1,weather,web\\nHello there,0,,chat\\n")
+        >>> data = load_prompts(path)  # the row without a template becomes its own; `source` goes to metadata
+        >>> data.name, [(p.prompt, p.label, p.template, p.metadata) for p in data.prompts]
+        ('mine', [('Is it raining?', 1, 'weather', {'source': 'web'}),
+                  ('Hello there', 0, 'row-1', {'source': 'chat'})])
+        >>> _ = path.write_text("prompt,label\\nHello there,zero\\n")
+        >>> load_prompts(path)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: .../mine.csv:2: label 'zero' is not an integer
+
     Raises:
         InputError: the file is missing or malformed; the message names the line (or example) and the field.
     """
@@ -296,6 +337,18 @@ def split_by_template(
     Templates are drawn per stratum (the most common ``(label, sub_label)`` of the template), about
     ``test_share`` of each stratum's templates (at least one where it has two or more), so both halves see
     every class the templates allow. Where no stratum has two templates, the templates are split as a whole.
+
+    Examples:
+        >>> from mechscope.probing.dataset import split_by_template, tool_prompt_dataset
+        >>> data = tool_prompt_dataset(per_tool=8, seed=0)  # four templates per tool, eighteen of chit-chat
+        >>> train, test = split_by_template(data, test_share=0.25, seed=0)
+        >>> len(train), len(test), set(train.templates()) & set(test.templates())
+        (97, 31, set())
+        >>> sorted(set(test.templates()))  # one template of each tool, a quarter of the chit-chat
+        ['calendar/2', 'chat/0', 'chat/17', 'chat/3', 'chat/8', 'convert/3',
+         'email/1', 'reminder/0', 'search/0', 'time/0', 'translate/1', 'weather/3']
+        >>> set(train.sub_labels()) == set(test.sub_labels())
+        True
 
     Raises:
         InputError: ``test_share`` outside (0, 1), or fewer than two templates.

@@ -43,8 +43,9 @@ def class_names(labels: Sequence[Any] | np.ndarray) -> tuple[list[str], np.ndarr
 
     Integer labels sort as numbers (``2`` before ``10``), anything else as strings.
 
-    >>> class_names([10, 2, 2])
-    (['2', '10'], array([1, 0, 0]))
+    Examples:
+        >>> class_names([10, 2, 2])
+        (['2', '10'], array([1, 0, 0]))
     """
     values = list(np.asarray(labels).tolist())
     numeric = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
@@ -57,8 +58,9 @@ def class_names(labels: Sequence[Any] | np.ndarray) -> tuple[list[str], np.ndarr
 def intrinsic_dimension(ratios: np.ndarray, share: float) -> int:
     """The fewest leading components whose explained-variance ratios sum to at least ``share``.
 
-    >>> intrinsic_dimension(np.array([0.5, 0.3, 0.12, 0.05, 0.03]), 0.9)
-    3
+    Examples:
+        >>> intrinsic_dimension(np.array([0.5, 0.3, 0.12, 0.05, 0.03]), 0.9)
+        3
     """
     cumulative = np.cumsum(ratios)
     # The tolerance keeps rounding (a full spectrum summing to 0.9999999) from asking for one more component.
@@ -71,8 +73,9 @@ def fisher_ratio(x: np.ndarray, y: np.ndarray) -> float:
     ``trace(S_between) = Σ_c n_c |μ_c − μ|²`` and ``trace(S_within) = Σ_c Σ_{i∈c} |x_i − μ_c|²``; infinite when
     the classes differ but every class is a single point.
 
-    >>> fisher_ratio(np.array([[0.0], [2.0], [10.0], [12.0]]), np.array([0, 0, 1, 1]))
-    25.0
+    Examples:
+        >>> fisher_ratio(np.array([[0.0], [2.0], [10.0], [12.0]]), np.array([0, 0, 1, 1]))
+        25.0
     """
     mean = x.mean(axis=0)
     between = within = 0.0
@@ -92,8 +95,9 @@ def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
     The pooled variance is ``((n_a − 1) var_a + (n_b − 1) var_b) / (n_a + n_b − 2)``. With no spread at all it
     is infinite when the means differ and 0 when they do not.
 
-    >>> round(cohens_d(np.array([0.0, 2.0]), np.array([4.0, 6.0])), 4)        # 4 / sqrt(2)
-    2.8284
+    Examples:
+        >>> round(cohens_d(np.array([0.0, 2.0]), np.array([4.0, 6.0])), 4)        # 4 / sqrt(2)
+        2.8284
     """
     pooled = ((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)
     difference = float(b.mean() - a.mean())
@@ -103,7 +107,15 @@ def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def mean_cosines(means: np.ndarray) -> list[list[float]]:
-    """The cosine similarity of every pair of rows of ``means``; 0 where a row is the zero vector."""
+    """The cosine similarity of every pair of rows of ``means``; 0 where a row is the zero vector.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mechscope.probing.geometry import mean_cosines
+        >>> means = np.array([[1.0, 0.0], [1.0, 1.0], [-2.0, 0.0], [0.0, 0.0]])
+        >>> [[round(value, 3) for value in row] for row in mean_cosines(means)]
+        [[1.0, 0.707, -1.0, 0.0], [0.707, 1.0, -0.707, 0.0], [-1.0, -0.707, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    """
     norms = np.linalg.norm(means, axis=1)
     safe = np.where(norms > 0.0, norms, 1.0)
     unit = means / safe[:, None]
@@ -177,6 +189,24 @@ def geometry(
         seed: seed of the sample and of UMAP.
         sample: the most points to map and to score the silhouette on (a seeded random subset above it);
             None maps every point.
+
+    Examples:
+        Two classes apart along two of six directions; 40 of the 60 points are mapped:
+
+        >>> import numpy as np
+        >>> from mechscope.probing.geometry import geometry
+        >>> rng = np.random.default_rng(0)
+        >>> features = rng.normal(size=(60, 6))
+        >>> features[30:, :2] += 3.0
+        >>> result = geometry(features, ["chat"] * 30 + ["tool"] * 30, components=3, sample=40)
+        >>> result.classes, result.class_counts, result.n, result.d, len(result.points), result.points_sampled
+        (['chat', 'tool'], [30, 30], 60, 6, 40, True)
+        >>> [round(ratio, 2) for ratio in result.explained_variance_ratio], result.intrinsic_dim_90
+        ([0.55, 0.15, 0.11], 5)
+        >>> round(result.fisher_ratio, 2), round(result.silhouette, 2), round(result.cohens_d, 2)
+        (0.83, 0.38, 4.34)
+        >>> round(result.mean_cosine[0][1], 2), result.points[0].label
+        (0.38, 'chat')
 
     Returns:
         A `GeometryResult`; its ``site`` and ``layer`` are left for the caller to fill.

@@ -50,9 +50,10 @@ class _Classifier(Protocol):
 class DiffMeansClassifier:
     """Binary classifier: project onto ``mean(class 1) - mean(class 0)``, threshold at the projected midpoint.
 
-    >>> clf = DiffMeansClassifier().fit(np.array([[0.0, 0.0], [2.0, 0.0]]), np.array([0, 1]))
-    >>> clf.direction.tolist(), clf.threshold, clf.predict(np.array([[0.9, 5.0], [1.1, -5.0]])).tolist()
-    ([2.0, 0.0], 2.0, [0, 1])
+    Examples:
+        >>> clf = DiffMeansClassifier().fit(np.array([[0.0, 0.0], [2.0, 0.0]]), np.array([0, 1]))
+        >>> clf.direction.tolist(), clf.threshold, clf.predict(np.array([[0.9, 5.0], [1.1, -5.0]])).tolist()
+        ([2.0, 0.0], 2.0, [0, 1])
     """
 
     def __init__(self) -> None:
@@ -103,6 +104,17 @@ def template_folds(y: np.ndarray, groups: np.ndarray, folds: int = 5, seed: int 
     """``(train, test)`` index arrays of a stratified grouped k-fold: no group is on both sides of a split.
 
     ``min(folds, groups, groups of the rarest class)`` folds; folds that come out empty are dropped.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mechscope.probing.probe import template_folds
+        >>> y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1])
+        >>> groups = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])  # six templates of two prompts
+        >>> splits = template_folds(y, groups, folds=3, seed=0)
+        >>> [test.tolist() for _, test in splits]  # each template is tested once, in a fold with both classes
+        [[0, 1, 10, 11], [4, 5, 8, 9], [2, 3, 6, 7]]
+        >>> any(set(groups[train]) & set(groups[test]) for train, test in splits)
+        False
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -127,7 +139,18 @@ def template_folds(y: np.ndarray, groups: np.ndarray, folds: int = 5, seed: int 
 def heldout_predictions(
     x: np.ndarray, y: np.ndarray, splits: Sequence[Split], method: ProbeMethod, seed: int = 0
 ) -> np.ndarray:
-    """Each example's prediction by the probe fitted on the training side of the split that holds it out."""
+    """Each example's prediction by the probe fitted on the training side of the split that holds it out.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mechscope.probing.probe import heldout_predictions, template_folds
+        >>> y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1])
+        >>> groups = np.arange(12) // 2
+        >>> x = np.random.default_rng(0).normal(size=(12, 3)) + 3.0 * y[:, None]  # the classes lie apart
+        >>> splits = template_folds(y, groups, folds=3, seed=0)
+        >>> heldout_predictions(x, y, splits, "diff_means").tolist() == y.tolist()
+        True
+    """
     predictions = np.full(len(y), -1, dtype=np.int64)
     for train, test in splits:
         classes = np.unique(y[train])
@@ -143,6 +166,17 @@ def majority_baseline(y: np.ndarray, splits: Sequence[Split]) -> tuple[float, li
     """Pooled and per-fold accuracy of always guessing the class most common among the tested examples.
 
     Ties go to the smaller class index.
+
+    Examples:
+        The class most common over every tested example is guessed in every fold (here class 1), even in a fold
+        where it is the minority:
+
+        >>> import numpy as np
+        >>> from mechscope.probing.probe import majority_baseline
+        >>> y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+        >>> splits = [(np.arange(4, 8), np.arange(0, 4)), (np.arange(0, 4), np.arange(4, 8))]
+        >>> majority_baseline(y, splits)
+        (0.625, [0.25, 1.0])
     """
     tested = np.concatenate([test for _, test in splits])
     common = int(np.argmax(np.bincount(y[tested])))
@@ -153,8 +187,9 @@ def majority_baseline(y: np.ndarray, splits: Sequence[Split]) -> tuple[float, li
 def permutation_p_value(observed: float, null: Sequence[float]) -> float:
     """``(1 + #null >= observed) / (1 + len(null))``; 1.0 for an empty null.
 
-    >>> permutation_p_value(0.9, [0.5, 0.95, 0.9, 0.4])
-    0.6
+    Examples:
+        >>> permutation_p_value(0.9, [0.5, 0.95, 0.9, 0.4])
+        0.6
     """
     if not len(null):
         return 1.0
@@ -162,7 +197,19 @@ def permutation_p_value(observed: float, null: Sequence[float]) -> float:
 
 
 def shuffle_labels(y: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``y`` shuffled: whole groups' labels where each group has one label, else single labels."""
+    """``y`` shuffled: whole groups' labels where each group has one label, else single labels.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mechscope.probing.probe import shuffle_labels
+        >>> groups = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> one_label_each = np.array([0, 0, 0, 0, 1, 1, 1, 1])  # whole templates swap labels
+        >>> shuffle_labels(one_label_each, groups, np.random.default_rng(0)).tolist()
+        [1, 1, 0, 0, 0, 0, 1, 1]
+        >>> mixed = np.array([0, 1, 0, 1, 0, 1, 0, 1])  # templates of both classes: single labels move
+        >>> shuffle_labels(mixed, groups, np.random.default_rng(0)).tolist()
+        [0, 0, 1, 0, 1, 0, 1, 1]
+    """
     names, inverse = np.unique(groups, return_inverse=True)
     per_group = [np.unique(y[inverse == g]) for g in range(len(names))]
     if all(len(values) == 1 for values in per_group):
@@ -190,6 +237,18 @@ def probe(
     """Score a linear probe for ``labels`` on ``features`` ``[n, d]``, held out by ``groups`` (template ids).
 
     `probe_predictions` returns the same score with each example's held-out prediction.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mechscope.probing.probe import probe
+        >>> rng = np.random.default_rng(0)
+        >>> features = rng.normal(size=(60, 4))
+        >>> features[30:, 0] += 2.5  # the label is written along the first feature
+        >>> labels, templates = ["chat"] * 30 + ["tool"] * 30, np.arange(60) // 5
+        >>> score = probe(features, labels, templates, permutations=4)  # a real p-value takes more shuffles
+        >>> print(score)
+        logistic probe: held-out accuracy 0.950 (majority 0.500, control 0.379, selectivity +0.571, p = 0.2;
+        5 folds over 12 groups, n = 60)
 
     Args:
         features: one row per example.
@@ -219,7 +278,22 @@ def probe_predictions(
     permutations: int = 100,
     method: ProbeMethod = "logistic",
 ) -> tuple[ProbeScore, HeldOut]:
-    """`probe`'s score and the held-out evidence behind it (for bootstrap intervals over examples)."""
+    """`probe`'s score and the held-out evidence behind it (for bootstrap intervals over examples).
+
+    Examples:
+        >>> import numpy as np
+        >>> from mechscope.probing.probe import probe_predictions
+        >>> rng = np.random.default_rng(0)
+        >>> features = rng.normal(size=(60, 4))
+        >>> features[30:, 0] += 2.5
+        >>> labels, templates = ["chat"] * 30 + ["tool"] * 30, np.arange(60) // 5
+        >>> score, held_out = probe_predictions(features, labels, templates, permutations=5, method="diff_means")
+        >>> round(score.accuracy, 3), round(float((held_out.predictions == held_out.y).mean()), 3), len(held_out.splits)
+        (0.967, 0.967, 5)
+        >>> rows = np.random.default_rng(1).choice(60, size=60)  # a bootstrap resample of the examples
+        >>> 0.5 <= held_out.majority_on(rows) <= 1.0
+        True
+    """
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2:
         raise InputError(f"features must be [n, d], got shape {list(x.shape)}")

@@ -105,6 +105,29 @@ def compare_vectors(
         data: the training data (file or records) when the run's config records no path, or to override it.
         batch_size: examples per forward pass for the perplexities (default the run's).
 
+    Examples:
+        A vector trained briefly on pirate completions, read back from its run folder: its config records
+        the data file, so the validation split is re-made from it. The trained vector lowers the validation
+        perplexity far more than the difference of means does, at its own norm or rescaled to the trained one:
+
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> import mechscope as ms
+        >>> from mechscope.steering.trainer import train
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> lines = [json.dumps({"prompt": "", "completion": f" Arr matey, {t} be grand!"}) for t in topics]
+        >>> _ = (folder / "pirate.jsonl").write_text("\\n".join(lines) + "\\n")
+        >>> _ = train(lm, folder / "pirate.jsonl", layer=2, out=folder / "run", epochs=2, lr=0.5, val_tokens=6,
+        ...           batch_size=2)
+        >>> result = compare_vectors(lm, folder / "run", [f"<pirate> Tell me about {t}." for t in topics],
+        ...                          [f"<formal> Tell me about {t}." for t in topics], layers=[0])
+        >>> [(row.layer, row.trained_layer, round(row.cosine, 2)) for row in result.layers]
+        [(0, False, 0.12), (2, True, 0.22)]
+        >>> [round(p) for p in (result.vanilla_ppl, result.trained_ppl, result.diff_ppl, result.diff_rescaled_ppl)]
+        [1581, 174, 1090, 1142]
+
     Raises:
         InputError: an empty prompt set, no or other training data.
         ModelLoadError: the vector does not fit ``lm`` (one line).

@@ -228,6 +228,24 @@ def rollouts(
         units_per_shard: ``generate`` calls per shard (one part file each).
         on_shard: called after each shard is saved (progress reporting, tests of interruption).
 
+    Examples:
+        One question, greedy, a pirate direction at its own norm and at twice it, next to vanilla; every
+        condition's row was generated under the same seed:
+
+        >>> import mechscope as ms
+        >>> from mechscope.steering.directions import diff_of_means
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> towards = diff_of_means(lm, [f"<pirate> Tell me about {t}." for t in topics],
+        ...                         [f"<formal> Tell me about {t}." for t in topics], layers=[1])[1]
+        >>> found = rollouts(lm, ["<formal> Tell me about the sea."], {"pirate": towards}, scales=["learned", 2.0],
+        ...                  max_new_tokens=8, temperature=0)
+        >>> for row in found.rows:
+        ...     print(f"{row.condition:15} {row.seed} {row.added_norm:5.1f} {row.text!r}")
+        vanilla         0   0.0 ' It is, indeed, most agreeable.'
+        pirate@learned  0  10.9 ' It is, Aye, the sea be'
+        pirate@2        0  21.8 ' Ahoy! the sea be full Ahoy?'
+
     Raises:
         InputError: no questions, a bad scale or option, a vector named like a baseline, a zero vector, or a
             parts folder of another job beside ``out``.

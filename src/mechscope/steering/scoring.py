@@ -153,6 +153,34 @@ class HttpJudge:
         api_key: sent as ``Authorization: Bearer ...`` when given.
 
     A reply without a number, an HTTP error or a timeout is a refusal: the call returns None and logs why.
+
+    Examples:
+        Against a stand-in endpoint on this machine (a thread of the standard library's ``http.server``)
+        that rates pirate talk and refuses the rest:
+
+        >>> import json, threading
+        >>> from http.server import BaseHTTPRequestHandler, HTTPServer
+        >>> class Endpoint(BaseHTTPRequestHandler):
+        ...     def do_POST(self):
+        ...         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ...         asked.append(body)
+        ...         reply = "Score: 90/100" if "Arr" in body["messages"][0]["content"] else "I cannot rate that."
+        ...         data = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
+        ...         self.send_response(200)
+        ...         self.send_header("Content-Type", "application/json")
+        ...         self.end_headers()
+        ...         self.wfile.write(data)
+        ...     def log_message(self, *args):  # keep the server quiet
+        ...         pass
+        >>> asked, server = [], HTTPServer(("127.0.0.1", 0), Endpoint)
+        >>> threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()  # poll every 10 ms
+        >>> judge = HttpJudge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", trait="pirate talk")
+        >>> judge.url.endswith("/v1/chat/completions"), judge(" Arr matey!"), judge(" Good evening."), judge.refusals
+        (True, 90.0, None, 1)
+        >>> asked[0]["model"], asked[0]["temperature"], asked[0]["messages"][0]["content"].splitlines()[0]
+        ('judge-model', 0, 'Rate from 0 to 100 how strongly the following text expresses the trait: pirate talk.')
+        >>> server.shutdown()
+        >>> server.server_close()
     """
 
     def __init__(
@@ -231,6 +259,35 @@ def score_rollouts(
         classifier: trained on labelled examples disjoint from the rollouts (checked by `EmbeddingClassifier`).
         lm: the vanilla model, for fluency; without it ``nll`` and the fluency fields are None.
         judge: an optional callable ``text -> float | None``, e.g. an `HttpJudge`.
+
+    Examples:
+        Two questions, hand-written rows (the toy's formal answer as vanilla, its own pirate answer as a good
+        vector's, broken text as too strong a scale's) and a stand-in classifier. Both steered conditions gain
+        the trait, but only the fluent one is a success:
+
+        >>> import mechscope as ms
+        >>> from mechscope.steering.rollout_results import RolloutRow
+        >>> from mechscope.zoo import corpus
+        >>> class Marker:  # a stand-in classifier: 1.0 for pirate talk
+        ...     def score(self, texts):
+        ...         return [float(corpus.style_of(t) == "pirate") for t in texts]
+        >>> questions = ["<user> Tell me about the sea. <assistant>", "<user> Tell me about the ship. <assistant>"]
+        >>> answers = {"vanilla": [" It is, indeed, most agreeable."] * 2,
+        ...            "pirate@learned": [" Aye aye, the sea be rough today", " Aye aye, the ship be rough today"],
+        ...            "pirate@8": [" Shiver be a visit Xe Xe"] * 2}
+        >>> def row(condition, question_id, text):
+        ...     vector, _, scale = condition.partition("@")
+        ...     question = questions[question_id]
+        ...     return RolloutRow(question_id=question_id, question=question, prompt=question, vector=vector,
+        ...                       scale=scale, coefficient=0.0, added_norm=0.0, rollout=0, seed=0, text=text)
+        >>> rows = [row(c, i, text) for c, texts in answers.items() for i, text in enumerate(texts)]
+        >>> evaluation = score_rollouts(Rollouts(model="toy", rows=rows), Marker(), lm=ms.load("toy"))
+        >>> for s in evaluation.summary:
+        ...     print(s.condition, s.score.mean, s.delta_vs_vanilla and s.delta_vs_vanilla.low,
+        ...           f"{s.perplexity_ratio:.2g}", s.fluent, s.success)
+        vanilla 0.0 None 1 True None
+        pirate@learned 1.0 1.0 1.4 True True
+        pirate@8 1.0 1.0 1.1e+04 False False
 
     Raises:
         InputError: no rollouts, or (from the classifier) rollouts that are in its training data.

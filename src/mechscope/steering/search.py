@@ -103,6 +103,29 @@ def search(
         rollout_options: keyword arguments of `rollouts` (``normalize``, ``rollouts``, ``max_new_tokens``,
             ``temperature``, ``prompted_suffix``...).
 
+    Examples:
+        Difference-of-means vectors given for layers 1 and 2 (nothing to train), two scales each, next to the
+        prompted baseline. The toy's vanilla answers are memorised, so any other text is far less likely under
+        the vanilla model: the example allows a perplexity ratio of 30 (the default, 3, excludes every one):
+
+        >>> import mechscope as ms
+        >>> from mechscope.steering.directions import diff_of_means
+        >>> from mechscope.zoo import corpus
+        >>> class Marker:  # a stand-in classifier: 1.0 for pirate talk
+        ...     def score(self, texts):
+        ...         return [float(corpus.style_of(t) == "pirate") for t in texts]
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> vectors = diff_of_means(lm, [f"<pirate> Tell me about {t}." for t in topics],
+        ...                         [f"<formal> Tell me about {t}." for t in topics], layers=[1, 2])
+        >>> found = search(lm, None, ["<formal> Tell me about the sea.", "<formal> Tell me about the ship."], Marker(),
+        ...                vectors=vectors, scales=[1.0, 2.0], max_perplexity_ratio=30,
+        ...                rollout_options={"max_new_tokens": 6, "temperature": 0, "prompted_suffix": " <pirate>"})
+        >>> [(c.condition, c.rank, round(c.perplexity_ratio), c.success) for c in found.candidates]
+        [('L1@1', 1, 22, True), ('L1@2', None, 39, False), ('L2@1', 2, 6, False), ('L2@2', None, 1394, False)]
+        >>> found.best.condition, found.prompted_gain.mean, round(found.prompted_perplexity_ratio, 1)
+        ('L1@1', 1.0, 1.3)
+
     Raises:
         InputError: no layers or scales, no data for a layer to train, a bad option, or (from the classifier)
             rollouts that overlap its training data.

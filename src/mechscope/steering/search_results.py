@@ -138,7 +138,20 @@ def eligible(candidate: SearchCandidate) -> bool:
 
 
 def rank_candidates(candidates: Sequence[SearchCandidate]) -> list[SearchCandidate]:
-    """Copies of ``candidates`` in their order, with ``rank`` set by the rule in the module docstring."""
+    """Copies of ``candidates`` in their order, with ``rank`` set by the rule in the module docstring.
+
+    Examples:
+        Equal gains: the more fluent candidate (lower perplexity ratio) ranks first; one without a measured
+        gain is excluded; the candidates given are left as they were:
+
+        >>> gain = Interval(mean=0.6, low=0.4, high=0.8)
+        >>> a = SearchCandidate(layer=1, scale="4", condition="L1@4", score=gain, gain=gain, perplexity_ratio=2.5,
+        ...                     fluent=True)
+        >>> b = a.model_copy(update={"layer": 2, "condition": "L2@4", "perplexity_ratio": 1.2})
+        >>> c = a.model_copy(update={"layer": 3, "condition": "L3@4", "gain": None})
+        >>> [(x.condition, x.rank) for x in rank_candidates([a, b, c])], a.rank
+        ([('L1@4', 2), ('L2@4', 1), ('L3@4', None)], None)
+    """
     order = {id(c): i for i, c in enumerate(candidates)}
 
     def key(c: SearchCandidate) -> tuple[float, float, float, int, int]:

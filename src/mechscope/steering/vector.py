@@ -68,7 +68,30 @@ def checkpoint_config(
 
 @dataclass
 class SteeringVector:
-    """A trained vector for one layer's ``resid_post``, with the config of the run that trained it."""
+    """A trained vector for one layer's ``resid_post``, with the config of the run that trained it.
+
+    Examples:
+        `mechscope.steering.trainer.train` makes one (``result.steering_vector()``), but any ``[d_model]``
+        tensor can be wrapped; its `direction` steers generation, and `check` says in one line why a vector
+        does not fit a model:
+
+        >>> import torch, mechscope as ms
+        >>> from mechscope.steering.directions import diff_of_means
+        >>> from mechscope.steering.generate import generate_with_steering
+        >>> lm = ms.load("toy")
+        >>> topics = ["the sea", "the ship", "the weather", "the town"]
+        >>> towards = diff_of_means(lm, [f"<pirate> Tell me about {t}." for t in topics],
+        ...                         [f"<formal> Tell me about {t}." for t in topics], layers=[1])[1]
+        >>> vector = SteeringVector(2 * towards.vector, layer=1)
+        >>> vector.direction.site_name, round(vector.norm, 2)
+        ('resid_post.1', 21.79)
+        >>> generate_with_steering(lm, "<formal> Tell me about the sea.", vector.direction, 1.0, max_new_tokens=8)
+        [' Ahoy! the sea be full Ahoy?']
+        >>> SteeringVector(torch.ones(64), layer=1).check(lm)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ModelLoadError: the vector is for d_model 64, this model has 128
+    """
 
     vector: Tensor
     layer: int

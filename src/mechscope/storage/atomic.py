@@ -25,6 +25,17 @@ from mechscope.errors import InputError
 def check_target(path: str | os.PathLike[str]) -> Path:
     """``path`` as a `Path` once it is known to be writable as a file.
 
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mechscope.storage.atomic import check_target
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> check_target(folder / "out.csv") == folder / "out.csv"
+        True
+        >>> check_target(folder / "missing" / "out.csv")
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: the folder '.../missing' does not exist; create it first or write elsewhere
+
     Raises:
         InputError: the path names a folder, or its folder does not exist.
     """
@@ -43,6 +54,24 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], 
     fsynced before the rename; on any failure, Ctrl-C included, it is removed and the target is untouched.
     ``fsync=False`` skips the fsync, for files that are checked when read and remade when damaged (a killed
     process still leaves the whole file or none; only a power cut can leave a damaged one).
+
+    Examples:
+        A writer that fails halfway leaves the old file as it was, and no temporary file beside it:
+
+        >>> import tempfile, pathlib
+        >>> from mechscope.storage.atomic import atomic_write
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> atomic_write(folder / "scores.csv", lambda temporary: temporary.write_text("a,b\\n1,2\\n")).name
+        'scores.csv'
+        >>> def broken(temporary):
+        ...     temporary.write_text("a,b\\n3,")
+        ...     raise RuntimeError("disk full")
+        >>> atomic_write(folder / "scores.csv", broken)
+        Traceback (most recent call last):
+        ...
+        RuntimeError: disk full
+        >>> (folder / "scores.csv").read_text().splitlines(), [p.name for p in folder.iterdir()]
+        (['a,b', '1,2'], ['scores.csv'])
 
     Raises:
         InputError: ``path`` names a folder or its folder is missing (checked before ``write`` runs).
@@ -68,10 +97,26 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], 
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write ``text`` (UTF-8) to ``path`` atomically.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mechscope.storage.atomic import atomic_write_text
+        >>> path = atomic_write_text(pathlib.Path(tempfile.mkdtemp()) / "note.txt", "café")
+        >>> path.name, path.read_bytes()
+        ('note.txt', b'caf\\xc3\\xa9')
+    """
     return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
+    """Write ``data`` to ``path`` atomically.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mechscope.storage.atomic import atomic_write_bytes
+        >>> path = atomic_write_bytes(pathlib.Path(tempfile.mkdtemp()) / "blob.bin", bytes([0, 1, 255]))
+        >>> list(path.read_bytes())
+        [0, 1, 255]
+    """
     return atomic_write(path, lambda temporary: temporary.write_bytes(data))

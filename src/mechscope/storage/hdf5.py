@@ -46,6 +46,20 @@ def _h5py() -> Any:
 def open_h5(path: str | os.PathLike[str], mode: str = "r") -> Any:
     """Open an HDF5 file (an ``h5py.File``, a context manager).
 
+    Examples:
+        >>> import tempfile, pathlib, numpy as np
+        >>> from mechscope.storage.hdf5 import create, open_h5
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> path = create(folder / "data.h5", lambda f: f.create_dataset("x", data=np.arange(3)))
+        >>> with open_h5(path) as f:
+        ...     f["x"][:].tolist()
+        [0, 1, 2]
+        >>> _ = (folder / "broken.h5").write_bytes(b"not HDF5")  # a damaged file: one line saying so
+        >>> open_h5(folder / "broken.h5")
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: '...broken.h5' is not a readable HDF5 file (...); it is truncated or corrupt: ...
+
     Raises:
         InputError: the file is missing, or is not a readable HDF5 file (truncated, corrupt, another format).
     """
@@ -63,7 +77,19 @@ def open_h5(path: str | os.PathLike[str], mode: str = "r") -> Any:
 
 
 def create(path: str | os.PathLike[str], fill: Callable[[Any], object]) -> Path:
-    """Write a new HDF5 file at ``path`` atomically: ``fill(h5py.File)`` writes into a temporary file."""
+    """Write a new HDF5 file at ``path`` atomically: ``fill(h5py.File)`` writes into a temporary file.
+
+    Examples:
+        >>> import tempfile, pathlib, numpy as np
+        >>> from mechscope.storage.hdf5 import create, open_h5
+        >>> def fill(f):
+        ...     f.create_dataset("x", data=np.zeros((2, 3)))
+        ...     f.attrs["site"] = "resid_post.1"
+        >>> path = create(pathlib.Path(tempfile.mkdtemp()) / "acts.h5", fill)
+        >>> with open_h5(path) as f:
+        ...     f["x"].shape, f.attrs["site"]
+        ((2, 3), 'resid_post.1')
+    """
 
     def write(temporary: Path) -> None:
         with _h5py().File(temporary, "w") as handle:
@@ -76,6 +102,24 @@ def rewrite(path: str | os.PathLike[str], change: Callable[[Any], object]) -> Pa
     """Change an existing HDF5 file without ever risking it: copy, ``change(copy)``, then swap atomically.
 
     On any failure (an exception, Ctrl-C, a kill before the swap) the original is untouched.
+
+    Examples:
+        >>> import tempfile, pathlib, numpy as np
+        >>> from mechscope.storage.hdf5 import create, open_h5, rewrite
+        >>> path = create(pathlib.Path(tempfile.mkdtemp()) / "data.h5", lambda f: f.create_dataset("x", data=[1, 2]))
+        >>> _ = rewrite(path, lambda f: f.create_dataset("y", data=[3]))
+        >>> def broken(f):
+        ...     del f["x"]
+        ...     raise RuntimeError("stopped halfway")
+        >>> rewrite(path, broken)
+        Traceback (most recent call last):
+        ...
+        RuntimeError: stopped halfway
+        >>> with open_h5(path) as f:  # the failed change never reached the file
+        ...     sorted(f), f["x"][:].tolist()
+        (['x', 'y'], [1, 2])
+        >>> sorted(p.name for p in path.parent.iterdir())
+        ['data.h5']
 
     Raises:
         InputError: the file is missing or unreadable.
@@ -102,6 +146,19 @@ def gzip_datasets(
     deflated by zlib — the library behind HDF5's filter — on a thread pool (zlib releases the GIL), then
     written raw (``write_direct_chunk``): an array stored under several names (stage 0's means are also its
     samples) is compressed once, on every core. The names in ``resizable`` can grow along their first axis.
+
+    Examples:
+        >>> import tempfile, pathlib, numpy as np
+        >>> from mechscope.storage.hdf5 import create, gzip_datasets, open_h5
+        >>> values = np.arange(12, dtype=np.float16).reshape(6, 2)
+        >>> fill = lambda f: gzip_datasets(f, ["means", "samples"], values, (4, 2), resizable=["samples"])
+        >>> path = create(pathlib.Path(tempfile.mkdtemp()) / "acts.h5", fill)
+        >>> with open_h5(path) as f:  # plain gzip + shuffle datasets, read back by h5py's own filters
+        ...     samples = f["samples"]
+        ...     samples.compression, samples.shuffle, samples.chunks, samples.maxshape, f["means"].maxshape
+        ...     bool((samples[:] == values).all() and (f["means"][:] == values).all())
+        ('gzip', True, (4, 2), (None, 2), (6, 2))
+        True
     """
     if values.ndim != 2 or chunks[1] != values.shape[1]:
         raise ValueError(f"gzip_datasets takes a 2-D array chunked by whole rows; got {values.shape}, {chunks}")
@@ -136,18 +193,48 @@ def gzip_datasets(
 
 
 def text_dataset(handle: Any, name: str, values: list[str]) -> Any:
-    """A dataset of UTF-8 strings (variable length)."""
+    """A dataset of UTF-8 strings (variable length).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mechscope.storage.hdf5 import create, open_h5, text_dataset
+        >>> fill = lambda f: text_dataset(f, "words", ["cat", "é"])
+        >>> path = create(pathlib.Path(tempfile.mkdtemp()) / "words.h5", fill)
+        >>> with open_h5(path) as f:  # h5py hands the strings back as UTF-8 bytes (`read_text` decodes them)
+        ...     f["words"].shape, f["words"][()].tolist()
+        ((2,), [b'cat', b'\\xc3\\xa9'])
+    """
     h5py = _h5py()
     return handle.create_dataset(name, data=values, dtype=h5py.string_dtype("utf-8"))
 
 
 def read_text(dataset: Any) -> list[str]:
-    """The strings of a `text_dataset`."""
+    """The strings of a `text_dataset`.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mechscope.storage.hdf5 import create, open_h5, read_text, text_dataset
+        >>> fill = lambda f: text_dataset(f, "words", ["cat", "é"])
+        >>> path = create(pathlib.Path(tempfile.mkdtemp()) / "words.h5", fill)
+        >>> with open_h5(path) as f:
+        ...     read_text(f["words"])
+        ['cat', 'é']
+    """
     return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in dataset[()]]
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> int:
-    """Delete temporary files that a killed writer of ``path`` left beside it; returns how many."""
+    """Delete temporary files that a killed writer of ``path`` left beside it; returns how many.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mechscope.storage.hdf5 import remove_stale_temporaries
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("acts.h5", ".acts.h5.k3j2x9.tmp", ".other.h5.a1b2c3.tmp"):  # one left by a killed writer
+        ...     _ = (folder / name).write_bytes(b"")
+        >>> remove_stale_temporaries(folder / "acts.h5"), sorted(p.name for p in folder.iterdir())
+        (1, ['.other.h5.a1b2c3.tmp', 'acts.h5'])
+    """
     target = Path(path)
     stale = list(target.parent.glob(f".{target.name}.*.tmp")) if target.parent.is_dir() else []
     for leftover in stale:

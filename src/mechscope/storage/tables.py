@@ -37,6 +37,15 @@ ArrowType = Literal["int", "float", "string", "bool", "float_list"]
 def table_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     """``fmt`` if given, else the format ``path``'s suffix names.
 
+    Examples:
+        >>> from mechscope.storage.tables import table_format
+        >>> table_format("scores.CSV"), table_format("runs.jsonl"), table_format("t.pq"), table_format("t.txt", "jsonl")
+        ('csv', 'jsonl', 'parquet', 'jsonl')
+        >>> table_format("scores.xlsx")
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: cannot write a table to 'scores.xlsx': use a .csv, .jsonl or .parquet file name
+
     Raises:
         InputError: an unknown format or suffix (nothing is guessed).
     """
@@ -59,6 +68,16 @@ def write_table(
     types: Mapping[str, ArrowType] | None = None,
 ) -> Path:
     """Write ``rows`` (the ``columns`` of each, in order) to ``path`` atomically; returns the path.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mechscope.storage.tables import write_table
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> rows = [{"layer": 0, "accuracy": 0.5, "tags": ["a"]}, {"layer": 1, "accuracy": float("inf")}]
+        >>> write_table(folder / "scores.csv", rows, ["layer", "accuracy", "tags"]).read_text().splitlines()
+        ['layer,accuracy,tags', '0,0.5,"[""a""]"', '1,inf,']
+        >>> write_table(folder / "scores.jsonl", rows, ["layer", "accuracy"]).read_text().splitlines()
+        ['{"layer": 0, "accuracy": 0.5}', '{"layer": 1, "accuracy": "Infinity"}']
 
     Args:
         fmt: ``csv``, ``jsonl`` or ``parquet``; default from the suffix.
@@ -107,7 +126,18 @@ def _json_cell(value: Any) -> Any:
 
 
 def read_table(path: str | os.PathLike[str], fmt: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """A table's column names and rows. CSV cells come back as strings (``None`` where empty)."""
+    """A table's column names and rows. CSV cells come back as strings (``None`` where empty).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mechscope.storage.tables import read_table, write_table
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> rows = [{"layer": 0, "site": "resid_post.0"}, {"layer": 1, "site": None}]
+        >>> read_table(write_table(folder / "t.csv", rows, ["layer", "site"]))
+        (['layer', 'site'], [{'layer': '0', 'site': 'resid_post.0'}, {'layer': '1', 'site': None}])
+        >>> read_table(write_table(folder / "t.parquet", rows, ["layer", "site"]))  # Parquet keeps the types
+        (['layer', 'site'], [{'layer': 0, 'site': 'resid_post.0'}, {'layer': 1, 'site': None}])
+    """
     source = Path(path)
     chosen = table_format(source, fmt)
     if chosen == "parquet":
@@ -125,7 +155,17 @@ def read_table(path: str | os.PathLike[str], fmt: str | None = None) -> tuple[li
 
 
 def pyarrow_modules() -> tuple[Any, Any]:
-    """``(pyarrow, pyarrow.parquet)``, or a one-line error saying how to install them."""
+    """``(pyarrow, pyarrow.parquet)``, or a one-line error saying how to install them.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mechscope.storage.tables import pyarrow_modules, write_table
+        >>> pa, pq = pyarrow_modules()
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "t.parquet"
+        >>> _ = write_table(path, [{"n": None, "v": [1.0, 2.0]}], ["n", "v"], types={"n": "int", "v": "float_list"})
+        >>> pq.read_schema(path).types == [pa.int64(), pa.list_(pa.float64())]
+        True
+    """
     try:
         # Imported by name: pyarrow is optional and untyped, and this keeps mypy's view of it to Any.
         return importlib.import_module("pyarrow"), importlib.import_module("pyarrow.parquet")

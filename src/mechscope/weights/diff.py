@@ -153,6 +153,22 @@ def diff_checkpoints(
     Returns:
         A `WeightDiff` with per-tensor rows, per-layer and per-block summaries and rankings.
 
+    Examples:
+        Two tiny checkpoints; the fine-tuned one moves layer 1's up-projection by half its value (rank 1):
+
+        >>> import tempfile
+        >>> from safetensors.torch import save_file
+        >>> base = {f"model.layers.{i}.mlp.up_proj.weight": torch.ones(8, 4) for i in (0, 1)}
+        >>> tuned = base | {"model.layers.1.mlp.up_proj.weight": 1.5 * torch.ones(8, 4)}
+        >>> a, b = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+        >>> save_file(base, a / "model.safetensors")
+        >>> save_file(tuned, b / "model.safetensors")
+        >>> result = diff_checkpoints(a, b, top_k=2, device="cpu")
+        >>> [(p.layer_index, p.relative_change, p.rank, round(p.top_singular_values[0], 4)) for p in result.params]
+        [(0, 0.0, 0, 0.0), (1, 0.5, 1, 2.8284)]
+        >>> result.most_changed_params[0], diff_checkpoints(a, a, device="cpu").identical
+        ('model.layers.1.mlp.up_proj.weight', True)
+
     Raises:
         WeightFileError: the checkpoints differ in tensor names or shapes (the first mismatches are listed),
             or a file cannot be read.
@@ -195,6 +211,14 @@ def check_same_architecture(base: dict[str, tuple[int, ...]], finetuned: dict[st
     Args:
         base: tensor name -> shape in the base checkpoint.
         finetuned: tensor name -> shape in the fine-tuned checkpoint.
+
+    Examples:
+        >>> check_same_architecture({"w": (4, 4), "b": (4,)}, {"w": (4, 4), "b": (4,)})
+        ['w', 'b']
+        >>> check_same_architecture({"w": (4, 4), "b": (4,)}, {"w": (4, 8), "c": (4,)})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.WeightFileError: 3 tensors differ: w shape (4, 4) vs (4, 8); b only in base; c only in ...
 
     Raises:
         WeightFileError: one line counting the mismatches and listing the first few.

@@ -141,6 +141,19 @@ def analyze_layer(
 ) -> LayerDirections:
     """The `LayerDirections` of one layer: ``directions`` (``[k, d_model]``, already scaled as wanted) and
     their z-scores against ``random`` (``[R, d_model]``); with ``base``, of the difference ``weights - base``.
+
+    Examples:
+        Layer 1 of the toy organism (4 heads, ``d_model`` 128) reading three random directions:
+
+        >>> from mechscope.weights.layer_weights import build_skeleton, read_layer
+        >>> with open_checkpoint("toy") as checkpoint:
+        ...     weights = read_layer(checkpoint, build_skeleton(checkpoint), 1)
+        >>> dirs, noise = random_directions(3, 128, seed=1), random_directions(20, 128, seed=0)
+        >>> entry = analyze_layer(weights, dirs, noise)
+        >>> entry.layer, len(entry.qk), len(entry.qk[0]), len(entry.ov_norm[0]), len(entry.mlp)  # heads x 3 x 3
+        (1, 4, 3, 3, 3)
+        >>> analyze_layer(weights, dirs, noise, base=weights).qk[0][0]  # weights minus themselves
+        [0.0, 0.0, 0.0]
     """
     real, noise = readout(weights, directions), readout(weights, random)
     if base is not None:
@@ -174,7 +187,15 @@ def analyze_layer(
 
 
 def top_interactions(layers: Sequence[LayerDirections], names: Sequence[str], n: int) -> list[Interaction]:
-    """The ``n`` entries with the largest ``|z|`` over every layer, head and kind (qk, ov, mlp)."""
+    """The ``n`` entries with the largest ``|z|`` over every layer, head and kind (qk, ov, mlp).
+
+    Examples:
+        >>> dirs = random_directions(3, 128, seed=1)
+        >>> result = directions_through_weights("toy", dirs, layers="1", n_random=20, top=0)
+        >>> [(row.kind, row.head, row.source, row.target, round(row.z, 2))
+        ...  for row in top_interactions(result.layers, result.directions, 2)]
+        [('mlp', None, 'd1', 'd1', 3.01), ('qk', 2, 'd1', 'd1', 2.93)]
+    """
     if n <= 0:
         return []
     candidates: list[tuple[float, int, int | None, Kind, int, int, float]] = []
@@ -208,6 +229,16 @@ def resolve_layers(layers: Sequence[int] | str | None, n_layers: int, default: S
     Text is parsed by `mechscope.core.layers.parse_layers`; a list is resolved by
     `mechscope.core.layers.resolve_layers` (negative layers count from the end), then sorted.
 
+    Examples:
+        >>> resolve_layers("all", 4), resolve_layers("1-2", 4), resolve_layers([-1, 0], 4), resolve_layers("every:2", 4)
+        ([0, 1, 2, 3], [1, 2], [0, 3], [0, 2, 3])
+        >>> resolve_layers(None, 4, default=[2]), resolve_layers(None, 4)  # the directions file's layers, else all
+        ([2], [0, 1, 2, 3])
+        >>> resolve_layers([7], 4)
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.SiteError: layer 7 is out of range: the model has 4 layers (0..3, or -4..-1 from the end)
+
     Raises:
         SiteError: a layer is out of range or the text is malformed (a backwards range such as ``5-2`` too).
     """
@@ -219,7 +250,13 @@ def resolve_layers(layers: Sequence[int] | str | None, n_layers: int, default: S
 
 
 def random_directions(n: int, d_model: int, seed: int, scale: float = 1.0) -> Tensor:
-    """``n`` Gaussian directions of norm ``scale`` in ``d_model`` dimensions, reproducible from ``seed``."""
+    """``n`` Gaussian directions of norm ``scale`` in ``d_model`` dimensions, reproducible from ``seed``.
+
+    Examples:
+        >>> dirs = random_directions(2, 8, seed=0, scale=3.0)
+        >>> dirs.shape, dirs.norm(dim=-1), torch.equal(dirs, random_directions(2, 8, seed=0, scale=3.0))
+        (torch.Size([2, 8]), tensor([3.0000, 3.0000]), True)
+    """
     generator = torch.Generator().manual_seed(seed)
     return _unit(torch.randn(n, d_model, generator=generator)) * scale
 
@@ -250,6 +287,17 @@ def directions_through_weights(
         normalize: scale the directions to unit norm first.
         top: rows of the top-interactions table.
         revision: hub revision of ``model`` and ``base``.
+
+    Examples:
+        Three random directions through layer 1 of the toy organism, and a difference of identical checkpoints:
+
+        >>> dirs = random_directions(3, 128, seed=1)
+        >>> result = directions_through_weights("toy", dirs, layers="1", n_random=20, top=3)
+        >>> result.family, result.n_heads, [entry.layer for entry in result.layers], result.directions, len(result.top)
+        ('llama', 4, [1], ['d0', 'd1', 'd2'], 3)
+        >>> same = directions_through_weights("toy", dirs, base="toy", layers="0", n_random=10)
+        >>> max(abs(row.value) for row in same.top)
+        0.0
 
     Raises:
         InputError: directions of the wrong width, too few random directions, a base of another shape.

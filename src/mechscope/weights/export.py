@@ -96,12 +96,29 @@ class ParamRow(BaseModel):
 
 
 def columns(spectral: bool) -> tuple[str, ...]:
-    """The table's columns, with or without the spectral ones."""
+    """The table's columns, with or without the spectral ones.
+
+    Examples:
+        >>> len(columns(spectral=False)), columns(spectral=False)[-3:]
+        (16, ('sparsity', 'dtype', 'created_at'))
+        >>> columns(spectral=True)[16:]
+        ('top_singular_value', 'frobenius_norm', 'stable_rank', 'effective_rank', 'condition_number', 'alpha')
+    """
     return COLUMNS + SPECTRAL_COLUMNS if spectral else COLUMNS
 
 
 def format_from_path(path: Path, fmt: str | None = None) -> str:
     """``fmt`` if given, else the format that ``path``'s suffix names.
+
+    Examples:
+        >>> format_from_path(Path("params.csv")), format_from_path(Path("params.pq"))
+        ('csv', 'parquet')
+        >>> format_from_path(Path("params.txt"), "jsonl")  # a format named wins over the suffix
+        'jsonl'
+        >>> format_from_path(Path("params.txt"))
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.InputError: cannot write a table to 'params.txt': use a .csv, .jsonl or .parquet file name
 
     Raises:
         InputError: an unknown format, or a suffix other than ``.csv``, ``.jsonl``, ``.parquet`` / ``.pq``.
@@ -110,7 +127,24 @@ def format_from_path(path: Path, fmt: str | None = None) -> str:
 
 
 def sort_rows(rows: Iterable[ParamRow]) -> list[ParamRow]:
-    """Rows by numeric layer index, non-layer rows last; ties keep their order (``sorted`` is stable)."""
+    """Rows by numeric layer index, non-layer rows last; ties keep their order (``sorted`` is stable).
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from safetensors.torch import save_file
+        >>> from mechscope.weights.analyze import analyze_checkpoint
+        >>> from mechscope.weights.reader import open_checkpoint
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> weights = {"model.norm.weight": torch.ones(4), "model.layers.1.mlp.up_proj.weight": torch.eye(4)}
+        >>> save_file(weights | {"model.layers.0.self_attn.q_proj.weight": torch.eye(4)}, folder / "model.safetensors")
+        >>> with open_checkpoint(folder) as checkpoint:
+        ...     rows, names = analyze_checkpoint(checkpoint, created_at="2026-01-01T00:00:00Z"), checkpoint.names()
+        >>> [row.param_name for row in reversed(rows)]
+        ['model.norm.weight', 'model.layers.1.mlp.up_proj.weight', 'model.layers.0.self_attn.q_proj.weight']
+        >>> [(row.param_name, row.layer_index) for row in sort_rows(reversed(rows))]  # doctest: +NORMALIZE_WHITESPACE
+        [('model.layers.0.self_attn.q_proj.weight', 0), ('model.layers.1.mlp.up_proj.weight', 1),
+         ('model.norm.weight', None)]
+    """
     return sorted(rows, key=lambda row: (row.layer_index is None, row.layer_index or 0))
 
 
@@ -125,6 +159,21 @@ def write_table(rows: Sequence[ParamRow], path: Path, fmt: str | None = None, *,
 
     Returns:
         ``path``.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from safetensors.torch import save_file
+        >>> from mechscope.weights.analyze import analyze_checkpoint
+        >>> from mechscope.weights.reader import open_checkpoint
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> weights = {"model.norm.weight": torch.ones(4), "model.layers.1.mlp.up_proj.weight": torch.eye(4)}
+        >>> save_file(weights | {"model.layers.0.self_attn.q_proj.weight": torch.eye(4)}, folder / "model.safetensors")
+        >>> with open_checkpoint(folder) as checkpoint:
+        ...     rows, names = analyze_checkpoint(checkpoint, created_at="2026-01-01T00:00:00Z"), checkpoint.names()
+        >>> path = write_table(rows, folder / "out" / "params.csv")  # the folder "out" is created
+        >>> lines = path.read_text().splitlines()
+        >>> path.relative_to(folder), len(lines), lines[0].split(",")[3:6]  # a header and a line per tensor
+        (PosixPath('out/params.csv'), 4, ['param_name', 'layer_index', 'block_type'])
     """
     names = columns(spectral)
     chosen = format_from_path(path, fmt)
@@ -142,7 +191,22 @@ def _arrow_type(name: str) -> tables.ArrowType:
 
 
 def read_table(path: Path, fmt: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """Read a weight table back: its column names and its rows, typed, with None for missing values."""
+    """Read a weight table back: its column names and its rows, typed, with None for missing values.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from safetensors.torch import save_file
+        >>> from mechscope.weights.analyze import analyze_checkpoint
+        >>> from mechscope.weights.reader import open_checkpoint
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> weights = {"model.norm.weight": torch.ones(4), "model.layers.1.mlp.up_proj.weight": torch.eye(4)}
+        >>> save_file(weights | {"model.layers.0.self_attn.q_proj.weight": torch.eye(4)}, folder / "model.safetensors")
+        >>> with open_checkpoint(folder) as checkpoint:
+        ...     rows, names = analyze_checkpoint(checkpoint, created_at="2026-01-01T00:00:00Z"), checkpoint.names()
+        >>> header, back = read_table(write_table(rows, folder / "params.csv"))
+        >>> header == list(columns(spectral=False)), [(row["layer_index"], row["rank"]) for row in back]
+        (True, [(0, 4), (1, 4), (None, 1)])
+    """
     chosen = format_from_path(path, fmt)
     header, rows = tables.read_table(path, chosen)
     if chosen == "csv":
@@ -174,6 +238,24 @@ def validate_table(
 
     Returns:
         The number of rows.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from safetensors.torch import save_file
+        >>> from mechscope.weights.analyze import analyze_checkpoint
+        >>> from mechscope.weights.reader import open_checkpoint
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> weights = {"model.norm.weight": torch.ones(4), "model.layers.1.mlp.up_proj.weight": torch.eye(4)}
+        >>> save_file(weights | {"model.layers.0.self_attn.q_proj.weight": torch.eye(4)}, folder / "model.safetensors")
+        >>> with open_checkpoint(folder) as checkpoint:
+        ...     rows, names = analyze_checkpoint(checkpoint, created_at="2026-01-01T00:00:00Z"), checkpoint.names()
+        >>> path = write_table(rows, folder / "params.jsonl")
+        >>> validate_table(path, None, expected_names=names, spectral=False)
+        3
+        >>> validate_table(path, None, expected_names=names, spectral=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.ExportValidationError: ...params.jsonl has the wrong columns (missing [...], unexpected [], ...
 
     Raises:
         ExportValidationError: the first problem found, in one line naming the file.

@@ -49,18 +49,39 @@ FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 
 
 def as_matrices(values: Tensor) -> Tensor:
-    """``values`` as a ``[stack, rows, cols]`` stack of matrices under the matrix view."""
+    """``values`` as a ``[stack, rows, cols]`` stack of matrices under the matrix view.
+
+    Examples:
+        >>> import torch
+        >>> as_matrices(torch.zeros(4, 3, 2)).shape  # leading axes stacked: four 3 x 2 matrices
+        torch.Size([4, 3, 2])
+        >>> as_matrices(torch.zeros(5)).shape  # a 1-D tensor: one 5 x 1 column
+        torch.Size([1, 5, 1])
+    """
     rows, cols = matrix_dims(tuple(values.shape))
     return values.reshape(-1, rows, cols)
 
 
 def svd_dtype(rows: int, cols: int) -> torch.dtype:
-    """The dtype the SVD of a ``rows x cols`` matrix runs in (see the module docstring)."""
+    """The dtype the SVD of a ``rows x cols`` matrix runs in (see the module docstring).
+
+    Examples:
+        >>> svd_dtype(64, 64), svd_dtype(2048, 1024)  # float64 up to 2**20 elements
+        (torch.float64, torch.float32)
+    """
     return torch.float64 if rows * cols <= FLOAT64_SVD_MAX_ELEMENTS else torch.float32
 
 
 def singular_values(matrices: Tensor) -> Tensor:
-    """Singular values (descending, float64) of each matrix in a ``[..., rows, cols]`` stack."""
+    """Singular values (descending, float64) of each matrix in a ``[..., rows, cols]`` stack.
+
+    Examples:
+        >>> import torch
+        >>> singular_values(torch.diag(torch.tensor([2.0, 3.0, 0.0])))
+        tensor([3., 2., 0.], dtype=torch.float64)
+        >>> singular_values(torch.ones(2, 3, 4)).shape  # two wide matrices: 3 values each
+        torch.Size([2, 3])
+    """
     rows, cols = matrices.shape[-2], matrices.shape[-1]
     oriented = matrices.mT if rows < cols else matrices
     values: Tensor = torch.linalg.svdvals(oriented.to(svd_dtype(rows, cols)))
@@ -68,32 +89,72 @@ def singular_values(matrices: Tensor) -> Tensor:
 
 
 def default_rtol(rows: int, cols: int) -> float:
-    """numpy ``matrix_rank``'s relative tolerance for a float32 ``rows x cols`` matrix."""
+    """numpy ``matrix_rank``'s relative tolerance for a float32 ``rows x cols`` matrix.
+
+    Examples:
+        >>> default_rtol(768, 3072) == 3072 * FLOAT32_EPS, f"{default_rtol(768, 3072):.2e}"
+        (True, '3.66e-04')
+    """
     return max(rows, cols) * FLOAT32_EPS
 
 
 def rank_tolerance(sigma_max: Tensor, rows: int, cols: int, rtol: float | None = None) -> Tensor:
-    """``sigma_max * rtol``, with `default_rtol` when ``rtol`` is None."""
+    """``sigma_max * rtol``, with `default_rtol` when ``rtol`` is None.
+
+    Examples:
+        >>> import torch
+        >>> rank_tolerance(torch.tensor([2.0]), 3, 3, rtol=0.1)
+        tensor([0.2000])
+        >>> bool(rank_tolerance(torch.tensor([2.0]), 768, 3072) == 2.0 * default_rtol(768, 3072))
+        True
+    """
     return sigma_max * (rtol if rtol is not None else default_rtol(rows, cols))
 
 
 def above_tolerance(s: Tensor, rows: int, cols: int, rtol: float | None = None) -> Tensor:
-    """Which singular values count towards the rank; ``s`` is ``[..., k]``, descending along the last axis."""
+    """Which singular values count towards the rank; ``s`` is ``[..., k]``, descending along the last axis.
+
+    Examples:
+        >>> import torch
+        >>> above_tolerance(torch.tensor([[3.0, 1e-9, 0.0]], dtype=torch.float64), 3, 3)  # 1e-9: rounding noise
+        tensor([[ True, False, False]])
+    """
     return s > rank_tolerance(s[..., :1], rows, cols, rtol)
 
 
 def exact_rank(s: Tensor, rows: int, cols: int, rtol: float | None = None) -> Tensor:
-    """The numerical rank of each matrix whose singular values are the rows of ``s`` (``[..., k]``)."""
+    """The numerical rank of each matrix whose singular values are the rows of ``s`` (``[..., k]``).
+
+    Examples:
+        >>> import torch
+        >>> s = torch.tensor([[3.0, 1e-9, 0.0], [3.0, 2.0, 1.0]], dtype=torch.float64)
+        >>> exact_rank(s, 3, 3), exact_rank(s, 3, 3, rtol=1e-12)  # a tighter rtol counts the 1e-9 too
+        (tensor([1, 3]), tensor([2, 3]))
+    """
     return above_tolerance(s, rows, cols, rtol).sum(dim=-1)
 
 
 def vector_rank(values: Tensor) -> int:
-    """The rank of a 1-D tensor or scalar: 1 if any element is non-zero, else 0."""
+    """The rank of a 1-D tensor or scalar: 1 if any element is non-zero, else 0.
+
+    Examples:
+        >>> import torch
+        >>> vector_rank(torch.zeros(4)), vector_rank(torch.tensor([0.0, 2.0])), vector_rank(torch.tensor(0.5))
+        (0, 1, 1)
+    """
     return int(bool((values != 0).any()))
 
 
 def effective_rank(s: Tensor) -> float:
-    """``exp(-sum p log p)`` with ``p = s / sum(s)`` over one matrix's singular values; 0 if all are zero."""
+    """``exp(-sum p log p)`` with ``p = s / sum(s)`` over one matrix's singular values; 0 if all are zero.
+
+    Examples:
+        >>> import torch
+        >>> round(effective_rank(torch.ones(4)), 6), round(effective_rank(torch.tensor([4.0, 1.0, 0.0])), 4)
+        (4.0, 1.6494)
+        >>> effective_rank(torch.zeros(3))
+        0.0
+    """
     total = float(s.sum())
     if total <= 0.0:
         return 0.0
@@ -102,7 +163,13 @@ def effective_rank(s: Tensor) -> float:
 
 
 def stable_rank(s: Tensor) -> float:
-    """``sum(s**2) / s_max**2`` over one matrix's singular values; NaN if all are zero."""
+    """``sum(s**2) / s_max**2`` over one matrix's singular values; NaN if all are zero.
+
+    Examples:
+        >>> import torch
+        >>> stable_rank(torch.tensor([2.0, 1.0, 1.0])), stable_rank(torch.zeros(2))  # (4 + 1 + 1) / 4
+        (1.5, nan)
+    """
     top = float(s.max()) if s.numel() else 0.0
     if top <= 0.0:
         return math.nan

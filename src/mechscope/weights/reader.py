@@ -162,6 +162,20 @@ class Checkpoint:
 def open_checkpoint(source: str | Path, *, revision: str | None = None, cache_dir: Path | None = None) -> Checkpoint:
     """Open a checkpoint for streaming; every header is checked before this returns.
 
+    Examples:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> np.savez(folder / "weights.npz", **{"embed.weight": np.ones((6, 4), np.float32), "head.bias": np.zeros(6)})
+        >>> with open_checkpoint(folder / "weights.npz") as checkpoint:
+        ...     checkpoint.format, checkpoint.names(), checkpoint.dtype("head.bias"), checkpoint.read("head.bias").dtype
+        ('npz', ['embed.weight', 'head.bias'], 'float64', torch.float32)
+        >>> _ = (folder / "broken.safetensors").write_bytes(b"abc")  # a truncated file fails when opened
+        >>> open_checkpoint(folder / "broken.safetensors")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechscope.errors.WeightFileError: ...broken.safetensors is not a safetensors file (shorter than its 8-byte ...
+
     Args:
         source: A weight file (``.safetensors``, ``.bin``/``.pt``, ``.gguf``, ``.npz``, or a shard index
             ``*.index.json``), a folder holding them, an HF cache folder (``models--org--name``, resolved

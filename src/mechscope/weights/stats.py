@@ -73,7 +73,16 @@ _FIT_BLOCK = 256
 
 @dataclass(frozen=True)
 class SpectralStats:
-    """The spectral measures of one tensor (see the module docstring)."""
+    """The spectral measures of one tensor (see the module docstring).
+
+    Examples:
+        >>> stats = tensor_stats(torch.diag(torch.tensor([4.0, 2.0, 1.0])), StatsOptions(spectral=True))
+        >>> spectral = stats.spectral  # singular values 4, 2, 1
+        >>> spectral.top_singular_value, round(spectral.frobenius_norm**2, 9), spectral.stable_rank  # 21 / 16
+        (4.0, 21.0, 1.3125)
+        >>> spectral.condition_number, spectral.alpha  # alpha needs at least MIN_EIGENVALUES eigenvalues
+        (4.0, nan)
+    """
 
     top_singular_value: float
     frobenius_norm: float
@@ -106,6 +115,13 @@ class StatsOptions:
         rank_rtol: relative tolerance of the rank; None: ``max(rows, cols) * eps(float32)``.
         spectral: also compute the spectral measures.
         device: where the SVD and moments run (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
+
+    Examples:
+        >>> weight = torch.diag(torch.tensor([1.0, 1.0, 1e-3]))
+        >>> tensor_stats(weight).rank, tensor_stats(weight, StatsOptions(rank_rtol=0.01)).rank  # 1e-3 < 1 * 0.01
+        (3, 2)
+        >>> tensor_stats(torch.tensor([0.0, 1e-9, 1.0]), StatsOptions(sparsity_threshold=1e-6)).sparsity
+        0.6666666666666666
     """
 
     sparsity_threshold: float = 1e-8
@@ -115,7 +131,14 @@ class StatsOptions:
 
 
 def moments(values: torch.Tensor, sparsity_threshold: float = 1e-8) -> tuple[float, float, float]:
-    """``(mean, population variance, sparsity)`` of ``values`` in one chunked float64 pass."""
+    """``(mean, population variance, sparsity)`` of ``values`` in one chunked float64 pass.
+
+    Examples:
+        >>> moments(torch.tensor([1.0, 2.0, 3.0, 0.0]))  # one element of four is zero
+        (1.5, 1.25, 0.25)
+        >>> moments(torch.empty(0))
+        (nan, nan, 0.0)
+    """
     flat = values.reshape(-1)
     total = flat.numel()
     if total == 0:
@@ -149,6 +172,16 @@ def power_law_alpha(eigenvalues: np.ndarray) -> float:
 
     Returns:
         alpha, or NaN when fewer than `MIN_EIGENVALUES` positive values are given.
+
+    Examples:
+        Samples of a Pareto law whose density falls as ``x ** -2.5``:
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> round(power_law_alpha((1 - rng.random(1000)) ** (-1 / 1.5)), 2)
+        2.55
+        >>> power_law_alpha(np.ones(5))  # fewer than MIN_EIGENVALUES values
+        nan
     """
     lam = np.sort(np.asarray(eigenvalues, dtype=np.float64).reshape(-1))
     lam = lam[lam > 0]
@@ -234,6 +267,11 @@ def batch_stats(batch: torch.Tensor, options: StatsOptions) -> list[TensorStats]
 
     Returns:
         One `TensorStats` per tensor, in batch order.
+
+    Examples:
+        >>> batch = torch.stack([torch.eye(3), torch.zeros(3, 3), torch.ones(3, 3)])
+        >>> [(stats.rank, round(stats.sparsity, 3)) for stats in batch_stats(batch, StatsOptions())]
+        [(3, 0.667), (0, 1.0), (1, 0.0)]
     """
     shape = tuple(batch.shape[1:])
     rows, cols = matrix_dims(shape)
