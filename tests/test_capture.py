@@ -112,8 +112,8 @@ class _RowsOnly:
 
 
 def test_a_sink_that_needs_no_layout_gets_every_pass_of_a_generation(load_tiny: Loader) -> None:
-    """Untracked, the sink is called one pass late (the last pass on exit) with the same values, and nothing
-    of the model changes; reading ``info`` there is a clear error, not a silent wrong layout."""
+    """Untracked, the sink gets the same values (one site: as its hook fires; several: one pass late, the last
+    on exit), and nothing of the model changes; reading ``info`` there is a clear error, not a wrong layout."""
     lm = load_tiny("llama")
     prompts = ["The cat sat on the", "A dog"]  # padded: the batch has a layout it could have needed
     tracked: list[torch.Tensor] = []
@@ -125,6 +125,16 @@ def test_a_sink_that_needs_no_layout_gets_every_pass_of_a_generation(load_tiny: 
     assert len(rows_only.rows) == len(tracked) == 4  # the prompt pass and three steps with the KV cache
     for ours, theirs in zip(rows_only.rows, tracked, strict=True):
         assert torch.equal(ours, theirs)
+
+    class TwoSites(_RowsOnly):
+        def __call__(self, values: dict[str, torch.Tensor], info: object) -> None:
+            assert set(values) == {"resid_post.0", "resid_post.1"}  # a whole pass, never a part of one
+            self.rows.append(values["resid_post.1"])
+
+    two = TwoSites()
+    with lm.capture(["resid_post.0", "resid_post.1"], sink=two):
+        assert lm.generate(prompts, max_new_tokens=4) == plain
+    assert len(two.rows) == 4 and all(torch.equal(a, b) for a, b in zip(two.rows, tracked, strict=True))
 
     def reads_layout(values: dict[str, torch.Tensor], info: object) -> None:
         assert info.offset >= 0  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import mechscope as ms
@@ -149,3 +150,35 @@ def test_bad_lens_input_is_one_line(toy: ms.LanguageModel, folder: Path) -> None
         fit_from_encyclopedia(toy, data, 3)
     with pytest.raises(InputError, match="negatives are siblings and/or random"):
         fit_from_encyclopedia(toy, data, 1, negatives={"cousins"})
+
+
+@pytest.mark.parametrize(("rows", "n", "k"), [(73, 10_000, 5), (20, 641, 1), (3, 1_300, 12), (1, 5_000, 5)])
+def test_the_blockwise_top_k_is_torchs_top_k(rows: int, n: int, k: int) -> None:
+    from mechscope.concepts.monitor import _top_k
+
+    scores = torch.randn(rows, n, generator=torch.Generator().manual_seed(n))
+    scores[0, -1] = 100.0  # the best score in the last, partial block
+    values, indices = _top_k(scores, k)
+    expected = scores.topk(k, dim=-1)
+    assert torch.equal(values, expected.values) and torch.equal(indices, expected.indices)
+    assert int(indices[0, 0]) == n - 1
+
+
+def test_many_lenses_read_after_generation_as_they_read_live(toy: ms.LanguageModel) -> None:
+    k = 2_000  # enough blocks of scores for the blockwise top-k after generation (live passes use topk)
+    generator = torch.Generator().manual_seed(0)
+    lenses = Lenses(
+        W=torch.randn(toy.arch.d_model, k, generator=generator),
+        b=torch.randn(k, generator=generator),
+        threshold=torch.zeros(k),
+        concept_ids=[f"c{i}" for i in range(k)],
+        terms=[f"c{i}" for i in range(k)],
+        site="resid_post.2",
+        model="toy",
+    )
+    live = monitor(toy, lenses, "The capital of Peru is", max_new_tokens=4, top_k=7, on_token=lambda token: None)
+    after = monitor(toy, lenses, "The capital of Peru is", max_new_tokens=4, top_k=7)
+    assert len(after.tokens) == len(live.tokens) > 8
+    for one, other in zip(live.tokens, after.tokens, strict=True):
+        assert [h.id for h in one.concepts] == [h.id for h in other.concepts]
+        assert [h.score for h in one.concepts] == pytest.approx([h.score for h in other.concepts], abs=1e-4)

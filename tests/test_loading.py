@@ -13,6 +13,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 from safetensors.torch import save_file
+from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 from typer.testing import CliRunner
 
@@ -122,6 +123,19 @@ def test_folder_without_tokenizer_takes_token_ids(tiny_dir: Callable[[str], Path
         message = str(info.value)
         assert "\n" not in message and "has no tokenizer" in message
         assert "ms.wrap(lm.model, tokenizer)" in message and "tokenizer files in the model folder" in message
+
+    lm.tokenizer = AutoTokenizer.from_pretrained(tiny_dir("llama"))  # given later: text works, texts decode
+    assert lm.token_texts([1, 2, 1]) == [lm.tokenizer.decode([i]) for i in (1, 2, 1)]
+
+
+def test_token_texts_are_remembered_per_tokenizer(tiny_dir: Callable[[str], Path]) -> None:
+    lm = ms.load("toy")
+    ids = lm.tokenize("The capital of France is")["input_ids"][0].tolist()
+    toy_texts = [lm.tokenizer.decode([i]) for i in ids]
+    assert lm.token_texts(ids) == lm.token_texts(ids) == toy_texts
+    other = AutoTokenizer.from_pretrained(tiny_dir("llama"))  # another vocabulary: nothing remembered carries over
+    lm.tokenizer = other
+    assert lm.token_texts(ids) == [other.decode([i]) for i in ids] != toy_texts
 
 
 def test_folder_with_only_a_config_says_the_weights_are_missing(

@@ -62,6 +62,36 @@ def _site(lm: LanguageModel, lenses: Lenses, force: bool) -> tuple[str, int | No
     return str(sites[0]), sites[0].layer
 
 
+#: Scores per block in `_top_k`: 64 was fastest for 16 to 512 rows of 10,000 scores on this project's CPUs.
+_BLOCK = 64
+
+
+def _top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` highest scores of each row and their columns, as ``scores.topk(k)`` gives them.
+
+    Exact, and about three times faster than `torch.topk` on many rows of many scores: each row's ``k`` best
+    lie in the ``k`` blocks of `_BLOCK` columns with the highest maxima (a block that holds one of them has a
+    maximum at least as high as it, and at most ``k - 1`` other blocks can hold a higher score), so only those
+    blocks and the last partial one are searched. Among equal scores the columns chosen may differ from
+    `torch.topk`'s, whose choice is unspecified too.
+    """
+    rows, n = scores.shape
+    blocks = n // _BLOCK
+    if rows < 2 or blocks < 2 * k:  # one row (a live pass) or few scores: topk alone is faster
+        top = scores.topk(k, dim=-1)
+        return top.values, top.indices
+    whole = scores[:, : blocks * _BLOCK].view(rows, blocks, _BLOCK)
+    best = whole.amax(-1).topk(k, dim=-1).indices  # [rows, k]: the blocks with the highest maxima
+    candidates = whole.gather(1, best.unsqueeze(-1).expand(rows, k, _BLOCK)).reshape(rows, k * _BLOCK)
+    columns = (best.unsqueeze(-1) * _BLOCK + torch.arange(_BLOCK, device=scores.device)).reshape(rows, k * _BLOCK)
+    if blocks * _BLOCK < n:  # the last, partial block is always searched
+        candidates = torch.cat([candidates, scores[:, blocks * _BLOCK :]], 1)
+        tail = torch.arange(blocks * _BLOCK, n, device=scores.device).expand(rows, -1)
+        columns = torch.cat([columns, tail], 1)
+    values, where = candidates.topk(k, dim=-1)
+    return values, columns.gather(1, where)
+
+
 #: Validates a whole generation's tokens in one call (pydantic-core): a third of the cost of building them one by one.
 _TOKENS: TypeAdapter[list[MonitorToken]] = TypeAdapter(list[MonitorToken])
 
@@ -130,30 +160,31 @@ class _Reader:
     @property
     def n_rows(self) -> int:
         """Positions captured so far (read or waiting to be read)."""
-        return len(self.top) + sum(len(h) for h in self.pending)
+        return len(self.top) + sum(h.shape[1] for h in self.pending)
 
     def __call__(self, values: dict[str, Tensor], info: PassInfo) -> None:
-        # the capture hands over its own copy of the values: keeping a view of it is safe, no second copy
-        h = values[self.key][0, self.skip :]  # [length, d]: one batch row, the positions this pass adds
+        # the capture hands over its own copy of the values: keeping it is safe, no second copy
+        h = values[self.key]  # [1, length, d]: the positions this pass adds
         if self.on_token is None:
-            self.pending.append(h)  # read all at once in `finish`: one product in all
+            # kept whole (slicing a view costs more than the rest of this call) and read all at once in `finish`
+            self.pending.append(h if not self.skip else h[:, self.skip :])
             return
-        self._read(h)  # live: one [length, d] @ [d, K] product per pass
+        self._read(h[0, self.skip :])  # live: one [length, d] @ [d, K] product per pass
         self._emit()
 
     def finish(self) -> None:
         """Read the rows kept back (no live callback): every token's scores in one matrix product."""
         if self.pending:
-            rows, self.pending = torch.cat(self.pending), []
+            rows, self.pending = torch.cat(self.pending, dim=1)[0], []
             for start in range(0, len(rows), 512):  # bounds the [rows, K] score block
                 self._read(rows[start : start + 512])
         self.all_ids()
         self._emit()
 
     def _read(self, h: Tensor) -> None:
-        top = self.lenses.scores(h).topk(self.top_k, dim=-1)
-        margins = top.values - self.lenses.threshold[top.indices]
-        self.top.extend(zip(top.values.tolist(), margins.tolist(), top.indices.tolist(), strict=True))
+        values, indices = _top_k(self.lenses.scores(h), self.top_k)
+        margins = values - self.lenses.threshold[indices]
+        self.top.extend(zip(values.tolist(), margins.tolist(), indices.tolist(), strict=True))
 
     def _texts(self, ids: list[int]) -> None:
         """Decode the ids not seen before, all in one call."""

@@ -212,10 +212,17 @@ class Capture:
             self._hooks.pre(group.module, on_input, with_kwargs=True)
         elif self._as_is and not self._tracked:
             pairs = tuple(zip(group.keys, group.readers, strict=True))
+            # one site into a sink: a pass is complete when its one hook fires, so it goes to the sink at once
+            (only_key, only_reader) = pairs[0]
+            at_once = self.sink if len(pairs) == 1 and len(self.cache.sites) == 1 else None
 
             def on_output_as_is(mod: nn.Module, args: Any, output: Any) -> None:
                 # The common case (residual-type sites, every position, no conversion), spelled out
                 # because it runs on every hooked layer of every pass.
+                if at_once is not None and self._window is None:
+                    value = only_reader(output, 0)
+                    at_once({only_key: value.detach().clone() if value.requires_grad else value.clone()}, NO_LAYOUT)
+                    return
                 current = self._current
                 for key, read_value in pairs:
                     if key in current:  # this site fired again: the previous pass is over

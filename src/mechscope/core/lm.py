@@ -63,6 +63,7 @@ class LanguageModel:
         self._device = _input_device(self.arch)
         self._site_memo: dict[tuple[str | Site, ...], list[Site]] = {}
         self._plan_memo: dict[tuple[str | Site, ...], CapturePlan] = {}
+        self._token_text_memo: dict[int, str] = {}  # id -> text, for the tokenizer set now
 
     def __repr__(self) -> str:
         a = self.arch
@@ -85,6 +86,7 @@ class LanguageModel:
         if tokenizer is not None:
             _prepare_tokenizer(tokenizer, self.arch)
         self._tokenizer = tokenizer
+        self._token_text_memo = {}
 
     @property
     def has_tokenizer(self) -> bool:
@@ -157,8 +159,12 @@ class LanguageModel:
 
     def token_texts(self, ids: Tensor | Sequence[int]) -> list[str]:
         """The text of each token id (for tables and reports; whitespace kept as is)."""
-        values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-        return [str(self.tokenizer.decode([int(i)])) for i in values]
+        values = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
+        memo = self._token_text_memo  # a token's text never changes: monitoring and reports decode each id once
+        for i in dict.fromkeys(values):
+            if i not in memo:
+                memo[i] = str(self.tokenizer.decode([i]))
+        return [memo[i] for i in values]
 
     def tokenize(self, prompts: str | Sequence[str]) -> dict[str, Tensor]:
         """Tokenize and pad a batch (left for decoders, right for encoders), on the model's device.
@@ -324,9 +330,9 @@ class LanguageModel:
             dtype: cast captures (e.g. ``"float16"``).
             sink: ``sink(values, info)`` called once per pass instead of keeping values in the cache. A sink
                 object with ``needs_info = False`` never reads ``info`` (reading it raises): the capture then
-                skips tracking each pass's layout, and calls the sink for a pass when the next one starts and
-                for the last when the block exits (with ``positions="all"`` only; other positions need the
-                layout).
+                skips tracking each pass's layout, and calls the sink for a pass as soon as its one site
+                fires, or (several sites) when the next pass starts and for the last when the block exits
+                (with ``positions="all"`` only; other positions need the layout).
             keep_grad: keep the live activations (not detached copies), part of the autograd graph of
                 ``lm.forward(..., grad=True)``, so that ``torch.autograd.grad(metric, cache[site])`` works.
                 Only with ``positions="all"``.

@@ -147,7 +147,9 @@ def check_provenance(made_for: str, model: str, what: str, *, force: bool = Fals
     Raises:
         ProvenanceError: the two differ and ``force`` is off.
     """
-    if not made_for or not model or force or canonical_source(made_for) == canonical_source(model):
+    if not made_for or not model or force or made_for == model:
+        return  # the same spelling needs no look-up (which stats the organisms' folders)
+    if canonical_source(made_for) == canonical_source(model):
         return
     raise ProvenanceError(
         f"the {what} was made for '{made_for}', not '{model}'; a vector of the same width from another "
