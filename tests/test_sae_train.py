@@ -348,3 +348,13 @@ def test_cli_errors(tmp_path: Path, extra: list[str], message: str) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and message in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_a_layer_counted_from_the_end_is_stored_absolute(lm: Any, tmp_path: Path) -> None:
+    tiny = {"width": 32, "k": 4, "tokens": 1024, "batch_size": 256, "buffer_tokens": 1024, "eval_tokens": 256}
+    sae, _ = train_sae(lm, "resid_post.-2", DOCS[:50], eval_corpus=HELD[:5], **tiny)  # type: ignore[arg-type]
+    assert sae.site == "resid_post.2"  # so that it saves, reloads and compares like one named resid_post.2
+    folder = ms.sae.save(sae, tmp_path / "sae")
+    assert ms.sae.load(folder).site == "resid_post.2"
+    with pytest.raises(SiteError, match="out of range"):
+        train_sae(lm, "resid_post.-9", DOCS[:50], **tiny)  # type: ignore[arg-type]

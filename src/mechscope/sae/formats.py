@@ -98,6 +98,28 @@ def hook_of_site(site: str) -> str:
     return HOOKS[found["kind"]].format(layer=found["layer"])
 
 
+def resolve_site(site: str, lm: LanguageModel) -> str:
+    """``site`` with a layer counted from the end made absolute (``resid_post.-1`` → ``resid_post.3`` on toy).
+
+    Examples:
+        >>> import mechscope as ms
+        >>> lm = ms.load("toy")
+        >>> resolve_site("resid_post.-1", lm), resolve_site("head_out.1", lm), resolve_site("embed", lm)
+        ('resid_post.3', 'head_out.1', 'embed')
+
+    Raises:
+        SiteError: a site an SAE cannot read, or a layer the model lacks.
+    """
+    found = _SITE_RE.match(site)
+    if found is None or found["layer"] is None:
+        return site  # not a layered SAE site: site_width and hook_of_site name the problem
+    layer = int(found["layer"])
+    resolved = layer + lm.arch.n_layers if layer < 0 else layer
+    if not 0 <= resolved < lm.arch.n_layers:
+        raise SiteError(f"layer {layer} is out of range for {site}: {lm.arch.family} has {lm.arch.n_layers} layers")
+    return f"{found['kind']}.{resolved}"
+
+
 def site_width(site: str, lm: LanguageModel) -> int:
     """How wide ``site``'s value is on ``lm`` (``head_out.L``: heads × head_dim).
 
@@ -384,4 +406,4 @@ def save(sae: SAE, path: str | os.PathLike[str]) -> Path:
 
 
 __all__ = ["CFG_NAME", "HOOKS", "WEIGHTS_NAME", "check_fits", "config_dict", "hook_of_site", "load", "read_config"]
-__all__ += ["save", "site_of_hook", "site_width"]
+__all__ += ["resolve_site", "save", "site_of_hook", "site_width"]

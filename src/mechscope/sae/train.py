@@ -53,7 +53,7 @@ from mechscope.sae.activations import (
     split_corpus,
 )
 from mechscope.sae.evaluate import reconstruction_stats
-from mechscope.sae.formats import CFG_NAME, save, site_width
+from mechscope.sae.formats import CFG_NAME, resolve_site, save, site_width
 from mechscope.sae.model import SAE, SAEConfig
 from mechscope.sae.train_results import EvalStats, SAETrainResult, TrainRecord
 from mechscope.storage.atomic import atomic_write, atomic_write_text
@@ -171,6 +171,7 @@ def train_sae(
         >>> result.steps, sae.config.k, round(float(sae.W_dec.detach().norm(dim=1).mean()), 4)
         (8, 4, 1.0)
     """
+    site = resolve_site(site, lm)  # stored, saved and compared in absolute layers
     d_in = site_width(site, lm)
     settings: dict[str, Any] = {
         "site": site, "architecture": "topk" if k is not None else "standard", "width": width, "k": k,
