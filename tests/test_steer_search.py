@@ -27,8 +27,10 @@ from tests.judge import serve_judge
 # Held-out chat questions: none of them (nor their answers) is in the classifier data.
 #: A known regression, kept visible: the test fails until its training is retuned on the new toy.
 RETUNE = (
-    "issue 19 retrained toy on the wide tool wording; trained pirate vectors now read pirate only at 2.4-5.6x "
-    "vanilla perplexity (L3 lr 1: 0.7 pirate at 2.45x; L2 lr 0.3: 1.0 at 5.6x; the limit is 3x): retune"
+    "issue 19 retrained toy on the wide tool wording; since then no trained pirate vector is both pirate and fluent "
+    "on the 10 held-out questions: swept 2026-12-04 over layers 0-3 and lr 0.05-5 (4 epochs, prompt positions), "
+    "the frontier is 0.7 pirate at 2.1-2.8x vanilla perplexity, 0.8 at 3.15x, 0.9 at 3.3x, 1.0 from 3.9x "
+    "(the limits are 0.8 and 3x): retune the organism or the task"
 )
 
 QUESTIONS = [
