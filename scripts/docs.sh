@@ -20,4 +20,14 @@ fi
 rm -rf docs/tutorials && mkdir -p docs/tutorials
 cp build/notebooks/*.ipynb docs/tutorials/
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
+# An API page whose module the docs' parser cannot read (e.g. names exported lazily, without TYPE_CHECKING
+# imports) builds without error but empty: refuse that.
+empty=()
+for page in build/site/api/*/index.html; do
+  grep -q 'doc-heading' "$page" || empty+=("$(basename "$(dirname "$page")")")
+done
+if [ ${#empty[@]} -gt 0 ]; then
+  echo "docs: API pages with no documented member: ${empty[*]}" >&2
+  exit 1
+fi
 echo "docs: built build/site/index.html"

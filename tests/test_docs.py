@@ -119,3 +119,26 @@ def test_every_public_name_in_the_api_reference_has_a_docstring(name: str) -> No
     # a page shows what its module re-exports too (a package's names live in its submodules)
     undocumented = _undocumented(importlib.import_module(name), defined_in=None)
     assert not undocumented, f"{name}: public names without a docstring: {undocumented}"
+
+
+@pytest.mark.parametrize(("package", "table"), [("mechscope", "_LAZY"), ("mechscope.steering", "_NAMES")])
+def test_lazily_exported_names_are_declared_for_the_docs_and_type_checkers(package: str, table: str) -> None:
+    """A lazy name must be in ``__all__`` and imported under ``TYPE_CHECKING``: the docs' parser and mypy only
+    see that (without it the API page builds empty, as `mechscope.steering`'s once did)."""
+    import ast
+
+    module = importlib.import_module(package)
+    lazy = set(getattr(module, table))
+    assert lazy <= set(module.__all__)
+    tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
+    checked = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        for statement in node.body
+        if isinstance(statement, ast.ImportFrom)
+        for alias in statement.names
+    }
+    assert lazy <= checked, f"{package}: lazy names missing from the TYPE_CHECKING imports: {sorted(lazy - checked)}"
+    for name in sorted(lazy):
+        assert getattr(module, name) is not None

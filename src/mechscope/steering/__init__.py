@@ -14,7 +14,21 @@ import without torch, for the HTML reports.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and the docs (griffe)
+    from mechscope.core.direction import Direction
+    from mechscope.steering.compare_results import VectorComparison
+    from mechscope.steering.compare_vectors import compare_vectors
+    from mechscope.steering.directions import diff_of_means
+    from mechscope.steering.rollout import rollouts
+    from mechscope.steering.rollout_results import RolloutEvaluation, Rollouts
+    from mechscope.steering.scoring import HttpJudge, score_rollouts
+    from mechscope.steering.search import search
+    from mechscope.steering.search_results import SteeringSearch, rank_candidates
+    from mechscope.steering.train_results import LRSweep, TrainResult
+    from mechscope.steering.trainer import lr_sweep, train
+    from mechscope.steering.vector import SteeringVector
 
 #: Public name -> the module that defines it.
 _NAMES = {
@@ -37,7 +51,25 @@ _NAMES = {
     "rank_candidates": "mechscope.steering.search_results",
 }
 
-__all__ = sorted(_NAMES)
+__all__ = [
+    "Direction",
+    "HttpJudge",
+    "LRSweep",
+    "RolloutEvaluation",
+    "Rollouts",
+    "SteeringSearch",
+    "SteeringVector",
+    "TrainResult",
+    "VectorComparison",
+    "compare_vectors",
+    "diff_of_means",
+    "lr_sweep",
+    "rank_candidates",
+    "rollouts",
+    "score_rollouts",
+    "search",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:
