@@ -142,3 +142,30 @@ def test_lazily_exported_names_are_declared_for_the_docs_and_type_checkers(packa
     assert lazy <= checked, f"{package}: lazy names missing from the TYPE_CHECKING imports: {sorted(lazy - checked)}"
     for name in sorted(lazy):
         assert getattr(module, name) is not None
+
+
+def test_an_exported_function_is_not_shadowed_by_its_submodule() -> None:
+    """Importing ``pkg.name`` binds ``pkg.name`` to that submodule; a package exporting a function of the same name
+    lazily would then hand out the module (``ms.steering.search`` once did, after the CLI imported it)."""
+    import pkgutil
+    import types
+
+    import mechscope
+
+    meant_as_modules = {"mechscope": {"moe", "ops", "sae", "steering"}}
+    for info in pkgutil.walk_packages(mechscope.__path__, "mechscope."):
+        if info.name != "mechscope.__main__":  # importing that runs the command line
+            importlib.import_module(info.name)  # every submodule imported first, as a long session would
+    packages = [mechscope] + [
+        importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(mechscope.__path__, "mechscope.")
+        if info.ispkg
+    ]
+    for package in packages:
+        allowed = meant_as_modules.get(package.__name__, set())
+        shadowed = [
+            name
+            for name in getattr(package, "__all__", [])
+            if name not in allowed and isinstance(getattr(package, name), types.ModuleType)
+        ]
+        assert not shadowed, f"{package.__name__}: exported names that resolve to a submodule: {shadowed}"

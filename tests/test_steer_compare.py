@@ -17,7 +17,7 @@ from mechscope.cli.main import app
 from mechscope.core.lm import LanguageModel
 from mechscope.errors import InputError
 from mechscope.steering.compare_results import COLUMNS, VectorComparison
-from mechscope.steering.compare_vectors import compare_vectors
+from mechscope.steering.comparison import compare_vectors
 from mechscope.steering.directions import diff_of_means
 from mechscope.steering.trainer import train
 from mechscope.steering.vector import SteeringVector

@@ -15,9 +15,9 @@ import mechscope as ms
 from mechscope.cli.main import app
 from mechscope.cli.steer_search import parse_layers
 from mechscope.errors import InputError
+from mechscope.steering.layer_search import resolve_layers, search
 from mechscope.steering.rollout import rollouts
 from mechscope.steering.rollout_results import Interval
-from mechscope.steering.search import resolve_layers, search
 from mechscope.steering.search_results import SearchCandidate, SteeringSearch, rank_candidates
 from mechscope.steering.vector import SteeringVector, checkpoint_config
 from mechscope.storage.tables import read_table

@@ -39,7 +39,7 @@ def steer_compare(
     from mechscope.cli.output import check_outputs, write_text_output
     from mechscope.core.layers import parse_layers
     from mechscope.errors import InputError
-    from mechscope.steering.compare_vectors import compare_vectors
+    from mechscope.steering.comparison import compare_vectors
     from mechscope.steering.vector import SteeringVector
 
     if not trained.is_dir():

@@ -1,6 +1,6 @@
 """``mechscope steer search``: the best layer x scale of a trained steering vector, by trait gain and fluency.
 
-The rule is `mechscope.steering.search`'s: a candidate counts only when fluent (perplexity ratio to vanilla at
+The rule is `mechscope.steering.layer_search`'s: a candidate counts only when fluent (perplexity ratio to vanilla at
 most ``--max-perplexity-ratio``) and is ranked by the lower CI bound of its classifier-score gain over vanilla.
 """
 
@@ -123,9 +123,9 @@ def steer_search(
     """
     from mechscope.cli.output import check_outputs, write_text_output
     from mechscope.errors import InputError
+    from mechscope.steering.layer_search import search
     from mechscope.steering.rollout import parse_scales
     from mechscope.steering.rollout_results import read_labelled, read_questions
-    from mechscope.steering.search import search
 
     asked = read_questions(questions)
     chosen_scales = parse_scales(scales)

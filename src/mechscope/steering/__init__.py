@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and the docs (griffe)
     from mechscope.core.direction import Direction
     from mechscope.steering.compare_results import VectorComparison
-    from mechscope.steering.compare_vectors import compare_vectors
+    from mechscope.steering.comparison import compare_vectors
     from mechscope.steering.directions import diff_of_means
+    from mechscope.steering.layer_search import search
     from mechscope.steering.rollout import rollouts
     from mechscope.steering.rollout_results import RolloutEvaluation, Rollouts
     from mechscope.steering.scoring import HttpJudge, score_rollouts
-    from mechscope.steering.search import search
     from mechscope.steering.search_results import SteeringSearch, rank_candidates
     from mechscope.steering.train_results import LRSweep, TrainResult
     from mechscope.steering.trainer import lr_sweep, train
@@ -44,9 +44,9 @@ _NAMES = {
     "RolloutEvaluation": "mechscope.steering.rollout_results",
     "score_rollouts": "mechscope.steering.scoring",
     "HttpJudge": "mechscope.steering.scoring",
-    "compare_vectors": "mechscope.steering.compare_vectors",
+    "compare_vectors": "mechscope.steering.comparison",
     "VectorComparison": "mechscope.steering.compare_results",
-    "search": "mechscope.steering.search",
+    "search": "mechscope.steering.layer_search",
     "SteeringSearch": "mechscope.steering.search_results",
     "rank_candidates": "mechscope.steering.search_results",
 }

@@ -50,7 +50,7 @@ COLUMNS: dict[str, ArrowType] = {
 
 
 class VectorComparison(BaseModel):
-    """What `mechscope.steering.compare_vectors.compare_vectors` returns.
+    """What `mechscope.steering.comparison.compare_vectors` returns.
 
     Attributes:
         trained_layer / trained_norm: where the trained vector is added and its L2 norm.
