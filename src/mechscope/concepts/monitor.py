@@ -122,8 +122,7 @@ class _Reader:
         # As a capture sink: without a live callback the rows are only kept, so the capture need not track each
         # pass's layout (and may hand a pass over when the next one starts); live, each pass is read at its end.
         self.needs_info = on_token is not None
-        self.token_texts = token_texts
-        self.texts: dict[int, str] = {}
+        self.token_texts = token_texts  # LanguageModel.token_texts: it remembers each id's text
         self.streamer = streamer  # the caller's own streamer, told everything this one is
         self.ids: list[int] = []
         self.chunks: list[Tensor] = []  # the streamer's values not yet turned into ids (no live callback)
@@ -186,12 +185,6 @@ class _Reader:
         margins = values - self.lenses.threshold[indices]
         self.top.extend(zip(values.tolist(), margins.tolist(), indices.tolist(), strict=True))
 
-    def _texts(self, ids: list[int]) -> None:
-        """Decode the ids not seen before, all in one call."""
-        new = list(dict.fromkeys(i for i in ids if i not in self.texts))
-        if new:
-            self.texts.update(zip(new, self.token_texts(new), strict=True))
-
     def _emit(self) -> None:
         """Turn every token with both an id and scores into a `MonitorToken` (one validation for all of them)."""
         ready = min(len(self.ids), len(self.top))
@@ -199,20 +192,22 @@ class _Reader:
         self.read = max(self.read, ready)
         if first >= ready:
             return
-        self._texts(self.ids[first:ready])
-        tokens = _TOKENS.validate_python([self._fields(index) for index in range(first, ready)])
+        texts = self.token_texts(self.ids[first:ready])
+        tokens = _TOKENS.validate_python(
+            [self._fields(index, text) for index, text in zip(range(first, ready), texts, strict=True)]
+        )
         self.tokens.extend(tokens)
         if self.on_token is not None:
             for token in tokens:
                 self.on_token(token)
 
-    def _fields(self, index: int) -> dict[str, Any]:
+    def _fields(self, index: int, text: str) -> dict[str, Any]:
         scores, margins, concepts = self.top[index]
         ids, terms = self.lenses.concept_ids, self.lenses.terms
         token_id = self.ids[index]
         return {
             "index": index,
-            "token": self.texts[token_id],
+            "token": text,
             "token_id": token_id,
             "generated": index >= self.n_prompt,
             "concepts": [

@@ -43,6 +43,11 @@ class _NoLayout(PassInfo):
 NO_LAYOUT = _NoLayout()
 
 
+def _own_copy(value: Tensor) -> Tensor:
+    """A copy of ``value`` the model cannot write into, out of the autograd graph."""
+    return value.detach().clone() if value.requires_grad else value.clone()
+
+
 @dataclass(frozen=True)
 class HookGroup:
     """Sites read or written at one module and phase, so that each module gets one hook.
@@ -214,14 +219,13 @@ class Capture:
             pairs = tuple(zip(group.keys, group.readers, strict=True))
             # one site into a sink: a pass is complete when its one hook fires, so it goes to the sink at once
             (only_key, only_reader) = pairs[0]
-            at_once = self.sink if len(pairs) == 1 and len(self.cache.sites) == 1 else None
+            at_once = self.sink if len(self.cache.sites) == 1 else None
 
             def on_output_as_is(mod: nn.Module, args: Any, output: Any) -> None:
                 # The common case (residual-type sites, every position, no conversion), spelled out
                 # because it runs on every hooked layer of every pass.
                 if at_once is not None and self._window is None:
-                    value = only_reader(output, 0)
-                    at_once({only_key: value.detach().clone() if value.requires_grad else value.clone()}, NO_LAYOUT)
+                    at_once({only_key: _own_copy(only_reader(output, 0))}, NO_LAYOUT)
                     return
                 current = self._current
                 for key, read_value in pairs:
@@ -230,8 +234,7 @@ class Capture:
                         current = self._current
                     if not current:
                         self._pass_generation = self.tracker.generation
-                    value = read_value(output, 0)
-                    current[key] = value.detach().clone() if value.requires_grad else value.clone()
+                    current[key] = _own_copy(read_value(output, 0))
 
             self._hooks.forward(group.module, on_output_as_is)
         else:

@@ -146,8 +146,7 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
         try:
             if match:
                 # an end counted from the last layer (``2--1``) is resolved before the range is expanded
-                lo, hi = (int(match.group(i)) for i in (1, 2))
-                lo, hi = (n + n_layers if -n_layers <= n < 0 else n for n in (lo, hi))
+                lo, hi = (resolve_layer(int(match.group(i)), n_layers) for i in (1, 2))
                 if lo > hi:
                     raise SiteError(f"bad layer range '{part}': the start is after the end")
                 custom.extend(range(lo, hi + 1))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mechscope.core.layers import resolve_layer
 from mechscope.errors import InputError, SiteError
 from mechscope.sae.model import SAE, SAEConfig
 from mechscope.storage.atomic import atomic_write, atomic_write_text
@@ -113,11 +114,7 @@ def resolve_site(site: str, lm: LanguageModel) -> str:
     found = _SITE_RE.match(site)
     if found is None or found["layer"] is None:
         return site  # not a layered SAE site: site_width and hook_of_site name the problem
-    layer = int(found["layer"])
-    resolved = layer + lm.arch.n_layers if layer < 0 else layer
-    if not 0 <= resolved < lm.arch.n_layers:
-        raise SiteError(f"layer {layer} is out of range for {site}: {lm.arch.family} has {lm.arch.n_layers} layers")
-    return f"{found['kind']}.{resolved}"
+    return f"{found['kind']}.{resolve_layer(int(found['layer']), lm.arch.n_layers)}"
 
 
 def site_width(site: str, lm: LanguageModel) -> int:
